@@ -1,0 +1,1 @@
+"""LightningDataModules and datasets, one module per on-disk format."""

@@ -1,0 +1,124 @@
+"""Generated `shapes` data written to disk in real formats, so every path runs without a download.
+
+`data=shapes` picks the variant the task consumes (`task_kind`): class folders of JPEGs for
+classification; other kinds register their generator in `SHAPES_DATAMODULES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from toolkit.data.folder import ClassFolderDataModule
+
+log = logging.getLogger(__name__)
+
+SHAPE_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond")
+
+#: task kind -> "module:DataModule" generating that kind of shapes data
+SHAPES_DATAMODULES = {
+    "classification": "toolkit.data.shapes:ShapesClassificationDataModule",
+    "detection": "toolkit.data.shapes_detection:ShapesDetectionDataModule",
+}
+
+
+def shapes_datamodule(kind: str, **kwargs):
+    """Hydra target of `data=shapes`: the generated dataset for the task's kind of data."""
+    if kind not in SHAPES_DATAMODULES:
+        raise ValueError(f"no generated shapes data for task kind {kind!r}; kinds: {sorted(SHAPES_DATAMODULES)}")
+    module, name = SHAPES_DATAMODULES[kind].split(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:
+    """Vertices of a polygonal shape centred at (cx, cy) with radius r, or None for round shapes."""
+
+    def rot(points):
+        c, s = math.cos(angle), math.sin(angle)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
+
+    if shape == "square":
+        return rot([(-r, -r), (r, -r), (r, r), (-r, r)])
+    if shape == "diamond":
+        return rot([(0, -r), (0.6 * r, 0), (0, r), (-0.6 * r, 0)])
+    if shape == "triangle":
+        return rot([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
+    if shape == "cross":
+        w = r / 3
+        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)])
+    return None
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, color) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, width=max(2, int(r / 3)))
+    else:
+        draw.polygon(shape_polygon(shape, cx, cy, r, angle), fill=color)
+
+
+def random_background(rng: np.random.Generator, size: int) -> Image.Image:
+    base = rng.integers(0, 256, size=3)
+    noise = rng.normal(0, 12, size=(size, size, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def random_color(rng: np.random.Generator, background: Image.Image) -> tuple[int, int, int]:
+    """A colour far enough from the background's mean to be visible."""
+    bg = np.asarray(background).reshape(-1, 3).mean(0)
+    while True:
+        color = rng.integers(0, 256, size=3)
+        if np.abs(color - bg).sum() > 150:
+            return tuple(int(c) for c in color)
+
+
+def generate_shapes_classification(root: Path, n_train: int, n_val: int, image_size: int, seed: int) -> None:
+    """Write `root/{train,val}/<shape>/<i>.jpg`: one shape per image, random size, position, colour."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for name in SHAPE_NAMES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shape = SHAPE_NAMES[i % len(SHAPE_NAMES)]
+            img = random_background(rng, image_size)
+            r = rng.uniform(0.15, 0.4) * image_size
+            cx, cy = rng.uniform(r, image_size - r, size=2)
+            draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), random_color(rng, img))
+            img.save(root / split / shape / f"{i:05d}.jpg", quality=90)
+
+
+def ensure_generated(root: Path, spec: dict, generate) -> Path:
+    """Generate into `root` unless a manifest with the same spec is already there (so runs reuse data)."""
+    manifest = root / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) == spec:
+        return root
+    log.info("generating %s data in %s", spec.get("kind", "shapes"), root)
+    root.mkdir(parents=True, exist_ok=True)
+    generate()
+    manifest.write_text(json.dumps(spec, indent=2))
+    return root
+
+
+class ShapesClassificationDataModule(ClassFolderDataModule):
+    """Six shape classes as real class folders of JPEGs under `cache_dir`, then read like any folder dataset."""
+
+    def __init__(self, cache_dir: str, n_train: int = 1200, n_val: int = 300, image_size: int = 96, seed: int = 0, **kwargs):
+        self.spec = {"kind": "shapes_classification", "n_train": n_train, "n_val": n_val, "image_size": image_size, "seed": seed}
+        root = Path(cache_dir).expanduser() / f"shapes_cls_{image_size}px_{n_train}_{n_val}_seed{seed}"
+        super().__init__(root=str(root), **kwargs)
+
+    def prepare_data(self) -> None:
+        s = self.spec
+        ensure_generated(self.root, s, lambda: generate_shapes_classification(
+            self.root, s["n_train"], s["n_val"], s["image_size"], s["seed"]))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()  # idempotent; also covers callers that skip prepare_data (tests, predict)
+        super().setup(stage)

@@ -1,0 +1,169 @@
+"""BaseTask: the LightningModule every task extends (torchgeo's BaseTask habit).
+
+Subclasses take typed constructor arguments, pass the shared ones to `super().__init__`, and fill
+the `configure_models / configure_losses / configure_metrics` hooks. Every constructor argument is
+plain data (dicts, numbers, strings), so `Task.load_from_checkpoint(path)` alone restores a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from toolkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class BaseTask(LightningModule):
+    #: the metric that picks the best checkpoint, and whether higher ("max") or lower ("min") is better
+    monitor: str = "val/loss"
+    mode: str = "min"
+    #: input resolutions must be a multiple of this (classification heads expect the stride-32 grid)
+    resolution_multiple: int = 1
+    #: which generated `data=shapes` variant the task consumes ("classification", "detection", ...)
+    data_kind: str = "classification"
+
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ---- hooks the tasks fill -------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Create `self.model` (an nn.Module with a `.backbone` where the task has one)."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Create the loss modules."""
+
+    def configure_metrics(self) -> None:
+        """Create torchmetrics collections."""
+
+    def example_input(self, resolution: int, batch_size: int = 1) -> Any:
+        """An input `self.model` accepts; profiling and export trace the model with it."""
+        return torch.randn(batch_size, 3, resolution, resolution)
+
+    def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
+        """Write task-specific evaluation files (tables, detections, plots) next to metrics.json."""
+
+    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
+        """Write `predict_step` records (JSON/CSV and pictures); return the files written."""
+        raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def param_groups(self, weight_decay: float, lr: float) -> list[dict]:
+        """Weight decay on conv and FC weights only: never on depthwise filters, BN parameters or biases
+        (paper §3.2: "very little or no weight decay on the depthwise filters"). Backbone parameters get
+        `lr * backbone_lr_scale` (fine-tuning with a lower backbone learning rate)."""
+        backbone = getattr(self.model, "backbone", None)
+        backbone_params = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for module in self.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                decays = name == "weight" and isinstance(module, nn.Conv2d | nn.Linear) and not _is_depthwise(module)
+                groups.setdefault((decays, id(param) in backbone_params), []).append(param)
+        scale = self.hparams.backbone_lr_scale
+        return [
+            {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * (scale if in_backbone else 1.0)}
+            for (decays, in_backbone), params in sorted(groups.items())
+        ]
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
+        weight_decay = opt_cfg.pop("weight_decay", 0.0)
+        optimizer_cls = hydra.utils.get_class(opt_cfg.pop("_target_"))
+        optimizer = optimizer_cls(self.param_groups(weight_decay, opt_cfg["lr"]), **opt_cfg)
+        if not self.hparams.scheduler:
+            return optimizer
+        sched_cfg = dict(self.hparams.scheduler)
+        interval = sched_cfg.pop("interval", "epoch")
+        frequency = sched_cfg.pop("frequency", 1)
+        scheduler = hydra.utils.get_class(sched_cfg.pop("_target_"))(optimizer, **sched_cfg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": frequency}}
+
+    def on_train_epoch_start(self) -> None:
+        backbone = getattr(self.model, "backbone", None)
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        if backbone is not None and self.hparams.freeze_backbone_epochs:
+            backbone.requires_grad_(not frozen)
+            if self.current_epoch in (0, self.hparams.freeze_backbone_epochs):
+                log.info("epoch %d: backbone %s", self.current_epoch, "frozen" if frozen else "trainable")
+
+    def log_skipped(self, batch: dict, stage: str) -> None:
+        """Count the samples the loader skipped (data.skip_corrupt=true) into the metrics file."""
+        skipped = batch.get("skipped", 0) if isinstance(batch, dict) else 0
+        self.log(f"{stage}/skipped_samples", float(skipped), reduce_fx="sum", on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=1)
+
+    # ---- fine-tuning ---------------------------------------------------------------------------
+    def load_init_weights(self, path: str | Path) -> dict[str, list[str]]:
+        """`init_from`: copy every tensor whose name and shape match from a checkpoint or state dict.
+
+        Accepts a Lightning checkpoint of any task of this toolkit, or a plain state dict of the model.
+        The backbone must load; layers whose shapes differ (a head for another class count) keep their
+        fresh initialisation, said in one log line.
+        """
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataError(f"init_from={str(path)!r}: no such file. Pass a .ckpt written by this toolkit "
+                            "or a state-dict file (.pt/.pth/.safetensors).")
+        state = _read_state_dict(path)
+        source = {_strip_model_prefix(k): v for k, v in state.items()}
+        target = self.state_dict()
+        loaded, reshaped = {}, []
+        for key, value in target.items():
+            src = source.get(_strip_model_prefix(key))
+            if src is None:
+                continue
+            if src.shape == value.shape:
+                loaded[key] = src
+            else:
+                reshaped.append(key)
+        backbone_keys = [k for k in target if k.startswith("model.backbone.")]
+        if backbone_keys and not any(k in loaded for k in backbone_keys):
+            raise DataError(f"init_from={str(path)!r}: no backbone tensor matches this model "
+                            f"(expected keys like {backbone_keys[0]!r}); is it a checkpoint of another backbone?")
+        self.load_state_dict(loaded, strict=False)
+        fresh = [k for k in target if k not in loaded]
+        log.info("init_from %s: loaded %d/%d tensors; re-initialised %d (shape differs: %s)", path, len(loaded),
+                 len(target), len(fresh), ", ".join(sorted({k.rsplit(".", 1)[0] for k in reshaped})) or "none")
+        return {"loaded": sorted(loaded), "reinitialised": fresh, "shape_mismatch": reshaped}
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def _strip_model_prefix(key: str) -> str:
+    return key[len("model."):] if key.startswith("model.") else key
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise DataError(f"init_from={str(path)!r}: expected a checkpoint or a state dict, found {type(obj).__name__}")
+    return obj

@@ -1,0 +1,109 @@
+"""Image classification (ImageNet, class folders, generated shapes): cross-entropy, top-1/top-5."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+import torchmetrics
+from torch import nn
+
+from toolkit.heads import build_classifier
+from toolkit.tasks.base import BaseTask
+
+
+class ClassificationTask(BaseTask):
+    monitor = "val/top1"
+    mode = "max"
+    resolution_multiple = 32
+    data_kind = "classification"
+
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int = 1000,
+        class_names: list[str] | None = None,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        predict_top_k: int = 5,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+    ):
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+
+    def configure_models(self) -> None:
+        self.model = build_classifier(self.hparams.backbone, self.num_classes, self.hparams.dropout)
+
+    def configure_losses(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+
+    def configure_metrics(self) -> None:
+        top_k = min(5, self.num_classes)
+        metrics = torchmetrics.MetricCollection(
+            {
+                "top1": torchmetrics.classification.MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+                f"top{top_k}": torchmetrics.classification.MulticlassAccuracy(self.num_classes, top_k=top_k, average="micro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch: dict, stage: str, metrics: torchmetrics.MetricCollection) -> torch.Tensor | None:
+        self.log_skipped(batch, stage)
+        if "image" not in batch:  # every sample of this batch was a skipped corrupt file
+            return None
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["label"])
+        metrics(logits, batch["label"])
+        bs = batch["label"].shape[0]
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, sync_dist=stage != "train", batch_size=bs)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=bs)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int):
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int):
+        self._shared_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        if "image" not in batch:
+            return []
+        probs = self(batch["image"]).softmax(-1)
+        k = min(self.hparams.predict_top_k, self.num_classes)
+        scores, labels = probs.topk(k, dim=-1)
+        return [
+            {"path": path, "top_k": [{"label": int(i), "name": self.class_names[int(i)], "score": float(s)} for s, i in zip(ss, ii)]}
+            for path, ss, ii in zip(batch["path"], scores.tolist(), labels.tolist())
+        ]
+
+    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
+        from toolkit.visualize import contact_sheet
+
+        json_path = output_dir / "predictions.json"
+        json_path.write_text(json.dumps(records, indent=2))
+        csv_path = output_dir / "predictions.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "rank", "label", "name", "score"])
+            for rec in records:
+                for rank, p in enumerate(rec["top_k"], start=1):
+                    writer.writerow([rec["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"])
+        sheet = contact_sheet(
+            [r["path"] for r in records], [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records],
+            output_dir / "predictions.png",
+        )
+        return [json_path, csv_path, sheet]

@@ -1,0 +1,125 @@
+"""MobileNet V1 (paper Table 1) and the paper's two baselines: full-convolution (Table 4) and shallow (Table 5)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from toolkit.backbones.base import Backbone
+from toolkit.backbones.features import FeatureTap
+from toolkit.backbones.registry import register_backbone
+
+# (stride, output channels) of the 13 depthwise-separable blocks; block 13's dw stride is 1 (the
+# paper's "s2" there is a typo: TF-slim's _CONV_DEFS and every implementation use 1).
+V1_BLOCKS: tuple[tuple[int, int], ...] = (
+    (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
+    (1, 512), (1, 512), (1, 512), (1, 512), (1, 512),  # blocks 7-11: the 14x14x512 layers
+    (2, 1024), (1, 1024),
+)
+SHALLOW_REMOVED = (7, 8, 9, 10, 11)  # Table 5 removes the five 14x14x512 blocks
+STEM_CHANNELS = 32
+
+
+def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
+    """TF-slim's width rule: `max(int(d * alpha), min_depth)`."""
+    return max(int(channels * alpha), min_depth)
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
+    raise ValueError(f"activation must be 'relu' or 'relu6', got {name!r}")
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) + BatchNorm + activation: every layer of the paper's body."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: str = "relu"):
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+                bn=nn.BatchNorm2d(cout, eps=1e-3, momentum=0.03),  # TF-slim's BN settings
+                act=_activation(act),
+            )
+        )
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """3x3 depthwise conv + 1x1 pointwise conv, each with BN and activation (paper Figure 3)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu"):
+        super().__init__(
+            OrderedDict(
+                dw=ConvBNAct(cin, cin, 3, stride, groups=cin, act=act),
+                pw=ConvBNAct(cin, cout, 1, 1, act=act),
+            )
+        )
+
+
+class MobileNetV1(Backbone):
+    """The MobileNet body without pool and FC. Taps: `conv0` (the stem) and `conv1`...`conv13`.
+
+    `separable=False` swaps every depthwise-separable block for a full 3x3 conv (Table 4's
+    "Conv MobileNet"); `skip_blocks` drops blocks (Table 5's shallow variant drops 7-11).
+    """
+
+    mean = (0.5, 0.5, 0.5)  # the paper's TF weights take inputs scaled to [-1, 1]
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        act: str = "relu",
+        min_depth: int = 8,
+        separable: bool = True,
+        skip_blocks: tuple[int, ...] = (),
+    ):
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.alpha = alpha
+        cin = scaled_channels(STEM_CHANNELS, alpha, min_depth)
+        stages: OrderedDict[str, nn.Module] = OrderedDict(conv0=ConvBNAct(3, cin, 3, 2, act=act))
+        taps = [FeatureTap("conv0", cin, 2)]
+        reduction = 2
+        for index, (stride, channels) in enumerate(V1_BLOCKS, start=1):
+            if index in skip_blocks:
+                continue
+            cout = scaled_channels(channels, alpha, min_depth)
+            block = DepthwiseSeparable(cin, cout, stride, act) if separable else ConvBNAct(cin, cout, 3, stride, act=act)
+            reduction *= stride
+            stages[f"conv{index}"] = block
+            taps.append(FeatureTap(f"conv{index}", cout, reduction))
+            cin = cout
+        self._set_stages(stages, taps)
+        _init_weights(self)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@register_backbone
+def mobilenet_v1(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+    """MobileNet V1, Table 1, at width multiplier `alpha`."""
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth)
+
+
+@register_backbone
+def mobilenet_v1_conv(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+    """Table 4's baseline: the same body with full 3x3 convolutions instead of depthwise separable ones."""
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, separable=False)
+
+
+@register_backbone
+def mobilenet_v1_shallow(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+    """Table 5's baseline: blocks 7-11 (the five 14x14x512 layers) removed."""
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, skip_blocks=SHALLOW_REMOVED)

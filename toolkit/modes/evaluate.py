@@ -1,0 +1,28 @@
+"""mode=eval: metrics of a checkpoint on the validation split, printed and written as JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir, plain_metrics, write_json
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    task = load_task(cfg)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    trainer = build_trainer(cfg, task, logger=False)
+    (metrics,) = trainer.validate(task, datamodule=datamodule)
+    metrics = plain_metrics(metrics)
+    write_json(out / "metrics.json", metrics)
+    task.write_eval_outputs(metrics, out)
+    for key, value in sorted(metrics.items()):
+        print(f"{key:>32s}  {value:.4f}")
+    log.info("metrics written to %s", out / "metrics.json")
+    return {"metrics": metrics, "output_dir": str(out)}

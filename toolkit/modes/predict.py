@@ -1,0 +1,43 @@
+"""mode=predict: run a checkpoint on an image file or folder; write per-image results and pictures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.errors import ConfigError
+from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir
+
+log = logging.getLogger(__name__)
+
+
+def collect_images(spec: str | None) -> list[Path]:
+    if not spec:
+        raise ConfigError("predict.input", spec, "give an image file or a folder of images")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if images:
+            return images
+        raise ConfigError("predict.input", spec, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    raise ConfigError("predict.input", spec, "no such file or folder")
+
+
+def predict(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    images = collect_images(cfg.predict.input)
+    task = load_task(cfg)
+    datamodule = build_datamodule(cfg)
+    trainer = build_trainer(cfg, task, logger=False)
+    batches = trainer.predict(task, dataloaders=datamodule.predict_loader(images))
+    records = [r for batch in batches for r in batch]
+    files = task.write_predictions(records, out)
+    for f in files:
+        print(f"wrote {f}")
+    return {"records": records, "files": [str(f) for f in files], "output_dir": str(out)}
+
