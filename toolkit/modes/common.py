@@ -52,8 +52,11 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
 
 
 def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), logger=loggers or False, **overrides)
+    """The configured Trainer; `overrides` replace its arguments (eval/predict pass `logger=False`)."""
+    if "logger" not in overrides:
+        loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+        overrides["logger"] = loggers or False
+    return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), **overrides)
 
 
 def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:

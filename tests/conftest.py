@@ -1,0 +1,59 @@
+"""Shared fixtures: compose the real Hydra config (as `python -m toolkit` would) with outputs in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+# Fast defaults for tests: no progress bar, no TensorBoard, CPU, tiny generated data.
+FAST = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "logger=csv",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """Caches, logs and generated data go to a per-test folder, never to $HOME."""
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TOOLKIT_LOG_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """`make_cfg(["task=...", ...], fast=True) -> DictConfig` with hydra's runtime set, like a real run."""
+
+    def _make(overrides: list[str] | None = None, fast: bool = True) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
+            cfg = compose("config", overrides=(FAST if fast else []) + list(overrides or []), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m toolkit ARGS` as a user types it, from `cwd`; returns the finished process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

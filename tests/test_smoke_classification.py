@@ -1,0 +1,23 @@
+"""End to end through `run(cfg)`: train on generated shapes, then eval and predict from the checkpoint."""
+
+import json
+from pathlib import Path
+
+from toolkit.run import run
+
+
+def test_train_eval_predict_round_trip(make_cfg, tmp_path):
+    common = ["backbone.alpha=0.25", "data.resolution=64", "data.n_train=60", "data.n_val=24", "data.batch_size=12"]
+    result = run(make_cfg(common + ["trainer.max_epochs=1"]))
+    best = result["best_checkpoint"]
+    assert Path(best).is_file()
+    assert "val/top1" in result["metrics"]
+
+    metrics = run(make_cfg(common + ["mode=eval", f"ckpt_path={best}"]))["metrics"]
+    assert 0.0 <= metrics["val/top1"] <= 1.0
+    assert json.loads((Path(result["output_dir"]) / "metrics.json").read_text())["val/top1"] == metrics["val/top1"]
+
+    images = next(Path(tmp_path / "cache").glob("shapes_cls_*")) / "val" / "circle"
+    pred = run(make_cfg(common + ["mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
+    assert len(pred["records"]) == len(list(images.glob("*.jpg")))
+    assert all(Path(f).is_file() for f in pred["files"])
