@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConfigError, ToolkitError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -23,7 +26,42 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     return objective
 
 
+def group_options(group: str) -> list[str]:
+    """Options of a config group: its yaml files, nested folders as `sub/name` (e.g. experiment=dogs/a)."""
+    root = CONF_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_group_choices(args: list[str]) -> None:
+    """`backbone=foo` with no conf/backbone/foo.yaml: one line naming the group and its options.
+
+    Hydra would report it too, but over a dozen lines with its search path; anything this check
+    cannot parse is left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:
+        return
+    for override in overrides:
+        if override.key_or_group not in groups or override.package is not None or override.is_delete():
+            continue
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.get_value_element_as_str()])
+        for value in values:
+            if value != "null" and not (CONF_DIR / override.key_or_group / f"{value}.yaml").is_file():
+                options = group_options(override.key_or_group)
+                raise ConfigError(override.key_or_group, value, f"allowed: {', '.join(options) or '(none yet)'}")
+
+
 def main() -> None:
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     _hydra_entry()
 
 

@@ -1,0 +1,164 @@
+"""Hydra callback: after a `-m mode=profile` sweep, gather every job's profile.json into one CSV and a PNG plot.
+
+The plot has the paper's Figures 4-5 axes (ImageNet accuracy against mult-adds and against
+parameters, log x) when `profile.results_file` gives accuracies; otherwise it shows mult-adds and
+parameters across the profiled models. Sweeps of other modes write no profile.json, so the
+callback does nothing for them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from toolkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PROFILE_FILE = "profile.json"
+CSV_NAME = "profile_sweep.csv"
+PNG_NAME = "profile_sweep.png"
+COLUMNS = ("job", "label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds",
+           "latency_b1_ms", "batch_size", "latency_bn_ms", "device", "top1")
+RESULT_COLUMNS = ("model", "alpha", "resolution", "top1")
+
+
+def _key(model: str, alpha: Any, resolution: Any) -> tuple[str, float | None, int]:
+    return str(model), None if alpha in (None, "") else round(float(alpha), 4), int(resolution)
+
+
+def read_results(path: str | Path) -> dict[tuple, float]:
+    """Accuracies from a CSV with header `model,alpha,resolution,top1` (alpha may be empty for timm models)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"profile.results_file={str(path)!r}: no such file. Give a CSV with columns "
+                        f"{','.join(RESULT_COLUMNS)}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
+                            f"{','.join(RESULT_COLUMNS)} (found {','.join(reader.fieldnames or [])})")
+        results = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                results[_key(row["model"], row["alpha"], row["resolution"])] = float(row["top1"])
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{path}, line {line}: {dict(row)} is not model,alpha,resolution,top1 "
+                                f"with numbers for alpha, resolution and top1 ({e})") from e
+    return results
+
+
+def collect_rows(sweep_dir: Path, results: dict[tuple, float] | None = None) -> list[dict[str, Any]]:
+    """One row per job folder holding a profile.json, in job order."""
+    rows = []
+    for path in sorted(sweep_dir.glob(f"**/{PROFILE_FILE}"), key=lambda p: _job_order(p.parent.name)):
+        p = json.loads(path.read_text())
+        latency = p.get("latency") or {}
+        row = {
+            "job": str(path.parent.relative_to(sweep_dir)),
+            "label": p["label"], "model": p["model"], "alpha": p.get("alpha"), "resolution": p["resolution"],
+            "task": p.get("task"), "params": p["params"], "weights": p["weights"], "mult_adds": p["mult_adds"],
+            "latency_b1_ms": (latency.get("batch_1") or {}).get("median_ms"),
+            "batch_size": latency.get("batch_size"),
+            "latency_bn_ms": (latency.get("batch_n") or {}).get("median_ms"),
+            "device": latency.get("device"),
+            "top1": (results or {}).get(_key(p["model"], p.get("alpha"), p["resolution"])),
+        }
+        rows.append(row)
+    return rows
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (1 << 30, name)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    return path
+
+
+def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy vs mult-adds and vs params (log x, Figures 4-5) when accuracies exist, else the counts per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_acc = [r for r in rows if r["top1"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    if with_acc:
+        for ax, key, xlabel in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
+            xs = [r[key] / 1e6 for r in with_acc]
+            ys = [r["top1"] for r in with_acc]
+            ax.scatter(xs, ys)
+            for r, x, y in zip(with_acc, xs, ys, strict=True):
+                ax.annotate(r["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{xlabel} (log scale)")
+            ax.set_ylabel("Top-1 accuracy")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_title("Accuracy vs mult-adds (paper Figure 4)")
+        axes[1].set_title("Accuracy vs parameters (paper Figure 5)")
+        missing = len(rows) - len(with_acc)
+        if missing:
+            fig.suptitle(f"{missing} profiled model(s) without an accuracy in profile.results_file are not shown")
+    else:
+        labels = [r["label"] for r in rows]
+        for ax, key, title in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
+            ax.bar(range(len(rows)), [r[key] / 1e6 for r in rows])
+            ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
+            if max(r[key] for r in rows) > 10 * min(r[key] for r in rows):
+                ax.set_yscale("log")
+            ax.set_ylabel(title)
+            ax.set_title(f"{title} per model (no accuracy: set profile.results_file)")
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summarize_sweep(sweep_dir: Path, results_file: str | None = None) -> tuple[list[dict], Path, Path] | None:
+    """Write the CSV and PNG into `sweep_dir` and return (rows, csv, png); None when no job wrote a profile.json."""
+    results = read_results(results_file) if results_file else None
+    rows = collect_rows(sweep_dir, results)
+    if not rows:
+        return None
+    return rows, write_csv(rows, sweep_dir / CSV_NAME), plot_rows(rows, sweep_dir / PNG_NAME)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    header = f"{'model':<32s} {'params':>9s} {'mult-adds':>11s} {'b1 ms':>8s} {'top1':>6s}"
+    print(header)
+    for r in rows:
+        b1 = "" if r["latency_b1_ms"] is None else f"{r['latency_b1_ms']:.1f}"
+        top1 = "" if r["top1"] is None else f"{r['top1']:.1f}"
+        print(f"{r['label']:<32s} {r['params'] / 1e6:8.2f}M {r['mult_adds'] / 1e6:10.1f}M {b1:>8s} {top1:>6s}")
+
+
+class ProfileSweepCallback(Callback):
+    """Registered in conf/hydra/default.yaml; acts only on multiruns whose jobs wrote profile.json."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        results_file = (config.get("profile") or {}).get("results_file")
+        written = summarize_sweep(sweep_dir, results_file)
+        if written is None:
+            return
+        rows, csv_path, png_path = written
+        print_rows(rows)
+        print(f"profile sweep table: {csv_path.resolve()}")
+        print(f"profile sweep plot: {png_path.resolve()}")
