@@ -48,10 +48,14 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def load_image(self, index: int):
+        """The decoded HxWx3 array of sample `index`; subclasses adapt it here (e.g. crop to a box)."""
+        return load_rgb(self.samples[index][0])
+
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
+            image = self.load_image(index)
         except DataError as e:
             if not self.skip_corrupt:
                 raise
