@@ -9,6 +9,12 @@ from torch import nn
 from toolkit.backbones.base import Backbone
 from toolkit.backbones.features import FeatureTap
 from toolkit.backbones.registry import register_backbone
+from toolkit.backbones.weights import (
+    Weights,
+    register_weights,
+    timm_mobilenetv1_matches,
+    timm_mobilenetv1_to_toolkit,
+)
 
 # (stride, output channels) of the 13 depthwise-separable blocks; block 13's dw stride is 1 (the
 # paper's "s2" there is a typo: TF-slim's _CONV_DEFS and every implementation use 1).
@@ -41,7 +47,9 @@ class ConvBNAct(nn.Sequential):
         super().__init__(
             OrderedDict(
                 conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
-                bn=nn.BatchNorm2d(cout, eps=1e-3, momentum=0.03),  # TF-slim's BN settings
+                # eps 1e-5 (PyTorch's and timm's) so timm's mobilenetv1_100 weights load exactly; TF-slim's
+                # 1e-3 would only matter for TF checkpoints
+                bn=nn.BatchNorm2d(cout, eps=1e-5, momentum=0.03),
                 act=_activation(act),
             )
         )
@@ -123,3 +131,28 @@ def mobilenet_v1_conv(alpha: float = 1.0, act: str = "relu", min_depth: int = 8)
 def mobilenet_v1_shallow(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
     """Table 5's baseline: blocks 7-11 (the five 14x14x512 layers) removed."""
     return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, skip_blocks=SHALLOW_REMOVED)
+
+
+# Published weights (metadata beside the builder, torchvision's weights-enum habit). timm trained
+# them with ReLU6, so loading them needs `act=relu6`; BN eps and padding already match timm's.
+TIMM_MOBILENETV1_100 = register_weights(
+    Weights(
+        backbone="mobilenet_v1",
+        source="timm",
+        name="mobilenetv1_100.ra4_e3600_r224_in1k",
+        file_name="model.safetensors",
+        url="https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+        hf_hub_id="timm/mobilenetv1_100.ra4_e3600_r224_in1k",
+        converter=timm_mobilenetv1_to_toolkit,
+        matches=timm_mobilenetv1_matches,
+        alpha=1.0,
+        num_params=4_231_976,
+        mult_adds=568_740_352,
+        resolution=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        top1=75.4,
+        requires={"act": "relu6"},
+        fetch_hint="python -c \"import timm; timm.create_model('mobilenetv1_100.ra4_e3600_r224_in1k', pretrained=True)\"",
+    )
+)
