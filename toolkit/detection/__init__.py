@@ -1,0 +1,1 @@
+"""Detection building blocks on top of torchvision: COCO evaluation, the MobileNet SSD model."""

@@ -1,0 +1,267 @@
+"""MobileNet Faster R-CNN as the paper ran it (TF Object Detection API), assembled from torchvision's parts.
+
+The paper's layout (REFERENCE.md §3): the backbone up to `conv11` (stride 16) feeds the RPN; grid
+anchors of 0.25/0.5/1/2 x 256 and ratios 0.5/1/2 at stride 16; RPN NMS 0.7; 300 proposals per
+image; RoIAlign 14x14 crops from `conv11`; the SAME backbone's `conv12` (stride 2) and `conv13` run on
+every crop as the second stage, average-pooled, then the class and box layers.
+
+Any registry backbone serves through `feature_info`: a stride-16 tap feeds the RPN and the stages
+after it (`Backbone.split_at`) become the box head; where a backbone cannot be split, or with
+`box_head="mlp"`, torchvision's TwoMLPHead on 7x7 crops does. `fpn=True` builds the torchvision
+MobileNetV3-FPN style variant instead (two taps + a feature pyramid, multi-level RoIAlign, MLP head).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from toolkit.backbones import Backbone, create_backbone
+from toolkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: TF OD API grid anchors: scales 0.25/0.5/1/2 of a 256-pixel base box, aspect ratios 0.5/1/2
+PAPER_ANCHOR_SIZES = (64, 128, 256, 512)
+PAPER_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+#: longer side at most resolution x 1000/600: the rule of the `keep_aspect` data pipeline
+#: (toolkit.data.detection_transforms), so images it resized are not resized again here
+MAX_SIZE_RATIO = 1000 / 600
+
+#: torchvision `FasterRCNN` arguments set to the paper's TF OD API values (faster_rcnn.proto defaults
+#: and the model-zoo configs); everything else keeps torchvision's defaults. TF runs NMS over all
+#: anchors; 6000 top-scoring boxes before NMS is Detectron's stand-in for that.
+PAPER_RCNN_ARGS: dict = {
+    "rpn_nms_thresh": 0.7,
+    "rpn_pre_nms_top_n_train": 6000,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 6000,
+    "rpn_post_nms_top_n_test": 300,  # "Faster-RCNN evaluates 300 RPN proposals per image"
+    "rpn_batch_size_per_image": 256,
+    "rpn_positive_fraction": 0.5,
+    "box_batch_size_per_image": 64,  # TF second_stage_batch_size
+    "box_positive_fraction": 0.25,
+    "box_score_thresh": 0.0,
+    "box_nms_thresh": 0.6,
+    "box_detections_per_img": 100,
+}
+
+_RCNN_ARG_NAMES = {
+    name for name in inspect.signature(FasterRCNN.__init__).parameters
+    if name.startswith(("rpn_", "box_")) and name not in {"rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head", "box_predictor"}
+} | {"bbox_reg_weights"}
+
+
+class DetectorTrunk(Backbone):
+    """The backbone cut after the deepest stage the detector reads: returns the RPN's taps by name.
+
+    A truncated `Backbone` is itself a `Backbone`: its stages keep their own names, so state-dict keys
+    (`backbone.stages.conv0...`) are exactly a classifier's and `init_from` maps one to one.
+    """
+
+    def __init__(self, backbone: Backbone, taps: Sequence[str], keep_until: str):
+        super().__init__()
+        names = backbone.feature_info.names()
+        kept = names[: names.index(keep_until) + 1]
+        self._set_stages(OrderedDict((n, getattr(backbone.stages, n)) for n in kept),
+                         [backbone.feature_info.get(n) for n in kept])
+        self.mean, self.std = backbone.mean, backbone.std
+        self.taps = list(taps)
+        self.out_channels = backbone.feature_info.get(self.taps[0]).channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.forward_taps(x, self.taps)
+
+
+class FPNTrunk(DetectorTrunk):
+    """Taps at several strides merged by torchvision's FeaturePyramidNetwork (+ a max-pooled top level)."""
+
+    def __init__(self, backbone: Backbone, taps: Sequence[str], out_channels: int = 256):
+        super().__init__(backbone, taps, keep_until=taps[-1])
+        self.fpn = FeaturePyramidNetwork(backbone.feature_info.channels(list(taps)), out_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(self.forward_taps(x, self.taps))
+
+
+class BackboneStagesBoxHead(nn.Module):
+    """The second stage from the backbone's own later stages (paper: conv12 stride 2, conv13) on each RoI crop,
+    average-pooled to one vector per RoI.
+
+    The stages stay registered under `backbone.stages` only (one copy of each weight, the classifier's
+    key names, the backbone's lr scale and freezing); this head keeps a plain reference to them.
+    """
+
+    def __init__(self, stages: nn.Sequential, out_channels: int):
+        super().__init__()
+        self._stages = (stages,)  # a tuple, so nn.Module does not register the shared stages a second time
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_channels = out_channels
+
+    @property
+    def stages(self) -> nn.Sequential:
+        return self._stages[0]
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.stages(crops)), 1)
+
+    def extra_repr(self) -> str:
+        return f"stages={list(dict(self.stages.named_children()))} (shared with backbone.stages), out_channels={self.out_channels}"
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise + keep-aspect resize + batch padding, minus the resize when an image already
+    has the configured size (the data pipeline resized it), so no image is interpolated twice."""
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        h, w = image.shape[-2:]
+        if self.fixed_size is None and len(self.min_size) == 1:
+            scale = min(self.min_size[0] / min(h, w), self.max_size / max(h, w))
+            if round(h * scale) == h and round(w * scale) == w:
+                return image, target
+        return super().resize(image, target)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d under `module` by torchvision's FrozenBatchNorm2d with the same statistics
+    and affine values (torchvision's detection recipe for pretrained backbones at small per-GPU batches)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                if child.affine:
+                    frozen.weight.copy_(child.weight)
+                    frozen.bias.copy_(child.bias)
+                if child.track_running_stats:
+                    frozen.running_mean.copy_(child.running_mean)
+                    frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def default_rpn_tap(backbone: Backbone) -> str:
+    """The deepest tap of stride 16 (MobileNet V1: `conv11`), else the deepest one finer than 16."""
+    taps = [t for t in backbone.feature_info if t.reduction <= 16]
+    if not taps:
+        raise ConfigError("task.detector.rpn_tap", None, f"backbone has no tap of stride <= 16: {backbone.feature_info.names()}")
+    exact = [t for t in taps if t.reduction == 16]
+    return (exact or taps)[-1].name
+
+
+def _stages_after(backbone: Backbone, tap: str) -> nn.Sequential | None:
+    try:
+        _, rest = backbone.split_at(tap)
+    except (AttributeError, NotImplementedError):
+        return None
+    return rest if len(rest) else None
+
+
+def build_faster_rcnn(
+    backbone: dict | Backbone,
+    num_classes: int,
+    resolution: int = 600,
+    max_size: int | None = None,
+    rpn_tap: str | None = None,
+    box_head: str = "auto",
+    fpn: bool = False,
+    fpn_taps: Sequence[str] | None = None,
+    fpn_channels: int = 256,
+    anchor_sizes: Sequence[int] = PAPER_ANCHOR_SIZES,
+    aspect_ratios: Sequence[float] = PAPER_ASPECT_RATIOS,
+    roi_output_size: int = 14,
+    sampling_ratio: int = 2,
+    representation_size: int = 1024,
+    frozen_bn: bool = False,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    rcnn: dict | None = None,
+) -> FasterRCNN:
+    """A torchvision `FasterRCNN` for `num_classes` foreground classes (labels 1..K; 0 is background).
+
+    backbone: a registry config dict (`{"name": "mobilenet_v1", "alpha": 1.0}`) or a built Backbone.
+    resolution / max_size: the shorter image side and the cap on the longer one (default 1000/600 x resolution).
+    rpn_tap: the stride-16 tap the RPN and RoIAlign read (default: the deepest stride-16 tap, V1's conv11).
+    box_head: "stages" = the backbone's stages after `rpn_tap` (the paper), "mlp" = TwoMLPHead on 7x7 crops,
+      "auto" = stages where the backbone can be split there.
+    fpn / fpn_taps: the feature-pyramid variant (default taps: the deepest stride-16 and stride-32 taps).
+    rcnn: torchvision `FasterRCNN` rpn_*/box_* arguments over `PAPER_RCNN_ARGS`.
+    """
+    if num_classes < 1:
+        raise ConfigError("num_classes", num_classes, "need at least one foreground class")
+    net = create_backbone(**backbone) if isinstance(backbone, dict) else backbone
+    if frozen_bn:
+        freeze_batchnorm(net)
+    rcnn_args = {**PAPER_RCNN_ARGS, **(rcnn or {})}
+    unknown = set(rcnn_args) - _RCNN_ARG_NAMES
+    if unknown:
+        raise ConfigError("task.detector.rcnn", sorted(unknown), f"allowed keys: {', '.join(sorted(_RCNN_ARG_NAMES))}")
+    if rcnn_args.get("bbox_reg_weights") is not None:
+        rcnn_args["bbox_reg_weights"] = tuple(rcnn_args["bbox_reg_weights"])
+    sizes, ratios = tuple(int(s) for s in anchor_sizes), tuple(float(r) for r in aspect_ratios)
+
+    if fpn:
+        taps = list(fpn_taps or [default_rpn_tap(net), net.feature_info[-1].name])
+        if len(set(taps)) != len(taps) or any(t not in net.feature_info.names() for t in taps):
+            raise ConfigError("task.detector.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
+        trunk: DetectorTrunk = FPNTrunk(net, taps, fpn_channels)
+        levels = [*taps, "pool"]
+        anchor_generator = AnchorGenerator((sizes,) * len(levels), (ratios,) * len(levels))
+        roi_pool = MultiScaleRoIAlign(taps, output_size=7, sampling_ratio=sampling_ratio)
+        head: nn.Module = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+        head_channels, stride = representation_size, 2 * max(net.feature_info.reductions(taps))
+    else:
+        tap = rpn_tap or default_rpn_tap(net)
+        if tap not in net.feature_info.names():
+            raise ConfigError("task.detector.rpn_tap", tap, f"one of {net.feature_info.names()}")
+        if box_head not in ("auto", "stages", "mlp"):
+            raise ConfigError("task.detector.box_head", box_head, "auto, stages (the paper) or mlp")
+        rest = _stages_after(net, tap) if box_head != "mlp" else None
+        if box_head == "stages" and rest is None:
+            raise ConfigError("task.detector.box_head", box_head,
+                              f"backbone {type(net).__name__} has no stages after {tap!r} to run on the crops; use mlp")
+        channels = net.feature_info.get(tap).channels
+        if rest is not None:  # the paper: RoIAlign 14x14 from the tap, then the later stages on each crop
+            trunk = DetectorTrunk(net, [tap], keep_until=net.feature_info[-1].name)
+            roi_pool = MultiScaleRoIAlign([tap], output_size=roi_output_size, sampling_ratio=sampling_ratio)
+            head = BackboneStagesBoxHead(rest, net.feature_info[-1].channels)
+            head_channels = net.feature_info[-1].channels
+        else:  # later stages unused: cut them off (DDP refuses parameters that get no gradient)
+            trunk = DetectorTrunk(net, [tap], keep_until=tap)
+            roi_pool = MultiScaleRoIAlign([tap], output_size=7, sampling_ratio=sampling_ratio)
+            head = TwoMLPHead(channels * 7 * 7, representation_size)
+            head_channels = representation_size
+        anchor_generator = AnchorGenerator((sizes,), (ratios,))
+        stride = net.feature_info.get(tap).reduction
+
+    model = FasterRCNN(
+        trunk,
+        rpn_anchor_generator=anchor_generator,
+        box_roi_pool=roi_pool,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(head_channels, num_classes + 1),
+        **rcnn_args,
+    )
+    # Pad batches to a multiple of the coarsest stride, so anchor strides (image size // feature size) are exact.
+    model.transform = DetectionTransform(
+        min_size=resolution,
+        max_size=max_size or int(resolution * MAX_SIZE_RATIO),
+        image_mean=list(image_mean or net.mean),
+        image_std=list(image_std or net.std),
+        size_divisible=stride,
+    )
+    return model
