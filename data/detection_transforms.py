@@ -1,0 +1,164 @@
+"""Albumentations pipelines for detection, chosen by name (`data.transform`): `ssd` and `keep_aspect`.
+
+Every pipeline takes `image=HxWx3 uint8, bboxes=[N,4] pascal_voc (xyxy pixels), labels=[N]` and returns a
+normalised 3xHxW float tensor with the boxes in the pixel coordinates of that tensor.
+
+Contract for eval pipelines: they are pure resizes (no crop, no pad), so a box predicted on the network
+input maps back to the original image by scaling alone (`toolkit.data.coco.boxes_to_original`).
+
+- `ssd`: TF OD API ssd_mobilenet_v1 augmentation: SSD random crop (IoU-constrained, `SSDRandomCrop`),
+  horizontal flip, photometric distortion, then a fixed square resize to `resolution` x `resolution`.
+  Eval: the square resize only.
+- `keep_aspect`: Faster R-CNN style: shorter side resized to `resolution`, longer side capped at
+  `resolution * 1000 / 600` (TF OD API's 600/1024 rule, torchvision's 800/1333), horizontal flip in training.
+
+Register another pipeline with `DETECTION_TRANSFORMS[name] = (train_builder, eval_builder)`; each
+builder is `fn(resolution, mean, std) -> A.Compose`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.augmentations.crops import functional as fcrops
+from albumentations.augmentations.crops.transforms import BaseCrop
+from albumentations.augmentations.geometric import functional as fgeometric
+from albumentations.pytorch import ToTensorV2
+
+from toolkit.errors import ConfigError
+
+#: albumentations keeps boxes partially inside a crop, clipped; this drops slivers under 1 pixel
+BBOX_PARAMS = {"format": "pascal_voc", "label_fields": ["labels"], "clip": True, "min_width": 1.0, "min_height": 1.0}
+
+
+class SSDRandomCrop(BaseCrop):
+    """SSD's IoU-constrained random crop (Liu et al. 2016 §2.2; TF OD API `ssd_random_crop`).
+
+    Each call picks one option from `min_ious` (None = keep the whole image), then tries up to `trials`
+    crops of area `scale` x image and aspect ratio in `aspect_ratio`; a crop is accepted when at least
+    one box overlaps it with IoU >= the option and at least one box centre lies inside it. Boxes whose
+    centre falls outside the accepted crop are removed; the rest are clipped to it. Images without boxes
+    are left whole.
+    """
+
+    def __init__(self, min_ious: Sequence[float | None] = (None, 0.1, 0.3, 0.5, 0.7, 0.9),
+                 scale: tuple[float, float] = (0.1, 1.0), aspect_ratio: tuple[float, float] = (0.5, 2.0),
+                 trials: int = 50, p: float = 1.0):
+        super().__init__(p=p)
+        self.min_ious = list(min_ious)
+        self.scale = tuple(scale)
+        self.aspect_ratio = tuple(aspect_ratio)
+        self.trials = trials
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        whole = {"crop_coords": (0, 0, width, height)}
+        bboxes = np.asarray(data.get("bboxes", np.zeros((0, 4))))
+        if len(bboxes) == 0:
+            return whole
+        boxes = bboxes[:, :4] * np.array([width, height, width, height], dtype=np.float32)  # normalised -> pixels
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        option = self.py_random.choice(self.min_ious)
+        if option is None:
+            return whole
+        for _ in range(self.trials):
+            area = self.py_random.uniform(*self.scale) * width * height
+            ratio = self.py_random.uniform(*self.aspect_ratio)
+            cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+            if not (0 < cw <= width and 0 < ch <= height):
+                continue
+            x0, y0 = self.py_random.randint(0, width - cw), self.py_random.randint(0, height - ch)
+            crop = np.array([x0, y0, x0 + cw, y0 + ch], dtype=np.float32)
+            inside = (centres[:, 0] > crop[0]) & (centres[:, 0] < crop[2]) & (centres[:, 1] > crop[1]) & (centres[:, 1] < crop[3])
+            if inside.any() and _iou(boxes, crop).max() >= option:
+                return {"crop_coords": (int(crop[0]), int(crop[1]), int(crop[2]), int(crop[3]))}
+        return whole
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        if bboxes.size:
+            height, width = params["shape"][:2]
+            cx = (bboxes[:, 0] + bboxes[:, 2]) / 2 * width
+            cy = (bboxes[:, 1] + bboxes[:, 3]) / 2 * height
+            x0, y0, x1, y1 = crop_coords
+            bboxes = bboxes[(cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)]  # SSD keeps boxes centred in the crop
+        return fcrops.crop_bboxes_by_coords(bboxes, crop_coords, params["shape"][:2])
+
+
+def _iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    lt = np.maximum(boxes[:, :2], crop[:2])
+    rb = np.minimum(boxes[:, 2:], crop[2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+    return inter / (areas + (crop[2:] - crop[:2]).prod() - inter + 1e-9)
+
+
+def _finish(ops: list, mean, std) -> A.Compose:
+    return A.Compose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
+
+
+def ssd_train_transform(resolution: int, mean, std) -> A.Compose:
+    """SSD random crop, flip, photometric distortion (ssd.pytorch's ranges), square resize."""
+    return _finish([
+        SSDRandomCrop(),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.5),
+        A.Resize(resolution, resolution),
+    ], mean, std)
+
+
+def ssd_eval_transform(resolution: int, mean, std) -> A.Compose:
+    return _finish([A.Resize(resolution, resolution)], mean, std)
+
+
+class ResizeShorterSide(A.DualTransform):
+    """Scale by min(min_size / shorter side, max_size / longer side): torchvision's GeneralizedRCNNTransform
+    rule (albumentations' SmallestMaxSize + LongestMaxSize would also upscale the longer side to max_size)."""
+
+    def __init__(self, min_size: int, max_size: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.min_size, self.max_size = min_size, max_size
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        return {"target_shape": (max(1, round(height * scale)), max(1, round(width * scale)))}
+
+    def apply(self, img: np.ndarray, target_shape: tuple[int, int], **params: Any) -> np.ndarray:
+        return fgeometric.resize(img, target_shape, interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
+        return bboxes  # albumentations keeps boxes normalised to the image: a resize leaves them unchanged
+
+
+def keep_aspect_size_ops(resolution: int) -> list:
+    """Shorter side -> resolution, longer side capped at resolution * 1000/600 (whichever scale is smaller)."""
+    return [ResizeShorterSide(resolution, int(resolution * 1000 / 600))]
+
+
+def keep_aspect_train_transform(resolution: int, mean, std) -> A.Compose:
+    return _finish([*keep_aspect_size_ops(resolution), A.HorizontalFlip(p=0.5)], mean, std)
+
+
+def keep_aspect_eval_transform(resolution: int, mean, std) -> A.Compose:
+    return _finish(keep_aspect_size_ops(resolution), mean, std)
+
+
+Builder = Callable[[int, Sequence[float], Sequence[float]], A.Compose]
+
+#: name -> (train builder, eval builder)
+DETECTION_TRANSFORMS: dict[str, tuple[Builder, Builder]] = {
+    "ssd": (ssd_train_transform, ssd_eval_transform),
+    "keep_aspect": (keep_aspect_train_transform, keep_aspect_eval_transform),
+}
+
+
+def detection_transforms(name: str, resolution: int, mean, std) -> tuple[A.Compose, A.Compose]:
+    """(train, eval) pipelines registered under `name`."""
+    if name not in DETECTION_TRANSFORMS:
+        raise ConfigError("data.transform", name, f"allowed: {', '.join(DETECTION_TRANSFORMS)}")
+    train, evaluate = DETECTION_TRANSFORMS[name]
+    return train(resolution, mean, std), evaluate(resolution, mean, std)
