@@ -25,6 +25,8 @@ SHAPE_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 SHAPES_DATAMODULES = {
     "classification": "toolkit.data.shapes:ShapesClassificationDataModule",
     "detection": "toolkit.data.shapes_detection:ShapesDetectionDataModule",
+    "fine_grained": "toolkit.data.stanford_dogs_synthetic:StanfordDogsSyntheticDataModule",
+    "geolocation": "toolkit.data.geo_synthetic:GeoSyntheticDataModule",
 }
 
 
