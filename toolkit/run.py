@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra.utils
 from lightning.pytorch import seed_everything
@@ -14,24 +15,103 @@ from toolkit.modes import MODES, get_mode
 
 log = logging.getLogger(__name__)
 
+PAPER_RESOLUTIONS = "paper: 224, 192, 160, 128"
+EXPORT_FORMATS = ("onnx", "int8")
+QUANT_BACKENDS = ("qnnpack", "x86", "fbgemm", "onednn")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(section: DictConfig | dict, prefix: str, key: str, minimum: int) -> None:
+    value = section.get(key)
+    if value is not None and not (_is_int(value) and value >= minimum):
+        raise ConfigError(f"{prefix}.{key}", value, f"must be an integer >= {minimum}")
+
+
+def _check_choice(section: DictConfig | dict, prefix: str, key: str, allowed: tuple[str, ...]) -> None:
+    value = section.get(key)
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{prefix}.{key}", value, f"allowed: {', '.join(allowed)}")
+
+
+def validate_backbone(backbone: DictConfig) -> None:
+    name = backbone.get("name")
+    if not isinstance(name, str) or not is_backbone(name):
+        raise ConfigError("backbone.name", name, f"allowed: {', '.join(list_backbones())} or timm/<model_name>")
+    if name.startswith("timm/"):
+        import timm
+
+        if not timm.is_model(name[len("timm/"):]):
+            raise ConfigError("backbone.name", name, "not a timm model; see timm.list_models('*mobilenet*') for names")
+    alpha = backbone.get("alpha")
+    if alpha is not None and not (_is_number(alpha) and alpha > 0):
+        raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
+    if name.startswith("mobilenet_v1"):
+        _check_choice(backbone, "backbone", "act", ("relu", "relu6"))
+    pretrained = backbone.get("pretrained")
+    if pretrained not in (None, "") and not isinstance(pretrained, str):
+        raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
+
+
+def validate_data(cfg: DictConfig) -> None:
+    data = cfg.get("data") or {}
+    resolution = data.get("resolution")
+    if resolution is not None:
+        multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
+        if not _is_int(resolution) or resolution < 32 or resolution % multiple:
+            allowed = f"a multiple of {multiple} (>= 32; {PAPER_RESOLUTIONS})" if multiple > 1 else f"an integer >= 32 ({PAPER_RESOLUTIONS})"
+            raise ConfigError("data.resolution", resolution, f"must be {allowed}")
+    _check_int(data, "data", "batch_size", 1)
+    _check_int(data, "data", "num_workers", 0)
+    for key in ("n_train", "n_val"):  # sizes of generated data sets
+        _check_int(data, "data", key, 1)
+    _check_int(data, "data", "image_size", 16)
+
+
+def validate_mode_settings(cfg: DictConfig) -> None:
+    """The settings of the chosen mode; files it reads must exist (before any data is generated or loaded)."""
+    if cfg.mode == "profile":
+        settings = cfg.get("profile") or {}
+        from toolkit.profiling.latency import DEVICES
+
+        _check_int(settings, "profile", "batch_size", 1)
+        _check_int(settings, "profile", "repeats", 1)
+        _check_int(settings, "profile", "warmup", 0)
+        _check_choice(settings, "profile", "device", DEVICES)
+        results = settings.get("results_file")
+        if results and not Path(results).expanduser().is_file():
+            raise ConfigError("profile.results_file", results, "no such file; give a CSV with columns model,alpha,resolution,top1")
+    if cfg.mode == "export":
+        settings = cfg.get("export") or {}
+        formats = settings.get("formats") or []
+        unknown = [f for f in formats if f not in EXPORT_FORMATS]
+        if unknown or not formats:
+            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
+        _check_choice(settings, "export", "target", ("model", "backbone"))
+        _check_choice(settings, "export", "quant_backend", QUANT_BACKENDS)
+        _check_choice(settings, "export", "calibration", ("data", "random"))
+        _check_int(settings, "export", "calibration_batches", 1)
+        _check_int(settings, "export", "check_batches", 1)
+        _check_int(settings, "export", "batch_size", 1)
+        _check_int(settings, "export", "opset", 7)
+    if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
+        raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")
+
 
 def validate_config(cfg: DictConfig) -> None:
     """Fail before any work, with one line naming the key and the allowed values."""
     if cfg.mode not in MODES:
         raise ConfigError("mode", cfg.mode, f"allowed: {', '.join(MODES)}")
-    backbone = cfg.get("backbone")
-    if backbone is not None:
-        if not is_backbone(backbone.name):
-            raise ConfigError("backbone.name", backbone.name, f"allowed: {', '.join(list_backbones())} or timm/<model_name>")
-        alpha = backbone.get("alpha")
-        if alpha is not None and not (isinstance(alpha, int | float) and alpha > 0):
-            raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
-    resolution = cfg.get("data", {}).get("resolution")
-    if resolution is not None:
-        multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
-        if not isinstance(resolution, int) or resolution < 32 or resolution % multiple:
-            allowed = f"a multiple of {multiple} (paper: 224, 192, 160, 128)" if multiple > 1 else "an integer >= 32"
-            raise ConfigError("data.resolution", resolution, f"must be {allowed}")
+    if cfg.get("backbone") is not None:
+        validate_backbone(cfg.backbone)
+    validate_data(cfg)
+    validate_mode_settings(cfg)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -112,11 +112,14 @@ def count_model(model: nn.Module, example_input: Any) -> ModelCount:
     """
     layers: list[LayerCount] = []
     names = {module: name for name, module in model.named_modules()}
+    first_conv: list[nn.Module] = []  # the first conv module that runs is the stem, however often it runs
 
     def hook(module: nn.Module, _inputs, output) -> None:
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            layer_type = conv_layer_type(module, first=not any(layer.layer_type.startswith("conv") for layer in layers))
+            if not first_conv:
+                first_conv.append(module)
+            layer_type = conv_layer_type(module, first=module is first_conv[0])
             shape = (f"{kh}x{kw} dw {module.in_channels}" if layer_type == "conv_dw"
                      else f"{kh}x{kw} {module.in_channels}->{module.out_channels}")
             layers.append(LayerCount(names[module], layer_type, conv_mult_adds(module, output),
