@@ -57,6 +57,9 @@ def check_group_choices(args: list[str]) -> None:
 
 
 def main() -> None:
+    from toolkit.distill.overrides import expand_teacher_override
+
+    sys.argv[1:] = expand_teacher_override(sys.argv[1:])  # teacher=<file> -> teacher=path teacher.path=<file>
     try:
         check_group_choices(sys.argv[1:])
     except ConfigError as e:

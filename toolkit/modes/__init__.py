@@ -11,6 +11,7 @@ MODES: dict[str, str] = {
     "predict": "toolkit.modes.predict:predict",
     "profile": "toolkit.modes.profile:profile",
     "export": "toolkit.modes.export:export",
+    "teacher_cache": "toolkit.modes.teacher_cache:teacher_cache",
     "partition": "toolkit.modes.partition:partition",
 }
 

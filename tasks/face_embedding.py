@@ -1,0 +1,178 @@
+"""Face embeddings (paper §4.7, Table 14): an L2-normalised embedding distilled from a teacher's; verification.
+
+The student's embedding has the teacher's width (a linear projection after pooling when the
+backbone's width differs); loss = squared L2 distance to the teacher's (normalised) embedding,
+as the paper. `teacher=none` trains on identity folders instead (softmax over cosine similarity
+to per-identity weights, scaled): how a teacher for the generated data is made. Validation and
+`mode=eval` score a pairs file: 10-fold accuracy, TAR at FAR 1e-3 / 1e-4, ROC points and plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.backbones import create_backbone
+from toolkit.distill.losses import embedding_distillation_loss
+from toolkit.errors import ConfigError, DataError
+from toolkit.tasks.distillation import DistillationTask
+from toolkit.verification import plot_roc, verification_report
+
+
+class EmbeddingNet(nn.Module):
+    """backbone -> global average pool -> (projection if widths differ) -> L2 normalisation."""
+
+    def __init__(self, backbone: nn.Module, dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projection = nn.Identity() if backbone.num_features == dim else nn.Linear(backbone.num_features, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.backbone(x).mean(dim=(2, 3))), dim=1)
+
+
+class FaceEmbeddingTask(DistillationTask):
+    monitor = "val/accuracy"
+    mode = "max"
+    resolution_multiple = 32
+    data_kind = "face_embedding"
+    distill_output = "embedding"
+    accepted_teacher_outputs = ("embedding",)
+
+    def __init__(
+        self,
+        backbone: dict,
+        teacher: dict | None = None,
+        embedding_dim: int | None = None,
+        num_identities: int = 0,
+        identity_scale: float = 16.0,
+        fars: list[float] | None = None,
+        folds: int = 10,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+    ):
+        if embedding_dim is not None and embedding_dim < 1:
+            raise ConfigError("task.embedding_dim", embedding_dim, "a positive width, or null for the teacher's")
+        self.fars = tuple(fars or (1e-3, 1e-4))
+        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+
+    @property
+    def output_dim(self) -> int:
+        return self.hparams.embedding_dim
+
+    def expected_teacher_dim(self) -> int:
+        return self.hparams.embedding_dim
+
+    def configure_models(self) -> None:
+        dim = self.hparams.embedding_dim
+        if dim is None:  # the teacher's width; recorded in hparams so checkpoints rebuild without the teacher
+            dim = self.teacher.probe_dim() if self.has_teacher else 128
+            self.hparams["embedding_dim"] = int(dim)
+        self.model = EmbeddingNet(create_backbone(**self.hparams.backbone), int(dim))
+        self.identity_weights = None
+        if not self.has_teacher and self.hparams.num_identities > 0:
+            self.identity_weights = nn.Parameter(torch.randn(self.hparams.num_identities, int(dim)) * 0.01)
+        self._val_embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.last_report: dict | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---- training ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if not self.has_teacher and self.identity_weights is None:
+            raise DataError("teacher=none trains on identities: put the images in <data.root>/<identity>/ folders "
+                            "(2+ identities), or give a teacher (teacher=/path/to/teacher.ckpt)")
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self.log_skipped(batch, "train")
+        if "image" not in batch:
+            return None
+        emb = self(batch["image"])
+        if self.has_teacher:
+            target = F.normalize(self.teacher_outputs(batch), dim=1)
+            loss = embedding_distillation_loss(emb, target)
+        else:
+            labels = batch["label"]
+            if (labels < 0).any():
+                raise DataError(f"teacher=none: {batch['path'][int((labels < 0).nonzero()[0])]} lies outside an identity folder")
+            logits = self.hparams.identity_scale * emb @ F.normalize(self.identity_weights, dim=1).T
+            loss = F.cross_entropy(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=emb.shape[0])
+        return loss
+
+    # ---- verification --------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_skipped(batch, "val")
+        if "image" not in batch:
+            return
+        self._val_embeddings.append((batch["index"].detach(), self(batch["image"]).detach().float()))
+
+    def on_validation_epoch_end(self) -> None:
+        dataset = self.trainer.val_dataloaders.dataset
+        if not self._val_embeddings:
+            return
+        index = torch.cat([i for i, _ in self._val_embeddings])
+        emb = torch.cat([e for _, e in self._val_embeddings])
+        self._val_embeddings.clear()
+        if self.trainer.world_size > 1:  # every rank scored a shard: gather before pairing
+            index = self.all_gather(index).flatten()
+            emb = self.all_gather(emb).flatten(0, 1)
+        table = torch.full((len(dataset), emb.shape[1]), float("nan"), device=emb.device)
+        table[index] = emb
+        table = table.cpu().numpy()
+        pairs = dataset.pairs
+        usable = ~np.isnan(table[pairs[:, 0], 0]) & ~np.isnan(table[pairs[:, 1], 0])  # skipped images drop their pairs
+        if self.trainer.sanity_checking or not usable.any():
+            return
+        scores = np.sum(table[pairs[usable, 0]] * table[pairs[usable, 1]], axis=1)  # cosine: embeddings are unit length
+        folds = dataset.folds[usable] if dataset.folds is not None else None
+        report = verification_report(scores, dataset.same[usable], folds, self.fars, self.hparams.folds)
+        report["pairs_skipped"] = int((~usable).sum())
+        self.last_report = report
+        self.log("val/accuracy", report["accuracy"], prog_bar=True)
+        self.log("val/accuracy_std", report["accuracy_std"])
+        self.log("val/auc", report["auc"])
+        for point in report["tar_at_far"]:
+            self.log(f"val/tar@far{point['far']:g}", point["tar"], prog_bar=point["far"] == self.fars[0])
+
+    def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
+        """`verification.json` (folds, thresholds, TAR@FAR), `roc.csv` and `roc.png`."""
+        report = self.last_report
+        if report is None:
+            return
+        roc = report["roc"]
+        with (output_dir / "roc.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["threshold", "far", "tar"])
+            writer.writerows(zip(roc["threshold"].tolist(), roc["fpr"].tolist(), roc["tpr"].tolist(), strict=True))
+        summary = {k: v for k, v in report.items() if k != "roc"}
+        (output_dir / "verification.json").write_text(json.dumps(summary, indent=2, default=float))
+        plot_roc(report, output_dir / "roc.png")
+        for point in report["tar_at_far"]:
+            if not point["resolvable"]:
+                print(f"note: FAR {point['far']:g} needs >= {int(np.ceil(1 / point['far']))} impostor pairs; this pairs file has "
+                      f"{point['impostor_pairs']}, so TAR@FAR{point['far']:g} is measured at FAR 0")
+
+    # ---- prediction ----------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        if "image" not in batch:
+            return []
+        return [{"path": p, "embedding": e} for p, e in zip(batch["path"], self(batch["image"]).float().tolist(), strict=True)]
+
+    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
+        npy = output_dir / "embeddings.npy"
+        np.save(npy, np.asarray([r["embedding"] for r in records], dtype=np.float32))
+        paths = output_dir / "embeddings_paths.txt"
+        paths.write_text("\n".join(r["path"] for r in records) + "\n")
+        return [npy, paths]
+

@@ -1,0 +1,1 @@
+"""Distillation: teachers (checkpoints, registry backbones, TorchScript, caches of outputs) and their losses."""
