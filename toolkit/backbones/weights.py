@@ -167,8 +167,12 @@ def get_weights(backbone: str, source: str, alpha: float = 1.0) -> Weights:
     return weights
 
 
+PUBLISHERS = ("timm", "torchvision")
+
+
 def is_known_source(source: str) -> bool:
-    return any(source in sources for sources in _WEIGHTS.values()) or source in ("timm", "torchvision")
+    """`timm`, `torchvision`, `torchvision:<ENTRY>` or another registered source (not a file path)."""
+    return any(source in sources for sources in _WEIGHTS.values()) or source.split(":", 1)[0] in PUBLISHERS
 
 
 # ---- reading and converting state dicts -----------------------------------------------------------
