@@ -22,7 +22,8 @@ Transforms (pluggable per task)
     `transform` names a pipeline of `toolkit.data.detection_transforms.DETECTION_TRANSFORMS`: `ssd`
     (square resize, SSD crop, flip, photometric) or `keep_aspect` (shorter side = `resolution`, for
     Faster R-CNN). Task configs set it as `data.transform` (data configs leave it unset so the task's
-    choice survives the merge); eval pipelines are pure resizes.
+    choice survives the merge); eval pipelines are pure resizes. `aspect_ratio_group_factor=k` (Faster
+    R-CNN) makes training batches of images of similar width/height (`toolkit.data.samplers`).
 
 Batches (`detection_collate`)
     {"images": list[3xHxW float], "targets": list[{"boxes": float[N,4] xyxy in network-input pixels,
@@ -44,11 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from toolkit.data.base import BaseDataModule, SkippingCollate
 from toolkit.data.detection_transforms import detection_transforms
 from toolkit.data.images import load_rgb
+from toolkit.data.samplers import grouped_loader
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -260,6 +262,10 @@ class CocoDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image, from the annotation file (aspect-ratio grouped batches)."""
+        return [self.coco.imgs[image_id]["width"] / self.coco.imgs[image_id]["height"] for image_id, *_ in self.records]
+
     def __getitem__(self, index: int):
         image_id, path, boxes, labels = self.records[index]
         try:
@@ -313,6 +319,7 @@ class CocoDetectionDataModule(BaseDataModule):
         val_images: str | None = None,
         transform: str = "ssd",
         drop_empty_train: bool = False,
+        aspect_ratio_group_factor: int | None = None,
         **kwargs,
     ):
         kwargs.setdefault("resolution", 300)
@@ -323,6 +330,7 @@ class CocoDetectionDataModule(BaseDataModule):
         self.explicit = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
         self.transform_name = transform
         self.drop_empty_train = drop_empty_train
+        self.aspect_ratio_group_factor = aspect_ratio_group_factor
         self.train_tf, self.eval_tf = detection_transforms(transform, self.resolution, self.mean, self.std)
         self.categories: CategoryMap | None = None
 
@@ -389,6 +397,11 @@ class CocoDetectionDataModule(BaseDataModule):
 
     def collate_fn(self):
         return SkippingCollate(detection_collate)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.aspect_ratio_group_factor is None:
+            return super().train_dataloader()
+        return grouped_loader(self, self.train_dataset, self.aspect_ratio_group_factor)
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:
         return DetectionImageDataset(paths, self.eval_tf, self.skip_corrupt)

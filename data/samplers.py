@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 class GroupedBatchSampler(BatchSampler):
     """Batches of `batch_size` indices from `sampler`, each batch drawn from a single group (`group_ids[i]`).
 
-    It yields `len(sampler) // batch_size` batches an epoch, like torchvision's: groups left incomplete at
-    the end are filled up by repeating samples of the same group, largest leftovers first.
+    It yields `len(sampler) // batch_size` batches an epoch (at least one), like torchvision's: groups left
+    incomplete at the end are filled up by repeating samples of the same group, largest leftovers first.
     """
 
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int):
@@ -56,7 +56,8 @@ class GroupedBatchSampler(BatchSampler):
             remaining -= 1
 
     def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
+        # at least one (refilled) batch when the data set is smaller than a batch
+        return max(len(self.sampler) // self.batch_size, 1 if len(self.sampler) else 0)
 
 
 def aspect_ratio_bins(k: int) -> list[float]:
@@ -71,3 +72,25 @@ def create_aspect_ratio_groups(aspect_ratios: Sequence[float], k: int = 3) -> li
     counts = np.bincount(groups, minlength=len(bins) + 1)
     log.info("aspect-ratio groups (edges %s): %s images per group", [round(b, 3) for b in bins], counts.tolist())
     return groups
+
+
+def dataset_aspect_ratios(dataset: Dataset) -> list[float]:
+    """Width / height of every item, from datasets that expose `aspect_ratios()` (and ConcatDatasets of them)."""
+    if isinstance(dataset, ConcatDataset):
+        return [r for part in dataset.datasets for r in dataset_aspect_ratios(part)]
+    if not hasattr(dataset, "aspect_ratios"):
+        raise TypeError(f"{type(dataset).__name__} has no aspect_ratios(); aspect-ratio grouping needs image sizes")
+    return list(dataset.aspect_ratios())
+
+
+def grouped_loader(datamodule, dataset: Dataset, group_factor: int) -> DataLoader:
+    """A training DataLoader with aspect-ratio grouped, shuffled batches and the datamodule's loader settings."""
+    groups = create_aspect_ratio_groups(dataset_aspect_ratios(dataset), group_factor)
+    return DataLoader(
+        dataset,
+        batch_sampler=GroupedBatchSampler(RandomSampler(dataset), groups, datamodule.batch_size),
+        num_workers=datamodule.num_workers,
+        pin_memory=datamodule.pin_memory,
+        persistent_workers=datamodule.persistent_workers,
+        collate_fn=datamodule.collate_fn(),
+    )
