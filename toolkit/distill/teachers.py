@@ -28,7 +28,7 @@ from toolkit.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 TEACHER_KINDS = ("none", "path", "model")
-_FILE_HELP = ("teacher= takes a .ckpt written by this toolkit, a TorchScript file (torch.jit.save), or a teacher "
+_FILE_HELP = ("teacher= takes a .ckpt written by this toolkit, a TorchScript file (torch.jit.save; torch.export .pt2), or a teacher "
               "cache (.pt from mode=teacher_cache, or .npz with arrays keys/outputs)")
 
 
@@ -69,7 +69,8 @@ class OnlineTeacher(FrozenTeacher):
         self.teacher_stats = (tuple(mean), tuple(std)) if mean is not None and std is not None else None
         self.register_buffer("_shift", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("_scale", torch.ones(1, 3, 1, 1), persistent=False)
-        self.net.requires_grad_(False)
+        for param in self.net.parameters():  # (ScriptModules refuse requires_grad_ on the module)
+            param.requires_grad_(False)
         self.eval()
 
     def set_input_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -138,6 +139,20 @@ class PooledFeatures(nn.Module):
         return self.backbone(x).mean(dim=(2, 3))
 
 
+class _ExportedGraph(nn.Module):
+    """A `torch.export` graph keeps the mode it was exported in (eval) and refuses `.train()`/`.eval()`."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def train(self, mode: bool = True) -> _ExportedGraph:
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+
 # ---- building from the config -------------------------------------------------------------------
 def build_teacher(spec: dict, outputs: Sequence[str] | None = None) -> FrozenTeacher:
     """The teacher `spec` (the `teacher` config) describes; `outputs` are the kinds the caller accepts."""
@@ -166,7 +181,7 @@ def _teacher_from_file(spec: dict, outputs: Sequence[str] | None) -> FrozenTeach
         raise DataError(f"teacher file {path}: not found. {_FILE_HELP}.")
     if path.suffix == ".npz":
         return CachedTeacher(TeacherCache.load(path))
-    if _is_torchscript(path):
+    if path.suffix == ".pt2" or _is_torchscript(path):
         return _torchscript_teacher(path, spec, outputs)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -198,9 +213,12 @@ def _pick_output(declared: str, native: str | None, outputs: Sequence[str] | Non
 
 
 def _torchscript_teacher(path: Path, spec: dict, outputs: Sequence[str] | None) -> OnlineTeacher:
-    net = torch.jit.load(str(path), map_location="cpu")
-    output = _pick_output(spec.get("output") or "auto", None, outputs, "TorchScript teacher")
-    return OnlineTeacher(net, output, f"TorchScript teacher {path}", None, spec.get("mean"), spec.get("std"),
+    """TorchScript (`torch.jit.save`), or its successor `torch.export.save` (`.pt2`)."""
+    kind = "exported" if path.suffix == ".pt2" else "TorchScript"
+    net = (_ExportedGraph(torch.export.load(str(path)).module()) if kind == "exported"
+           else torch.jit.load(str(path), map_location="cpu"))
+    output = _pick_output(spec.get("output") or "auto", None, outputs, f"{kind} teacher")
+    return OnlineTeacher(net, output, f"{kind} teacher {path}", None, spec.get("mean"), spec.get("std"),
                          spec.get("resolution"))
 
 
