@@ -40,9 +40,9 @@ def _safe_members(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def extract_tree(tar_path: Path, top: str, out: Path) -> int:
-    """Extract the members under `top/` (e.g. Images/) into `out`; returns how many files."""
-    with _open(tar_path, f"{top}.tar") as tar:
+def extract_tree(tar_path: Path, top: str, out: Path, what: str) -> int:
+    """Extract the members under `top/` (e.g. Images/) of the download `what` into `out`; returns how many files."""
+    with _open(tar_path, what) as tar:
         members = [m for m in _safe_members(tar, tar_path) if PurePosixPath(m.name).parts[:1] == (top,)]
         files = [m for m in members if m.isfile()]
         if not files:
@@ -69,8 +69,8 @@ def extract_lists(tar_path: Path, out: Path) -> list[Path]:
 
 def prepare(images: Path, annotations: Path | None, lists: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    n_images = extract_tree(images, "Images", out)
-    n_annotations = extract_tree(annotations, "Annotation", out) if annotations else 0
+    n_images = extract_tree(images, "Images", out, "images.tar")
+    n_annotations = extract_tree(annotations, "Annotation", out, "annotation.tar") if annotations else 0
     extract_lists(lists, out)
     dm = StanfordDogsDataModule(root=str(out), crop_to_box=annotations is not None, num_workers=0)
     train, val = dm.scan()  # reads both lists and checks every listed file is there

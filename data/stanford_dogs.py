@@ -72,7 +72,7 @@ def read_mat_list(path: str | Path) -> tuple[list[str], list[str] | None, np.nda
                         + (f" and {len(annotations)} annotations" if annotations is not None else ""))
     if len(labels) and (labels.min() < 1 or np.any(labels != np.round(labels))):
         bad = int(np.flatnonzero((labels < 1) | (labels != np.round(labels)))[0])
-        raise DataError(f"{path}: entry {bad} ({files[bad]}) has label {labels[bad]!r}; labels are integers from 1")
+        raise DataError(f"{path}: entry {bad} ({files[bad]}) has label {labels[bad].item()!r}; labels are integers from 1")
     return files, annotations, labels.astype(np.int64) - 1
 
 
