@@ -165,3 +165,15 @@ def test_teacher_file_shorthand_on_the_command_line():
     args = ["task=face_attributes", "teacher=runs/a/best.ckpt", "teacher=none", "teacher=model", "teacher=null"]
     assert expand_teacher_override(args) == ["task=face_attributes", "teacher=path", "teacher.path=runs/a/best.ckpt",
                                              "teacher=none", "teacher=model", "teacher=none"]
+
+
+@pytest.mark.parametrize("row", ["face_attributes_mobilenet_v1_025_128", "face_attributes_mobilenet_v1_100_224",
+                                 "face_embedding_mobilenet_v1_075_160", "face_embedding_mobilenet_v1_100_128"])
+def test_paper_experiments_compose_and_require_a_teacher(make_cfg, row):
+    cfg = make_cfg([f"experiment={row}"])
+    task, alpha, res = row.split("_mobilenet_v1_")[0], row.split("_")[-2], row.split("_")[-1]
+    assert cfg.task_kind == task and cfg.backbone.alpha == int(alpha) / 100 and cfg.data.resolution == int(res)
+    assert cfg.task.teacher.kind == "path" and cfg.task.optimizer.weight_decay == 0.0
+    with pytest.raises(ConfigError, match="teacher.path"):
+        build_teacher(dict(cfg.task.teacher))
+    assert make_cfg([f"experiment={row}", "teacher=path", "teacher.path=t.ckpt"]).task.teacher.path == "t.ckpt"
