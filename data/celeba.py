@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
 from toolkit.data.face_transforms import face_eval_transform, face_train_transform
-from toolkit.data.images import load_rgb
+from toolkit.data.folder import ImageListDataset
 from toolkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -138,30 +138,19 @@ def read_attribute_csv(path: str | Path, image_column: str = "image", split_colu
     return names, files, np.asarray(rows, dtype=np.int8).reshape(len(files), len(names)), (splits if split_i is not None else None)
 
 
-class AttributeDataset(Dataset):
-    """Images with multi-label attributes; yields image, labels (float, -1 unknown), key and path."""
+class AttributeDataset(ImageListDataset):
+    """Images with multi-label attributes; adds labels (float, -1 unknown) and key (the file as listed)."""
 
     def __init__(self, image_dir: Path | None, files: list[str], labels: np.ndarray, transform, skip_corrupt: bool = False):
-        self.image_dir, self.files, self.labels = image_dir, files, labels
-        self.transform, self.skip_corrupt = transform, skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def path(self, index: int) -> Path:
-        return self.image_dir / self.files[index] if self.image_dir is not None else Path(self.files[index])
+        paths = [image_dir / f if image_dir is not None else Path(f) for f in files]
+        super().__init__([(p, -1) for p in paths], transform, skip_corrupt)
+        self.files, self.labels = files, labels
 
     def __getitem__(self, index: int):
-        path = self.path(index)
-        try:
-            image = load_rgb(path)
-        except DataError as e:
-            if not self.skip_corrupt:
-                raise
-            log.warning("skipped corrupt sample %d: %s", index, e)
-            return None
-        return {"image": self.transform(image=image)["image"], "labels": torch.from_numpy(self.labels[index].astype(np.float32)),
-                "key": self.files[index], "path": str(path)}
+        sample = super().__getitem__(index)
+        if sample is not None:
+            sample.update(labels=torch.from_numpy(self.labels[index].astype(np.float32)), key=self.files[index])
+        return sample
 
 
 class AttributeDataModule(BaseDataModule):

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
 from toolkit.data.face_transforms import face_eval_transform, face_train_transform
-from toolkit.data.images import IMAGE_EXTENSIONS, load_rgb
+from toolkit.data.folder import ImageListDataset
+from toolkit.data.images import IMAGE_EXTENSIONS
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -146,27 +147,19 @@ def scan_face_folder(root: Path) -> tuple[list[str], dict[str, list[str]]]:
     return files, identities
 
 
-class FaceImageDataset(Dataset):
-    """Images under `root` with identity labels (-1 when the folder gives none); yields image, label, key, path."""
+class FaceImageDataset(ImageListDataset):
+    """Images under `root` with identity labels (-1 when the folder gives none); adds key (relative path) and index."""
 
     def __init__(self, root: Path | None, files: list[str], labels: list[int], transform, skip_corrupt: bool = False):
-        self.root, self.files, self.labels = root, files, labels
-        self.transform, self.skip_corrupt = transform, skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.files)
+        super().__init__([(root / f if root is not None else Path(f), label) for f, label in zip(files, labels, strict=True)],
+                         transform, skip_corrupt)
+        self.files, self.labels = files, labels
 
     def __getitem__(self, index: int):
-        path = self.root / self.files[index] if self.root is not None else Path(self.files[index])
-        try:
-            image = load_rgb(path)
-        except DataError as e:
-            if not self.skip_corrupt:
-                raise
-            log.warning("skipped corrupt sample %d: %s", index, e)
-            return None
-        return {"image": self.transform(image=image)["image"], "label": self.labels[index], "index": index,
-                "key": self.files[index], "path": str(path)}
+        sample = super().__getitem__(index)
+        if sample is not None:
+            sample.update(index=index, key=self.files[index])
+        return sample
 
 
 class VerificationDataset(FaceImageDataset):
