@@ -63,38 +63,70 @@ _RCNN_ARG_NAMES = {
 } | {"bbox_reg_weights"}
 
 
-class DetectorTrunk(Backbone):
-    """The backbone cut after the deepest stage the detector reads: returns the RPN's taps by name.
+class _FeatureTrunk:
+    """What both trunks share: read the taps, then (FPN variant) merge them into a feature pyramid."""
+
+    taps: list[str]
+    fpn: FeaturePyramidNetwork | None
+
+    def _setup_outputs(self, backbone: Backbone, taps: Sequence[str], fpn_channels: int | None) -> None:
+        self.taps = list(taps)
+        self.fpn = (FeaturePyramidNetwork(backbone.feature_info.channels(self.taps), fpn_channels,
+                                          extra_blocks=LastLevelMaxPool()) if fpn_channels else None)
+        self.out_channels = fpn_channels or backbone.feature_info.get(self.taps[0]).channels
+
+    def read_taps(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        features = self.read_taps(x)
+        return self.fpn(features) if self.fpn is not None else features
+
+
+class DetectorTrunk(_FeatureTrunk, Backbone):
+    """The backbone cut after the deepest stage the detector reads; returns the RPN's taps by name.
 
     A truncated `Backbone` is itself a `Backbone`: its stages keep their own names, so state-dict keys
     (`backbone.stages.conv0...`) are exactly a classifier's and `init_from` maps one to one.
     """
 
-    def __init__(self, backbone: Backbone, taps: Sequence[str], keep_until: str):
-        super().__init__()
+    def __init__(self, backbone: Backbone, taps: Sequence[str], keep_until: str, fpn_channels: int | None = None):
+        Backbone.__init__(self)
         names = backbone.feature_info.names()
         kept = names[: names.index(keep_until) + 1]
         self._set_stages(OrderedDict((n, getattr(backbone.stages, n)) for n in kept),
                          [backbone.feature_info.get(n) for n in kept])
         self.mean, self.std = backbone.mean, backbone.std
-        self.taps = list(taps)
-        self.out_channels = backbone.feature_info.get(self.taps[0]).channels
+        self._setup_outputs(backbone, taps, fpn_channels)
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def read_taps(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.forward_taps(x, self.taps)
 
 
-class FPNTrunk(DetectorTrunk):
-    """Taps at several strides merged by torchvision's FeaturePyramidNetwork (+ a max-pooled top level)."""
+class WholeBackboneTrunk(_FeatureTrunk, nn.Module):
+    """A backbone that cannot be cut at a tap (timm `features_only` models), run whole.
 
-    def __init__(self, backbone: Backbone, taps: Sequence[str], out_channels: int = 256):
-        super().__init__(backbone, taps, keep_until=taps[-1])
-        self.fpn = FeaturePyramidNetwork(backbone.feature_info.channels(list(taps)), out_channels,
-                                         extra_blocks=LastLevelMaxPool())
-        self.out_channels = out_channels
+    Its sub-modules are registered here under their own names, so state-dict keys stay the backbone's.
+    Every stage runs even when only a shallower tap is read: limit it with the backbone's own options
+    (timm: `backbone.out_indices`), or DDP needs `find_unused_parameters`.
+    """
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.fpn(self.forward_taps(x, self.taps))
+    def __init__(self, backbone: Backbone, taps: Sequence[str], fpn_channels: int | None = None):
+        nn.Module.__init__(self)
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+        self._backbone = (backbone,)  # a tuple: its modules are registered above, under the same names
+        self.feature_info, self.mean, self.std = backbone.feature_info, backbone.mean, backbone.std
+        self._setup_outputs(backbone, taps, fpn_channels)
+
+    def read_taps(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self._backbone[0].forward_taps(x, self.taps)
+
+
+def can_split(backbone: nn.Module) -> bool:
+    """Whether the backbone is a plain stack of stages named like its taps (so it can be cut at any tap)."""
+    stages = getattr(backbone, "stages", None)
+    return isinstance(stages, nn.Sequential) and set(backbone.feature_info.names()) <= {n for n, _ in stages.named_children()}
 
 
 class BackboneStagesBoxHead(nn.Module):
@@ -123,10 +155,17 @@ class BackboneStagesBoxHead(nn.Module):
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """torchvision's normalise + keep-aspect resize + batch padding, minus the resize when an image already
-    has the configured size (the data pipeline resized it), so no image is interpolated twice."""
+    """torchvision's normalise + keep-aspect resize + batch padding, where the resize is skipped for images that
+    already have the configured size, or always with `resize=False` (the toolkit's data pipeline resizes:
+    `data.resolution` with `data.transform=keep_aspect`), so no image is interpolated twice."""
+
+    def __init__(self, *args, resize: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resize_images = resize
 
     def resize(self, image: torch.Tensor, target: dict | None = None):
+        if not self.resize_images:
+            return image, target
         h, w = image.shape[-2:]
         if self.fixed_size is None and len(self.min_size) == 1:
             scale = min(self.min_size[0] / min(h, w), self.max_size / max(h, w))
@@ -163,18 +202,16 @@ def default_rpn_tap(backbone: Backbone) -> str:
     return (exact or taps)[-1].name
 
 
-def _stages_after(backbone: Backbone, tap: str) -> nn.Sequential | None:
-    try:
-        _, rest = backbone.split_at(tap)
-    except (AttributeError, NotImplementedError):
-        return None
-    return rest if len(rest) else None
+def _make_trunk(net: Backbone, taps: Sequence[str], keep_until: str, fpn_channels: int | None = None) -> nn.Module:
+    if can_split(net):
+        return DetectorTrunk(net, taps, keep_until, fpn_channels)
+    return WholeBackboneTrunk(net, taps, fpn_channels)
 
 
 def build_faster_rcnn(
     backbone: dict | Backbone,
     num_classes: int,
-    resolution: int = 600,
+    resolution: int | None = 600,
     max_size: int | None = None,
     rpn_tap: str | None = None,
     box_head: str = "auto",
@@ -184,7 +221,7 @@ def build_faster_rcnn(
     anchor_sizes: Sequence[int] = PAPER_ANCHOR_SIZES,
     aspect_ratios: Sequence[float] = PAPER_ASPECT_RATIOS,
     roi_output_size: int = 14,
-    sampling_ratio: int = 2,
+    sampling_ratio: int = 1,
     representation_size: int = 1024,
     frozen_bn: bool = False,
     image_mean: Sequence[float] | None = None,
@@ -194,7 +231,8 @@ def build_faster_rcnn(
     """A torchvision `FasterRCNN` for `num_classes` foreground classes (labels 1..K; 0 is background).
 
     backbone: a registry config dict (`{"name": "mobilenet_v1", "alpha": 1.0}`) or a built Backbone.
-    resolution / max_size: the shorter image side and the cap on the longer one (default 1000/600 x resolution).
+    resolution / max_size: the model resizes images to this shorter side, the longer one capped at max_size
+      (default 1000/600 x resolution); `resolution=None`: images come resized (the toolkit's data pipeline).
     rpn_tap: the stride-16 tap the RPN and RoIAlign read (default: the deepest stride-16 tap, V1's conv11).
     box_head: "stages" = the backbone's stages after `rpn_tap` (the paper), "mlp" = TwoMLPHead on 7x7 crops,
       "auto" = stages where the backbone can be split there.
@@ -218,7 +256,7 @@ def build_faster_rcnn(
         taps = list(fpn_taps or [default_rpn_tap(net), net.feature_info[-1].name])
         if len(set(taps)) != len(taps) or any(t not in net.feature_info.names() for t in taps):
             raise ConfigError("task.detector.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
-        trunk: DetectorTrunk = FPNTrunk(net, taps, fpn_channels)
+        trunk = _make_trunk(net, taps, keep_until=taps[-1], fpn_channels=fpn_channels)
         levels = [*taps, "pool"]
         anchor_generator = AnchorGenerator((sizes,) * len(levels), (ratios,) * len(levels))
         roi_pool = MultiScaleRoIAlign(taps, output_size=7, sampling_ratio=sampling_ratio)
@@ -230,20 +268,20 @@ def build_faster_rcnn(
             raise ConfigError("task.detector.rpn_tap", tap, f"one of {net.feature_info.names()}")
         if box_head not in ("auto", "stages", "mlp"):
             raise ConfigError("task.detector.box_head", box_head, "auto, stages (the paper) or mlp")
-        rest = _stages_after(net, tap) if box_head != "mlp" else None
-        if box_head == "stages" and rest is None:
-            raise ConfigError("task.detector.box_head", box_head,
-                              f"backbone {type(net).__name__} has no stages after {tap!r} to run on the crops; use mlp")
-        channels = net.feature_info.get(tap).channels
-        if rest is not None:  # the paper: RoIAlign 14x14 from the tap, then the later stages on each crop
-            trunk = DetectorTrunk(net, [tap], keep_until=net.feature_info[-1].name)
+        deepest = net.feature_info[-1].name
+        splits = can_split(net) and tap != deepest
+        if box_head == "stages" and not splits:
+            raise ConfigError("task.detector.box_head", box_head, f"{type(net).__name__} cannot run its stages after "
+                              f"{tap!r} on the crops ({'no stages after it' if tap == deepest else 'it cannot be cut'}); use mlp")
+        if splits and box_head != "mlp":  # the paper: RoIAlign 14x14 from the tap, then the later stages on each crop
+            trunk = DetectorTrunk(net, [tap], keep_until=deepest)
             roi_pool = MultiScaleRoIAlign([tap], output_size=roi_output_size, sampling_ratio=sampling_ratio)
-            head = BackboneStagesBoxHead(rest, net.feature_info[-1].channels)
+            head = BackboneStagesBoxHead(net.split_at(tap)[1], net.feature_info[-1].channels)
             head_channels = net.feature_info[-1].channels
-        else:  # later stages unused: cut them off (DDP refuses parameters that get no gradient)
-            trunk = DetectorTrunk(net, [tap], keep_until=tap)
+        else:  # later stages unused: cut off where possible (DDP refuses parameters that get no gradient)
+            trunk = _make_trunk(net, [tap], keep_until=tap)
             roi_pool = MultiScaleRoIAlign([tap], output_size=7, sampling_ratio=sampling_ratio)
-            head = TwoMLPHead(channels * 7 * 7, representation_size)
+            head = TwoMLPHead(net.feature_info.get(tap).channels * 7 * 7, representation_size)
             head_channels = representation_size
         anchor_generator = AnchorGenerator((sizes,), (ratios,))
         stride = net.feature_info.get(tap).reduction
@@ -258,10 +296,11 @@ def build_faster_rcnn(
     )
     # Pad batches to a multiple of the coarsest stride, so anchor strides (image size // feature size) are exact.
     model.transform = DetectionTransform(
-        min_size=resolution,
-        max_size=max_size or int(resolution * MAX_SIZE_RATIO),
+        min_size=resolution or 1,
+        max_size=max_size or int((resolution or 1) * MAX_SIZE_RATIO),
         image_mean=list(image_mean or net.mean),
         image_std=list(image_std or net.std),
         size_divisible=stride,
+        resize=resolution is not None,
     )
     return model

@@ -1,0 +1,271 @@
+"""Faster R-CNN MobileNet (issue 5): the paper's layout and counts, 300 proposals, learning, and the CLI round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from toolkit.backbones import create_backbone
+from toolkit.data.detection_transforms import keep_aspect_eval_transform
+from toolkit.data.samplers import GroupedBatchSampler, aspect_ratio_bins, create_aspect_ratio_groups
+from toolkit.detection.faster_rcnn import BackboneStagesBoxHead, DetectorTrunk, build_faster_rcnn
+from toolkit.errors import ConfigError, DataError
+from toolkit.heads import ImageClassifier
+from toolkit.profiling import count_model
+from toolkit.run import run
+from toolkit.schedulers import WarmupMultiStepLR
+from toolkit.tasks.detection_frcnn import FasterRCNNTask
+
+V1 = {"name": "mobilenet_v1", "alpha": 0.25}
+#: one torch thread here and in the CLI subprocesses: on a small shared machine more threads spin and crawl
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(alpha: float = 0.25, resolution: int | None = 300, num_classes: int = 3, **kwargs):
+    torch.manual_seed(0)
+    return build_faster_rcnn({"name": "mobilenet_v1", "alpha": alpha}, num_classes, resolution=resolution, **kwargs)
+
+
+def record_proposals(model) -> list[int]:
+    counts: list[int] = []
+    model.rpn.register_forward_hook(lambda _m, _i, out: counts.extend(len(b) for b in out[0]))
+    return counts
+
+
+# ---- the paper's layout ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("resolution", [300, 600])
+def test_300_proposals_per_image_reach_the_second_stage(resolution):
+    model = build(resolution=resolution).eval()
+    proposals = record_proposals(model)
+    crops: list[torch.Size] = []
+    model.roi_heads.box_head.register_forward_hook(lambda _m, inputs, _o: crops.append(inputs[0].shape))
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, resolution, resolution))
+    side = -(-resolution // 16)  # conv11 grid at stride 16; 12 anchors per cell: thousands, enough for 300
+    assert side * side * 12 > 300
+    assert proposals == [300, 300]
+    assert crops == [torch.Size([600, 128, 14, 14])]  # 14x14 RoIAlign crops of conv11 (512 x 0.25 channels)
+    assert len(out) == 2 and all(o["boxes"].shape[0] <= 100 for o in out)
+
+
+def test_anchors_are_the_tf_grid_at_stride_16():
+    model = build()
+    generator = model.rpn.anchor_generator
+    assert generator.sizes == ((64, 128, 256, 512),)
+    assert generator.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert generator.num_anchors_per_location() == [12]
+    assert model.rpn.nms_thresh == 0.7 and model.rpn._post_nms_top_n["testing"] == 300
+    assert model.backbone.taps == ["conv11"] and model.backbone.feature_info.get("conv11").reduction == 16
+
+
+@pytest.mark.parametrize(("alpha", "c11", "c13"), [(0.25, 128, 256), (1.0, 512, 1024)])
+def test_box_head_is_conv12_conv13_of_the_same_backbone(alpha, c11, c13):
+    model = build(alpha=alpha, num_classes=5)
+    head = model.roi_heads.box_head
+    assert isinstance(head, BackboneStagesBoxHead) and isinstance(model.backbone, DetectorTrunk)
+    assert [n for n, _ in head.stages.named_children()] == ["conv12", "conv13"]
+    assert head.stages.conv12 is model.backbone.stages.conv12  # shared, not a copy
+    assert not [k for k in model.state_dict() if k.startswith("roi_heads.box_head.")]  # stored once, under backbone
+    crops = torch.randn(4, c11, 14, 14)
+    with torch.no_grad():
+        assert head.stages.conv12(crops).shape == (4, c13, 7, 7)  # conv12 stride 2
+        features = head(crops)
+        scores, deltas = model.roi_heads.box_predictor(features)
+    assert features.shape == (4, c13)
+    assert scores.shape == (4, 6) and deltas.shape == (4, 24)  # 5 classes + background
+
+
+@pytest.mark.parametrize(("resolution", "paper_b"), [(300, 25.2), (600, 30.5)])
+def test_mult_adds_and_params_match_table_13(resolution, paper_b):
+    """The paper counts 300 proposals through conv12/conv13; so does count_model on the eval-mode model."""
+    model = build(alpha=1.0, resolution=resolution, num_classes=80)
+    count = count_model(model, torch.rand(1, 3, resolution, resolution))
+    assert abs(count.mult_adds / 1e9 - paper_b) < 0.01 * paper_b, f"{count.mult_adds / 1e9:.2f}B"
+    assert abs(count.params / 1e6 - 6.1) < 0.15, f"{count.params / 1e6:.3f}M"  # 80 classes here, TF used 90
+
+
+def test_variants_fpn_mlp_and_other_backbones_run():
+    images = [torch.rand(3, 128, 160), torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]  # an image without boxes
+    for backbone, kwargs in [(V1, {"fpn": True}), (V1, {"box_head": "mlp"}), ({"name": "mobilenet_v2", "alpha": 0.35}, {})]:
+        torch.manual_seed(0)
+        model = build_faster_rcnn(backbone, 2, resolution=128, **kwargs).train()
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+        unused = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not unused, f"{backbone} {kwargs}: parameters without gradient (DDP would fail): {unused[:3]}"
+    with pytest.raises(ConfigError, match="box_head"):
+        build_faster_rcnn(V1, 2, box_head="stages", rpn_tap="conv13")
+    with pytest.raises(ConfigError, match="rcnn"):
+        build_faster_rcnn(V1, 2, rcnn={"rpn_nms": 0.5})
+
+
+def test_frozen_bn_keeps_the_function_and_freezes_statistics():
+    reference = build(resolution=128).eval()
+    frozen = build(resolution=128, frozen_bn=True).eval()
+    frozen.load_state_dict(reference.state_dict(), strict=False)  # BN -> FrozenBN: same keys bar num_batches_tracked
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules()) == sum(
+        isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(reference.backbone(x)["conv11"], frozen.backbone(x)["conv11"], atol=1e-5)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    model = build(resolution=128).train()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 128, 128, generator=generator) * 0.3 for _ in range(2)]
+    boxes = [(20, 30, 80, 90), (50, 10, 120, 60)]
+    for image, (x0, y0, x1, y1) in zip(images, boxes, strict=True):
+        image[:, y0:y1, x0:x1] = torch.tensor([1.0, 0.2, 0.1])[:, None, None]
+    targets = [{"boxes": torch.tensor([b], dtype=torch.float32), "labels": torch.tensor([i + 1])} for i, b in enumerate(boxes)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+# ---- data, schedule and fine-tuning pieces -----------------------------------------------------------------
+def test_data_pipeline_resize_is_not_repeated_by_the_model():
+    model = build(resolution=300).eval()
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    image = np.zeros((137, 411, 3), np.uint8)
+    resized = keep_aspect_eval_transform(300, mean, std)(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]
+    assert tuple(resized.shape[1:]) == (167, 500)  # scale min(300/137, 500/411): the longer side is capped
+    batch, _ = model.transform([resized])
+    assert tuple(batch.image_sizes[0]) == tuple(resized.shape[1:])  # not interpolated again
+    assert batch.tensors.shape[-1] % 16 == 0 and batch.tensors.shape[-2] % 16 == 0
+    raw, _ = model.transform([torch.rand(3, 100, 150)])  # a raw image is resized to the shorter side
+    assert tuple(raw.image_sizes[0]) == (300, 450)
+    no_resize = build(resolution=None).eval()  # what the task builds: the data pipeline owns the size
+    assert tuple(no_resize.transform([torch.rand(3, 100, 150)])[0].image_sizes[0]) == (100, 150)
+
+
+def test_grouped_batch_sampler_keeps_groups_and_covers_every_image():
+    ratios = [0.5, 0.75, 1.0, 1.0, 1.33, 1.5, 2.0, 0.6, 1.0, 1.4, 1.0]
+    groups = create_aspect_ratio_groups(ratios, k=1)  # edges 0.5, 1, 2
+    assert aspect_ratio_bins(1) == pytest.approx([0.5, 1.0, 2.0])
+    assert groups == [1, 1, 2, 2, 2, 2, 3, 1, 2, 2, 2]
+    sampler = GroupedBatchSampler(torch.utils.data.SequentialSampler(ratios), groups, batch_size=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3
+    assert all(len(b) == 3 and len({groups[i] for i in b}) == 1 for b in batches)
+    with pytest.raises(ValueError):
+        GroupedBatchSampler(list(range(3)), [0, 0, 0], 2)
+
+
+def test_warmup_multistep_schedule():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = WarmupMultiStepLR(optimizer, milestones=[16, 22], warmup_steps=1000, warmup_factor=0.001,
+                                 steps_per_epoch=10, schedule_epochs=26, max_epochs=26)
+    assert schedule.factor(0) == pytest.approx(0.001)
+    assert schedule.factor(9) == pytest.approx(1.0)  # warm-up capped at the first epoch (9 steps)
+    assert schedule.factor(159) == pytest.approx(1.0) and schedule.factor(160) == pytest.approx(0.1)
+    assert schedule.factor(220) == pytest.approx(0.01)
+    short = WarmupMultiStepLR(optimizer, milestones=[16, 22], steps_per_epoch=10, schedule_epochs=26, max_epochs=13)
+    assert short.factor(79) == pytest.approx(1.0) and short.factor(80) == pytest.approx(0.1)  # 16/26 of 13 epochs
+
+
+def test_lr_scales_with_batch_and_init_from_a_classifier_fills_the_box_head(tmp_path):
+    task = FasterRCNNTask(backbone=V1, num_classes=3, batch_size=4, lr_reference_batch=16,
+                          optimizer={"_target_": "torch.optim.SGD", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4})
+    assert all(g["lr"] == pytest.approx(0.005) for g in task.param_groups(1e-4, 0.02))
+
+    torch.manual_seed(1)
+    classifier = ImageClassifier(create_backbone("mobilenet_v1", alpha=0.25), 1000)
+    path = tmp_path / "imagenet.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()}}, path)
+    report = task.load_init_weights(path)
+    assert "model.backbone.stages.conv13.pw.conv.weight" in report["loaded"]
+    assert torch.equal(task.model.roi_heads.box_head.stages.conv13.pw.conv.weight,
+                       classifier.backbone.stages.conv13.pw.conv.weight)
+    assert torch.equal(task.model.backbone.stages.conv0.conv.weight, classifier.backbone.stages.conv0.conv.weight)
+
+
+# ---- the user's commands ------------------------------------------------------------------------------------
+TINY = ["backbone.alpha=0.25", "data=shapes", "data.resolution=128", "data.image_size=64", "data.n_train=8",
+        "data.n_val=4", "data.batch_size=4"]
+CLI_FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0"]
+
+
+def coco_layout_from_shapes(cache: Path, root: Path) -> Path:
+    """The generated val split laid out as COCO's minival2014 (annotations/instances_minival2014.json + val2014/)."""
+    shapes = next(cache.glob("shapes_det_*"))
+    (root / "coco" / "annotations").mkdir(parents=True)
+    shutil.copy(shapes / "annotations" / "instances_val.json", root / "coco" / "annotations" / "instances_minival2014.json")
+    shutil.copytree(shapes / "val", root / "coco" / "val2014")
+    return root
+
+
+def test_train_eval_minival_predict_and_fine_tune_from_the_cli(make_cfg, tmp_path):
+    env = {"TOOLKIT_CACHE_DIR": str(tmp_path / "cache"), "TOOLKIT_LOG_DIR": str(tmp_path / "outputs"), **ONE_THREAD}
+    train = run_cli(["task=detection_frcnn", *TINY, *CLI_FAST, "trainer.max_epochs=1"], cwd=tmp_path, env=env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    (best,) = (tmp_path / "outputs").glob("detection_frcnn/**/checkpoints/best*.ckpt")
+
+    # the issue's eval command on the 2014 minival layout (the generated val images stand in for COCO's)
+    data_dir = coco_layout_from_shapes(tmp_path / "cache", tmp_path / "datasets")
+    evaluate = run_cli(["task=detection_frcnn", "backbone.alpha=0.25", "data.resolution=300", "mode=eval",
+                        f"ckpt_path={best}", "data.val_split=minival2014", *CLI_FAST],
+                       cwd=tmp_path, env={**env, "TOOLKIT_DATA_DIR": str(data_dir)})
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "val/map_50" in evaluate.stdout
+    (metrics_file,) = [p for p in (tmp_path / "outputs").glob("detection_frcnn/**/metrics.json")]
+    metrics = json.loads(metrics_file.read_text())
+    assert 0.0 <= metrics["val/map"] <= 1.0 and (metrics_file.parent / "detections_val.json").is_file()
+
+    images = data_dir / "coco" / "val2014"
+    pred = run(make_cfg(["task=detection_frcnn", *TINY, "mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
+    assert len(pred["records"]) == len(list(images.glob("*.jpg")))
+    assert all(set(r) == {"path", "width", "height", "detections"} and (r["width"], r["height"]) == (64, 64)
+               for r in pred["records"])  # boxes (if any pass the score threshold) are in original 64x64 pixels
+    assert all(0 <= v <= 64 for r in pred["records"] for d in r["detections"] for v in d["box_xyxy"])
+    assert sum(f.endswith(".png") for f in pred["files"]) == len(pred["records"])
+
+    # a custom COCO-format dataset, fine-tuned from the checkpoint (class count from the file)
+    ann = data_dir / "coco" / "annotations" / "instances_minival2014.json"
+    custom = run(make_cfg(["task=detection_frcnn", "backbone.alpha=0.25", "data=coco_custom", f"data.train_ann={ann}",
+                           f"data.train_images={images}", f"data.val_ann={ann}", f"data.val_images={images}",
+                           "data.resolution=128", "data.batch_size=2", "trainer.max_epochs=1", f"init_from={best}"]))
+    assert "val/map" in custom["metrics"]
+
+
+def test_missing_coco_names_the_files(make_cfg, tmp_path):
+    with pytest.raises(DataError, match="instances_val2017.json"):
+        run(make_cfg(["task=detection_frcnn", "backbone.alpha=0.25", f"paths.data_dir={tmp_path / 'nowhere'}",
+                      "trainer.max_epochs=1"]))
+
+
+def test_profile_mode_reports_both_resolutions(make_cfg):
+    totals = {}
+    for resolution in (300, 600):
+        result = run(make_cfg(["task=detection_frcnn", "mode=profile", "backbone.alpha=0.25",
+                               f"data.resolution={resolution}", "profile.latency=false"]))
+        assert Path(result["profile_file"]).is_file() and result["profile"]["resolution"] == resolution
+        totals[resolution] = result["profile"]["mult_adds"]
+    assert totals[600] > totals[300]
