@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch import nn
 
@@ -56,9 +57,9 @@ def calibration_batches(cfg: DictConfig, task, resolution: int, count: int) -> t
                 if len(batches) == count:
                     break
             if batches:
-                return batches, f"data ({type(datamodule).__name__} validation split, {sum(len(b) for b in batches)} images)"
+                return batches, f"data ({type(datamodule).__name__} validation split)"
             reason = "its validation loader gave no image tensors"
-        except (ToolkitError, OSError, RuntimeError, ValueError) as e:
+        except (ToolkitError, InstantiationException, OSError, RuntimeError, ValueError) as e:
             reason = str(e).splitlines()[0]
         log.warning("export: calibrating on random images, because the configured data could not be used: %s. "
                     "int8 accuracy will be worse than with real calibration images.", reason)
@@ -80,7 +81,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
             q.setLevel(logging.WARNING)
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its optimisation steps
             torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["output"],
-                              dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
                               external_data=False, verbose=False)
     except Exception as e:  # the exporter's errors are long; keep the first line and say what to try
         raise ExportError(f"ONNX export of {type(module).__name__} failed: {str(e).splitlines()[0]} "
@@ -178,10 +179,12 @@ def export(cfg: DictConfig) -> dict:
                     "statistics?); the fp32/int8 agreement figures say little. Export a trained checkpoint (ckpt_path=...).")
     fp32_path = save_torchscript(module, calib[0], out / "model_fp32.pt")
     report: dict[str, Any] = {"target": settings.target, "resolution": resolution, "calibration": source,
+                              "calibration_images": sum(len(x) for x in calib),
                               "check_images": sum(len(x) for x in check), "outputs_constant": constant,
                               "fp32": {"file": str(fp32_path), "size_mb": fp32_path.stat().st_size / 1e6}}
     if "onnx" in formats:
-        onnx_path = export_onnx(module, calib[0][:2], out / "model.onnx", settings.opset)
+        example = calib[0][:2] if len(calib[0]) >= 2 else calib[0].repeat(2, 1, 1, 1)  # batch 1 would be specialised
+        onnx_path = export_onnx(module, example, out / "model.onnx", settings.opset)
         report["onnx"] = {"file": str(onnx_path), "size_mb": onnx_path.stat().st_size / 1e6, "checker": "passed"}
         ort = onnxruntime_outputs(onnx_path, check)
         if ort is not None:
@@ -202,7 +205,8 @@ def export(cfg: DictConfig) -> dict:
 
 def format_export_report(report: dict[str, Any]) -> str:
     lines = [f"export of {report['target']} at {report['resolution']}x{report['resolution']}; "
-             f"calibration: {report['calibration']}; compared on {report['check_images']} images",
+             f"calibration: {report['calibration_images']} images from {report['calibration']}; "
+             f"compared on {report['check_images']} further images",
              f"  fp32 TorchScript  {report['fp32']['size_mb']:8.2f} MB  {report['fp32']['file']}"]
     if "onnx" in report:
         o = report["onnx"]

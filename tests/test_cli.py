@@ -1,0 +1,156 @@
+"""`python -m toolkit` as a user runs it: from another folder, as a sweep, --help, bad overrides, a non-editable install."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from omegaconf import open_dict
+
+from toolkit.errors import ConfigError
+from toolkit.run import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_PROFILE = ["mode=profile", "profile.repeats=1", "profile.warmup=0", "profile.batch_size=2"]
+
+
+def test_profile_from_another_folder(tmp_path):
+    proc = run_cli(QUICK_PROFILE + ["backbone.alpha=0.75", "data.resolution=192"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "0.75 mobilenet_v1-192" in proc.stdout and "Conv DW (depthwise)" in proc.stdout
+    assert "239.27 M" in proc.stdout  # Table 10's 0.75 MobileNet-192: 239M mult-adds
+    written = Path(proc.stdout.split("profile written to ")[1].split()[0])
+    assert written.is_file() and (tmp_path / "outputs") in written.parents  # TOOLKIT_LOG_DIR from conftest
+
+
+def test_profile_sweep_writes_csv_and_plot(tmp_path):
+    results = tmp_path / "results.csv"
+    results.write_text("model,alpha,resolution,top1\nmobilenet_v1,0.5,160,60.2\nmobilenet_v1,0.25,128,41.5\n")
+    proc = run_cli(["-m", *QUICK_PROFILE, "profile.latency=false", "backbone.alpha=0.5,0.25",
+                    "data.resolution=160,128", f"profile.results_file={results}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    csv_path = Path(proc.stdout.split("profile sweep table: ")[1].split()[0])
+    png_path = Path(proc.stdout.split("profile sweep plot: ")[1].split()[0])
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["alpha"], r["resolution"]) for r in rows] == [("0.5", "160"), ("0.5", "128"), ("0.25", "160"),
+                                                             ("0.25", "128")]
+    assert [r["top1"] for r in rows] == ["60.2", "", "", "41.5"]
+    assert abs(int(rows[0]["mult_adds"]) / 1e6 - 76) < 1  # Table 9: 0.50 MobileNet-160
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_lists_config_groups(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "== Configuration groups ==" in proc.stdout
+    for group in ("backbone:", "data:", "task:", "trainer:", "callbacks:", "logger:", "paths:"):
+        assert group in proc.stdout
+    assert "mobilenet_v1_conv" in proc.stdout and "backbone.alpha" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("backbone=resnet50", "backbone"),  # checked before Hydra composes
+        ("backbone.alpha=0", "backbone.alpha"),  # checked by validate_config, inside the Hydra job
+        ("mode=fly", "mode"),
+    ],
+)
+def test_bad_override_fails_with_one_line(tmp_path, override, key):
+    proc = run_cli(["mode=profile", override], cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: invalid config {key}=")
+    assert "allowed" in lines[0] or "must be" in lines[0]
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("profile.json"))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("backbone.name=resnet50", "backbone.name"),
+        ("mode=fly", "mode"),
+        ("data.resolution=100", "data.resolution"),
+        ("backbone.alpha=-0.5", "backbone.alpha"),
+        ("backbone.alpha=true", "backbone.alpha"),
+        ("backbone.act=gelu", "backbone.act"),
+        ("backbone.name=timm/no_such_model", "backbone.name"),
+        ("data.resolution=230", "data.resolution"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.n_train=0", "data.n_train"),
+        ("profile.device=tpu", "profile.device"),
+        ("profile.repeats=0", "profile.repeats"),
+        ("profile.results_file=/no/such.csv", "profile.results_file"),
+    ],
+)
+def test_validation_names_the_key(make_cfg, override, key):
+    cfg = make_cfg(["mode=profile", override])
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert info.value.key == key and "\n" not in str(info.value)
+
+
+def test_export_and_train_settings_are_validated(make_cfg):
+    for override, key in [("export.formats=[onnx,tflite]", "export.formats"), ("export.target=head", "export.target"),
+                          ("export.quant_backend=tensorrt", "export.quant_backend")]:
+        with pytest.raises(ConfigError) as info:
+            validate_config(make_cfg(["mode=export", override]))
+        assert info.value.key == key
+    cfg = make_cfg(["mode=train"])
+    with open_dict(cfg):
+        cfg.init_from = "/no/such/file.ckpt"
+    with pytest.raises(ConfigError, match="init_from"):
+        validate_config(cfg)
+
+
+def _copy_source(dest: Path) -> Path:
+    """The repo's tracked layout (with its symlinks) without build outputs, so building does not touch the repo."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "outputs",
+                                    "multirun", ".pytest_cache", ".ruff_cache", ".ci-*", "tests", "benchmarks", "docs")
+    shutil.copytree(REPO, dest, symlinks=True, ignore=ignore)
+    return dest
+
+
+def test_wheel_ships_configs_tasks_and_data_as_files(tmp_path):
+    src = _copy_source(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("mobilenet_toolkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("toolkit/conf/config.yaml", "toolkit/conf/backbone/mobilenet_v1.yaml",
+                     "toolkit/conf/hydra/default.yaml", "toolkit/conf/hydra/help/toolkit.yaml",
+                     "toolkit/tasks/classification.py", "toolkit/data/shapes.py", "toolkit/__main__.py"):
+        assert required in names, f"{required} missing from the wheel"
+    # every config group folder of the repo is in the wheel
+    for group in (REPO / "conf").iterdir():
+        if group.is_dir() and any(group.rglob("*.yaml")):
+            assert any(n.startswith(f"toolkit/conf/{group.name}/") for n in names), group.name
+
+
+def test_non_editable_install_runs_from_anywhere(tmp_path):
+    src = _copy_source(tmp_path / "src")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target",
+                    str(target), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    for linked in ("conf", "tasks", "data"):
+        assert (target / "toolkit" / linked).is_dir() and not (target / "toolkit" / linked).is_symlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import toolkit; print(toolkit.__file__)"], cwd=elsewhere,
+                           env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    assert Path(where.stdout.strip()).is_relative_to(target)  # the installed copy, not the repo
+    proc = run_cli(QUICK_PROFILE + ["profile.latency=false", "backbone=mobilenet_v1_shallow", "data.resolution=224"],
+                   cwd=elsewhere, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "307.32 M" in proc.stdout  # Table 5: Shallow MobileNet, 307M mult-adds
