@@ -127,6 +127,19 @@ def test_agrees_with_flop_counter_mode(name):
     assert count_model(model, x).mult_adds == flop_counter_mult_adds(model, x)
 
 
+@pytest.mark.parametrize("name", [n for n in ("mobilenet_v1", "mobilenet_v3_large") if n in list_backbones()])
+def test_agrees_with_fvcore(name):
+    """A second independent count: fvcore's per-operator counts (1 per multiply-add) of conv + linear."""
+    fvcore_nn = pytest.importorskip("fvcore.nn")
+    model = classifier(name, alpha=0.5).eval()
+    x = torch.randn(1, 3, 96, 96)
+    analysis = fvcore_nn.FlopCountAnalysis(model, x)  # (it traces with torch.jit: slow, so two models only)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    by_op = analysis.by_operator()
+    assert count_model(model, x).mult_adds == by_op["conv"] + by_op["linear"]
+
+
 def test_agrees_with_flop_counter_mode_at_paper_size():
     model = classifier("mobilenet_v1", 1.0)
     x = torch.randn(1, 3, 224, 224)
