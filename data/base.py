@@ -42,8 +42,8 @@ class BaseDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         skip_corrupt: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
     ):
         super().__init__()
         self.resolution = resolution
@@ -52,7 +52,9 @@ class BaseDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.skip_corrupt = skip_corrupt
-        self.mean, self.std = tuple(mean), tuple(std)
+        # None: ImageNet statistics (configs usually fill these from the backbone: toolkit.modes.common)
+        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+        self.std = tuple(std) if std is not None else IMAGENET_STD
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None

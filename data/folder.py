@@ -3,37 +3,66 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
-from toolkit.data.images import list_images, load_rgb
+from toolkit.data.images import IMAGE_EXTENSIONS, load_rgb
 from toolkit.data.transforms import classification_eval_transform, classification_train_transform
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
+def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """(image files, names of other files) directly inside `folder`; one directory read, no stat per file
+    (ImageNet's train split is 1.28M files)."""
+    images, others = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            (images if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS else others).append(entry.name)
+    return [folder / n for n in sorted(images)], sorted(others)
+
+
 def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, [(image path, label)]) for `root/<class>/*`. Missing root or empty class: DataError."""
+    """(class names, [(image path, label)]) for `root/<class>/*`, classes sorted by folder name.
+
+    A missing root, a missing or empty class folder, or (with `classes` given) a folder for a class not in
+    `classes` is a DataError naming the folder. Files without an image extension are not samples: they are
+    counted and named in a warning, never dropped silently.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found. Expected <root>/<class name>/<images>; "
                         "set the data root in the config (e.g. data.root=... or paths.data_dir=...).")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is not None:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(f"{root}: {len(extra)} class folder(s) not among the {len(classes)} training classes: "
+                            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. Every split needs the same classes.")
     classes = list(classes) if classes is not None else found
     if not classes:
         raise DataError(f"{root}: no class folders inside. Expected <root>/<class name>/<images>.")
     samples: list[tuple[Path, int]] = []
+    ignored: list[str] = []
     for label, name in enumerate(classes):
         folder = root / name
-        images = list_images(folder) if folder.is_dir() else []
+        images, others = _folder_images(folder) if folder.is_dir() else ([], [])
         if not images:
             raise DataError(f"{folder}: class folder {'is missing' if not folder.is_dir() else 'has no images'} "
-                            f"(class {label} {name!r}). Add images or remove the class from the dataset.")
+                            f"(class {label} {name!r}; image extensions: {', '.join(IMAGE_EXTENSIONS)}). "
+                            "Add images or remove the class folder from every split.")
         samples += [(p, label) for p in images]
+        ignored += [f"{name}/{o}" for o in others]
+    if ignored:
+        log.warning("%s: ignored %d file(s) without an image extension: %s%s", root, len(ignored),
+                    ", ".join(ignored[:5]), " ..." if len(ignored) > 5 else "")
     return classes, samples
 
 
@@ -65,7 +94,13 @@ class ImageListDataset(Dataset):
 
 
 class ClassFolderDataModule(BaseDataModule):
-    """`root/train/<class>/*` and `root/val/<class>/*`, or one `root/<class>/*` split by `val_fraction`."""
+    """Class-folder data in one of three layouts, class names from the folder names (sorted):
+
+    - `root/train/<class>/*` and `root/val/<class>/*` (the default; ImageNet's layout);
+    - `root/<class>/*` with `val_list`: a text file of image paths relative to `root`, one per line,
+      that form the val split (an explicit split); every other image trains;
+    - `root/<class>/*` with `val_fraction`: a seeded random split per class (every class in both splits).
+    """
 
     def __init__(
         self,
@@ -73,28 +108,37 @@ class ClassFolderDataModule(BaseDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         val_fraction: float | None = None,
+        val_list: str | None = None,
         split_seed: int = 0,
         crop_scale: tuple[float, float] = (0.35, 1.0),
         crop_fraction: float = 0.875,
+        hflip: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.root = Path(root).expanduser()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.val_fraction = val_fraction
+        self.val_list = val_list
         self.split_seed = split_seed
         self.crop_scale = tuple(crop_scale)
         self.crop_fraction = crop_fraction
+        self.hflip = hflip
         self.classes: list[str] | None = None
 
     def train_transform(self):
-        return classification_train_transform(self.resolution, self.mean, self.std, self.crop_scale)
+        return classification_train_transform(self.resolution, self.mean, self.std, self.crop_scale, self.hflip)
 
     def eval_transform(self):
         return classification_eval_transform(self.resolution, self.mean, self.std, self.crop_fraction)
 
     def scan(self) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
         """Train and val samples; sets `self.classes`."""
+        if self.val_fraction is not None and self.val_list:
+            raise DataError(f"data.val_fraction={self.val_fraction} and data.val_list={self.val_list!r}: "
+                            "give one way of splitting, not both")
+        if self.val_list:
+            return self._split_by_list(Path(self.val_list).expanduser())
         if self.val_fraction is None:
             self.classes, train = scan_class_folders(self.root / self.train_dir)
             _, val = scan_class_folders(self.root / self.val_dir, self.classes)
@@ -104,12 +148,41 @@ class ClassFolderDataModule(BaseDataModule):
         self.classes, samples = scan_class_folders(self.root)
         rng = random.Random(self.split_seed)
         train, val = [], []
-        for label in range(len(self.classes)):  # split per class so every class is in both splits
+        for label, name in enumerate(self.classes):  # split per class so every class is in both splits
             items = [s for s in samples if s[1] == label]
+            if len(items) < 2:
+                raise DataError(f"{self.root / name}: {len(items)} image(s); a val_fraction split needs at least 2 "
+                                "per class (one to train, one to validate)")
             rng.shuffle(items)
-            n_val = max(1, round(len(items) * self.val_fraction))
+            n_val = min(len(items) - 1, max(1, round(len(items) * self.val_fraction)))
             val += items[:n_val]
             train += items[n_val:]
+        return train, val
+
+    def _split_by_list(self, list_file: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+        if not list_file.is_file():
+            raise DataError(f"data.val_list={str(list_file)!r}: no such file. Give a text file of image paths relative "
+                            f"to {self.root} (e.g. `cat/0001.jpg`), one per line.")
+        self.classes, samples = scan_class_folders(self.root)
+        wanted = {}
+        for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+            rel = line.strip()
+            if rel and not rel.startswith("#"):
+                wanted[Path(rel).as_posix()] = number
+        by_rel = {p.relative_to(self.root).as_posix(): (p, label) for p, label in samples}
+        unknown = [f"line {n}: {rel}" for rel, n in wanted.items() if rel not in by_rel]
+        if unknown:
+            raise DataError(f"{list_file}: {len(unknown)} listed image(s) not found under {self.root} as <class>/<file>: "
+                            f"{'; '.join(unknown[:3])}. Paths are relative to data.root.")
+        val = [by_rel[rel] for rel in wanted]
+        train = [s for rel, s in by_rel.items() if rel not in wanted]
+        empty = sorted({self.classes[label] for _, label in val} ^ set(self.classes))
+        missing_train = sorted(set(self.classes) - {self.classes[label] for _, label in train})
+        if missing_train:
+            raise DataError(f"{list_file}: every image of class(es) {', '.join(missing_train[:5])} is in the val list; "
+                            "leave some to train on")
+        if empty:
+            log.warning("%s: no val images for class(es) %s", list_file, ", ".join(empty[:10]))
         return train, val
 
     def setup(self, stage: str | None = None) -> None:

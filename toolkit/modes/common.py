@@ -10,7 +10,7 @@ from typing import Any
 import hydra.utils
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import BaseTask
@@ -29,7 +29,27 @@ def task_class(cfg: DictConfig) -> type[BaseTask]:
 
 
 def build_datamodule(cfg: DictConfig):
-    return hydra.utils.instantiate(cfg.data, _convert_="all")
+    """Instantiate `cfg.data`; `mean`/`std` set to null there mean "what the backbone's weights expect"."""
+    extra = {}
+    if cfg.get("backbone") is not None and any(k in cfg.data and cfg.data[k] is None for k in ("mean", "std")):
+        mean, std = backbone_input_stats(cfg.backbone)
+        extra = {k: list(v) for k, v in (("mean", mean), ("std", std)) if k in cfg.data and cfg.data[k] is None}
+    return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+
+
+def backbone_input_stats(backbone_cfg: DictConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
+    import torch
+
+    from toolkit.backbones import create_backbone
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(backbone_cfg, resolve=True).items() if k != "pretrained"}
+    try:
+        with torch.device("meta"):
+            backbone = create_backbone(**kwargs)
+    except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
+        backbone = create_backbone(**kwargs)
+    return tuple(backbone.mean), tuple(backbone.std)
 
 
 def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
@@ -66,21 +86,56 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
 
 
 def resolve_checkpoint(cfg: DictConfig, ckpt_path: str | None, required: bool = False) -> str | None:
-    """`ckpt_path=last` means the newest `last.ckpt` of this task's earlier runs under `paths.log_dir`."""
+    """`ckpt_path=last` means the newest `checkpoints/last.ckpt` of this task's runs under `paths.log_dir`
+    (`<log_dir>/<task>/...`, the Hydra run folders), other runs' folders when the task is not known."""
     if ckpt_path in (None, ""):
         if required:
             raise ConfigError("ckpt_path", ckpt_path, "this mode needs a checkpoint: ckpt_path=/path/to/file.ckpt or ckpt_path=last")
         return None
     if ckpt_path == "last":
-        candidates = sorted(Path(cfg.paths.log_dir).glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        log_dir = Path(cfg.paths.log_dir)
+        task_dir = log_dir / _task_choice() if _task_choice() else log_dir
+        candidates = sorted(task_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise ConfigError("ckpt_path", "last", f"no last.ckpt found under {cfg.paths.log_dir}; pass an explicit path")
+            raise ConfigError("ckpt_path", "last", f"no checkpoints/last.ckpt under {task_dir}; pass an explicit path")
         log.info("ckpt_path=last -> %s", candidates[-1])
         return str(candidates[-1])
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError("ckpt_path", ckpt_path, "no such checkpoint file")
     return str(path)
+
+
+def _task_choice() -> str | None:
+    """The `task=` option of this run (Hydra's run folders are `<log_dir>/<task>/...`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get("task")
+    except ValueError:  # not under Hydra (a plain run(cfg) with a hand-made config)
+        return None
+
+
+def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> Path | None:
+    """Point `paths.output_dir` at the run folder a resumed checkpoint came from (`<run>/checkpoints/x.ckpt`),
+    so checkpoints, metrics.csv, TensorBoard events and the log continue there; returns that folder."""
+    ckpt = Path(ckpt_path).resolve()
+    run_dir = ckpt.parent.parent
+    if ckpt.parent.name != "checkpoints" or run_dir == Path(cfg.paths.output_dir).resolve():
+        return None
+    launched_in = cfg.paths.output_dir
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    for handler in list(logging.getLogger().handlers):  # Hydra's job log file: continue the original run's one
+        if isinstance(handler, logging.FileHandler):
+            resumed = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
+            resumed.setFormatter(handler.formatter)
+            resumed.setLevel(handler.level)
+            logging.getLogger().addHandler(resumed)
+            break
+    log.info("resuming %s into its run folder %s (this launch's folder %s keeps only its own config and log)",
+             ckpt.name, run_dir, launched_in)
+    return run_dir
 
 
 def write_json(path: Path, payload: Any) -> Path:

@@ -10,6 +10,7 @@ from toolkit.modes.common import (
     build_datamodule,
     build_task,
     build_trainer,
+    continue_in_run_folder,
     output_dir,
     plain_metrics,
     resolve_checkpoint,
@@ -20,19 +21,33 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
+    ckpt_path = resolve_checkpoint(cfg, cfg.get("ckpt_path"))
+    if ckpt_path:  # resuming: continue in the run folder the checkpoint belongs to, so its logs append
+        continue_in_run_folder(cfg, ckpt_path)
     out = output_dir(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     task = build_task(cfg, datamodule)
     if cfg.get("init_from"):
-        task.load_init_weights(cfg.init_from)
+        if ckpt_path:
+            log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
+        else:
+            task.load_init_weights(cfg.init_from)
     trainer = build_trainer(cfg, task)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_checkpoint(cfg, cfg.get("ckpt_path")))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = plain_metrics(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    result = {"metrics": metrics, "best_checkpoint": best, "output_dir": str(out)}
-    write_json(out / "train_metrics.json", result)
-    log.info("best checkpoint: %s", best or "(none)")
-    log.info("outputs in %s", out)
+    result = {"metrics": metrics, "best_checkpoint": best, "output_dir": str(out),
+              "global_step": trainer.global_step, "epoch": trainer.current_epoch}
+    skipped = {k: int(v) for k, v in metrics.items() if k.endswith("skipped_samples") and v > 0}
+    if skipped:
+        log.warning("skipped corrupt samples in the last epoch (data.skip_corrupt=true): %s; every epoch's count "
+                    "is in the metrics file", ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
+    if trainer.world_size > 1:  # one file per rank: they should agree on every synchronised (val) metric
+        write_json(out / f"train_metrics.rank{trainer.global_rank}.json", result)
+    if trainer.is_global_zero:
+        write_json(out / "train_metrics.json", result)
+        log.info("best checkpoint: %s", best or "(none)")
+        log.info("outputs in %s", out)
     return result

@@ -1,0 +1,176 @@
+"""Sort ImageNet's official flat validation folder into `val/<wnid>/` using its ground-truth labels.
+
+    python -m toolkit.data.prepare_imagenet_val /data/imagenet/val --devkit ILSVRC2012_devkit_t12.tar.gz
+    python -m toolkit.data.prepare_imagenet_val /data/imagenet/val --solution-csv LOC_val_solution.csv
+    python -m toolkit.data.prepare_imagenet_val /data/imagenet/val --labels val_labels.txt   # `file wnid` lines
+
+The devkit (an archive or its extracted folder) holds `data/meta.mat` (ILSVRC2012_ID -> wnid) and
+`data/ILSVRC2012_validation_ground_truth.txt` (one ID per line, line i for ILSVRC2012_val_<i:08d>.JPEG).
+Kaggle's `LOC_val_solution.csv` has `ImageId,PredictionString` rows whose first token is the wnid.
+Files are moved (default), copied (--copy) or symlinked (--symlink); running it again is harmless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+from toolkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+META = "data/meta.mat"
+GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
+
+
+def _devkit_files(devkit: Path) -> tuple[bytes, bytes]:
+    """(meta.mat bytes, ground-truth txt bytes) from an extracted devkit folder or its .tar(.gz) archive."""
+    if devkit.is_dir():
+        found = {}
+        for rel in (META, GROUND_TRUTH):
+            hits = [devkit / rel, *devkit.glob(f"*/{rel}")]
+            path = next((h for h in hits if h.is_file()), None)
+            if path is None:
+                raise DataError(f"{devkit}: no {rel} inside (expected ILSVRC2012_devkit_t12/{rel})")
+            found[rel] = path.read_bytes()
+        return found[META], found[GROUND_TRUTH]
+    if not devkit.is_file():
+        raise DataError(f"--devkit {devkit}: no such file or folder (ILSVRC2012_devkit_t12.tar.gz or its extracted folder)")
+    try:
+        with tarfile.open(devkit) as tar:
+            members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+            missing = [rel for rel in (META, GROUND_TRUTH) if rel not in members]
+            if missing:
+                raise DataError(f"{devkit}: archive lacks {', '.join(missing)}")
+            return tuple(tar.extractfile(members[rel]).read() for rel in (META, GROUND_TRUTH))  # type: ignore[return-value]
+    except tarfile.TarError as e:
+        raise DataError(f"{devkit}: not a readable tar archive ({e})") from e
+
+
+def labels_from_devkit(devkit: Path) -> dict[str, str]:
+    """{val file name: wnid} from the ILSVRC-2012 devkit (the same parsing as torchvision's ImageNet)."""
+    import scipy.io
+
+    meta_bytes, truth_bytes = _devkit_files(devkit)
+    synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+    # leaf synsets (num_children == 0) are the 1000 classes; fields: ILSVRC2012_ID, WNID, words, ...
+    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    labels = {}
+    for index, line in enumerate(truth_bytes.decode().split(), start=1):
+        class_id = int(line)
+        if class_id not in id_to_wnid:
+            raise DataError(f"{devkit}: {GROUND_TRUTH} line {index} has class id {class_id}, not in {META}")
+        labels[f"ILSVRC2012_val_{index:08d}.JPEG"] = id_to_wnid[class_id]
+    return labels
+
+
+def labels_from_solution_csv(path: Path) -> dict[str, str]:
+    """{val file name: wnid} from Kaggle's LOC_val_solution.csv (`ImageId,PredictionString`)."""
+    if not path.is_file():
+        raise DataError(f"--solution-csv {path}: no such file (Kaggle's LOC_val_solution.csv)")
+    labels = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: header {reader.fieldnames}; expected ImageId,PredictionString")
+        for row_number, row in enumerate(reader, start=2):
+            tokens = (row["PredictionString"] or "").split()
+            if not tokens:
+                raise DataError(f"{path}: line {row_number} ({row['ImageId']}) has an empty PredictionString")
+            labels[f"{row['ImageId']}.JPEG"] = tokens[0]
+    return labels
+
+
+def labels_from_text(path: Path) -> dict[str, str]:
+    """{val file name: wnid} from `file_name wnid` lines."""
+    if not path.is_file():
+        raise DataError(f"--labels {path}: no such file (lines of `ILSVRC2012_val_00000001.JPEG n01751748`)")
+    labels = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DataError(f"{path}: line {number} is {line!r}; expected `file_name wnid`")
+        labels[parts[0]] = parts[1]
+    return labels
+
+
+def sort_val_folder(val_dir: Path, labels: dict[str, str], action: str = "move", dry_run: bool = False) -> dict[str, int]:
+    """Put each `val_dir/<file>` into `val_dir/<wnid>/<file>`. Returns counts; files already sorted are skipped.
+
+    Every labelled image must be either in the flat folder or already in its wnid folder; otherwise a
+    DataError names the missing files before anything is changed.
+    """
+    val_dir = Path(val_dir).expanduser()
+    if not val_dir.is_dir():
+        raise DataError(f"{val_dir}: no such folder (the extracted ILSVRC2012_img_val.tar)")
+    todo, done, missing = [], 0, []
+    for name, wnid in labels.items():
+        flat, sorted_path = val_dir / name, val_dir / wnid / name
+        if sorted_path.exists():
+            done += 1
+        elif flat.is_file():
+            todo.append((flat, sorted_path))
+        else:
+            missing.append(name)
+    if missing:
+        raise DataError(f"{val_dir}: {len(missing)} labelled image(s) not found, e.g. {', '.join(missing[:3])}. "
+                        "Is this the complete extracted validation folder?")
+    unlabelled = sorted(p.name for p in val_dir.iterdir() if p.is_file() and p.name not in labels)
+    if unlabelled:
+        log.warning("%s: %d file(s) have no label and stay where they are, e.g. %s", val_dir, len(unlabelled),
+                    ", ".join(unlabelled[:3]))
+    if not dry_run:
+        for src, dst in todo:
+            dst.parent.mkdir(exist_ok=True)
+            if action == "move":
+                shutil.move(src, dst)
+            elif action == "copy":
+                shutil.copy2(src, dst)
+            else:
+                os.symlink(src.resolve(), dst)
+    return {"sorted": len(todo), "already_sorted": done, "unlabelled": len(unlabelled),
+            "classes": len(set(labels.values()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toolkit.data.prepare_imagenet_val", description=__doc__.split("\n")[0])
+    parser.add_argument("val_dir", type=Path, help="the flat folder of ILSVRC2012_val_*.JPEG files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--devkit", type=Path, help="ILSVRC2012_devkit_t12.tar.gz or its extracted folder")
+    source.add_argument("--solution-csv", type=Path, help="Kaggle's LOC_val_solution.csv")
+    source.add_argument("--labels", type=Path, help="a text file of `file_name wnid` lines")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--copy", action="store_true", help="copy instead of moving")
+    how.add_argument("--symlink", action="store_true", help="symlink instead of moving")
+    parser.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.devkit:
+            labels = labels_from_devkit(args.devkit.expanduser())
+        elif args.solution_csv:
+            labels = labels_from_solution_csv(args.solution_csv.expanduser())
+        else:
+            labels = labels_from_text(args.labels.expanduser())
+        action = "copy" if args.copy else "symlink" if args.symlink else "move"
+        counts = sort_val_folder(args.val_dir, labels, action, args.dry_run)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    verb = "would sort" if args.dry_run else {"move": "moved", "copy": "copied", "symlink": "linked"}[action]
+    print(f"{args.val_dir}: {verb} {counts['sorted']} images into {counts['classes']} wnid folders "
+          f"({counts['already_sorted']} already sorted, {counts['unlabelled']} unlabelled files left)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
