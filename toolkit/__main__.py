@@ -40,6 +40,9 @@ def check_group_choices(args: list[str]) -> None:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if any(a.startswith(("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "hydra.searchpath"))
+           for a in args):
+        return  # other config folders may add options: Hydra decides
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
