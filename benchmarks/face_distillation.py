@@ -91,12 +91,11 @@ def attributes(args, out: Path) -> list[str]:
         ev, _ = timed_run([*data, "mode=eval", f"ckpt_path={result['best_checkpoint']}"], out / f"eval_{len(rows)}")
         m = ev["metrics"]
         rows.append(f"| {name} | {100 * m['val/mAP']:.1f} | {100 * m['val/mean_accuracy']:.1f} | {seconds / 60:.1f} |")
-    s_speed, t_speed = speed("attributes", 0.25, args.resolution), speed("attributes", args.teacher_alpha, args.resolution)
     return [f"Face attributes: {args.attr_train} train / {args.attr_val} val generated CelebA images at "
             f"{args.resolution}px; teacher {args.teacher_epochs} epochs, students {args.student_epochs} epochs; "
             f"teacher cache written in {c_time:.0f} CPU s.",
             "", "| model | mean AP (%) | mean accuracy (%) | train CPU minutes |", "|---|---|---|---|", *rows, "",
-            *speed_table(s_speed, t_speed, args.resolution)]
+            *speed_table("attributes", args.teacher_alpha, args.resolution)]
 
 
 def embeddings(args, out: Path) -> list[str]:
@@ -122,21 +121,25 @@ def embeddings(args, out: Path) -> list[str]:
     if impostors < 10000:
         note = (f"TAR@FAR1e-4 needs >= 10000 impostor pairs; these pairs have {impostors}, so that column is measured "
                 "at FAR 0 (the strictest threshold the pairs resolve).")
-    s_speed, t_speed = speed("embeddings", 0.25, args.resolution), speed("embeddings", args.teacher_alpha, args.resolution)
     return [f"Face embeddings: {args.ids} training identities x {args.images_per_id} images; verification on "
             f"{args.test_ids} held-out identities, 10 folds x {args.pairs_per_fold} same + {args.pairs_per_fold} "
             f"different pairs, at {args.resolution}px; teacher {args.teacher_epochs} epochs, students "
             f"{args.student_epochs} epochs.",
             "", "| model | 10-fold accuracy (%) | TAR@FAR1e-3 (%) | TAR@FAR1e-4 (%) | AUC | train CPU minutes |",
             "|---|---|---|---|---|---|", *rows, "", *([note, ""] if note else []),
-            *speed_table(s_speed, t_speed, args.resolution)]
+            *speed_table("embeddings", args.teacher_alpha, args.resolution)]
 
 
-def speed_table(student: dict, teacher: dict, resolution: int) -> list[str]:
-    lines = [f"| {resolution}px, CPU | teacher | student 0.25 | student / teacher |", "|---|---|---|---|"]
+def speed_table(task: str, teacher_alpha: float, resolution: int) -> list[str]:
+    """Student 0.25 against the trained teacher's width and against the full-width 1.0 MobileNet."""
+    student = speed(task, 0.25, resolution)
+    teachers = [(alpha, speed(task, alpha, resolution)) for alpha in sorted({teacher_alpha, 1.0})]
+    head = " | ".join(f"teacher {a:g} | student / teacher {a:g}" for a, _ in teachers)
+    lines = [f"| {resolution}px, CPU | student 0.25 | {head} |", "|---" * (2 + 2 * len(teachers)) + "|"]
     for key, label in (("mult_adds_M", "mult-adds (M)"), ("params_M", "params (M)"), ("ms_b1", "latency batch 1 (ms, best of 30)"),
                        ("ms_b32", "latency batch 32 (ms, best of 8)")):
-        lines.append(f"| {label} | {teacher[key]:.2f} | {student[key]:.2f} | {student[key] / teacher[key]:.3f} |")
+        cells = " | ".join(f"{t[key]:.2f} | {student[key] / t[key]:.3f}" for _, t in teachers)
+        lines.append(f"| {label} | {student[key]:.2f} | {cells} |")
     return lines
 
 
