@@ -205,7 +205,7 @@ def export(cfg: DictConfig) -> dict:
 
 def format_export_report(report: dict[str, Any]) -> str:
     lines = [f"export of {report['target']} at {report['resolution']}x{report['resolution']}; "
-             f"calibration: {report['calibration_images']} images from {report['calibration']}; "
+             f"calibrated on {report['calibration_images']} images ({report['calibration']}); "
              f"compared on {report['check_images']} further images",
              f"  fp32 TorchScript  {report['fp32']['size_mb']:8.2f} MB  {report['fp32']['file']}"]
     if "onnx" in report:
