@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from toolkit.errors import DataError
-
-log = logging.getLogger(__name__)
 
 PROFILE_FILE = "profile.json"
 CSV_NAME = "profile_sweep.csv"
@@ -94,17 +92,23 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
     with_acc = [r for r in rows if r["top1"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     if with_acc:
+        groups: dict[str, list[dict[str, Any]]] = {}  # one colour per width (alpha) / model
+        for r in with_acc:
+            groups.setdefault(f"alpha {r['alpha']}" if r["alpha"] is not None else r["model"], []).append(r)
         for ax, key, xlabel in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
-            xs = [r[key] / 1e6 for r in with_acc]
-            ys = [r["top1"] for r in with_acc]
-            ax.scatter(xs, ys)
-            for r, x, y in zip(with_acc, xs, ys, strict=True):
-                ax.annotate(r["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for name, group in groups.items():
+                ax.scatter([r[key] / 1e6 for r in group], [r["top1"] for r in group], label=name)
+            for r in with_acc:
+                ax.annotate(r["label"], (r[key] / 1e6, r["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(FuncFormatter(_label_2_and_5))
+            ax.legend(fontsize=8)
             ax.set_xlabel(f"{xlabel} (log scale)")
             ax.set_ylabel("Top-1 accuracy")
             ax.grid(True, which="both", alpha=0.3)
@@ -127,6 +131,12 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label_2_and_5(value: float, _position) -> str:
+    """Minor tick labels of a log axis at 2x and 5x the powers of ten (the rest stay unlabelled)."""
+    leading = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:g}" if leading in (2, 5) else ""
 
 
 def summarize_sweep(sweep_dir: Path, results_file: str | None = None) -> tuple[list[dict], Path, Path] | None:
