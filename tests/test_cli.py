@@ -22,7 +22,7 @@ QUICK_PROFILE = ["mode=profile", "profile.repeats=1", "profile.warmup=0", "profi
 
 
 def test_profile_from_another_folder(tmp_path):
-    proc = run_cli(QUICK_PROFILE + ["backbone.alpha=0.75", "data.resolution=192"], cwd=tmp_path)
+    proc = run_cli(QUICK_PROFILE + ["backbone.alpha=0.75", "data.resolution=192", "profile.threads=1"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "0.75 mobilenet_v1-192" in proc.stdout and "Conv DW (depthwise)" in proc.stdout
     assert "239.27 M" in proc.stdout  # Table 10's 0.75 MobileNet-192: 239M mult-adds
@@ -90,6 +90,7 @@ def test_bad_override_fails_with_one_line(tmp_path, override, key):
         ("data.n_train=0", "data.n_train"),
         ("profile.device=tpu", "profile.device"),
         ("profile.repeats=0", "profile.repeats"),
+        ("profile.threads=0", "profile.threads"),
         ("profile.results_file=/no/such.csv", "profile.results_file"),
     ],
 )

@@ -83,6 +83,7 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         _check_int(settings, "profile", "batch_size", 1)
         _check_int(settings, "profile", "repeats", 1)
         _check_int(settings, "profile", "warmup", 0)
+        _check_int(settings, "profile", "threads", 1)
         _check_choice(settings, "profile", "device", DEVICES)
         results = settings.get("results_file")
         if results and not Path(results).expanduser().is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import DictConfig
 
 from toolkit.modes.common import build_task, load_task, output_dir, write_json
@@ -24,6 +25,8 @@ def profile(cfg: DictConfig) -> dict:
     task = load_task(cfg) if cfg.get("ckpt_path") else build_task(cfg)
     resolution = int(cfg.data.resolution)
     settings = cfg.profile
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings.threads))  # on a busy machine extra threads spin against each other
     result = profile_model(task.model, lambda n: task.example_input(resolution, n), batch_size=int(settings.batch_size),
                            latency=bool(settings.latency), device=settings.device, repeats=int(settings.repeats),
                            warmup=int(settings.warmup))
