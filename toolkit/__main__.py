@@ -19,11 +19,23 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
     try:
         result = run(cfg)
-    except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = toolkit_cause(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     objective = (result or {}).get("objective")  # what Hydra sweepers optimise, when a mode reports one
     return objective
+
+
+def toolkit_cause(error: BaseException) -> ToolkitError | None:
+    """The ToolkitError behind `error`, also when Hydra's instantiate wrapped it (InstantiationException)."""
+    while error is not None:
+        if isinstance(error, ToolkitError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def group_options(group: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra.utils
+import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -82,7 +83,12 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
 def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     """Restore a task from a checkpoint written by this toolkit (its class is the configured task's)."""
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
-    return task_class(cfg).load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    overrides = {}
+    backbone = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {}).get("backbone")
+    if isinstance(backbone, dict) and backbone.get("pretrained"):
+        # the checkpoint holds the trained weights: don't ask for the original pretrained file again
+        overrides["backbone"] = {**backbone, "pretrained": None}
+    return task_class(cfg).load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
 
 
 def resolve_checkpoint(cfg: DictConfig, ckpt_path: str | None, required: bool = False) -> str | None:
