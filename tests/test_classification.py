@@ -278,3 +278,29 @@ def test_predict_cli_writes_top_k_json_csv_and_contact_sheet(make_cfg, tmp_path)
         assert len(list(csv.DictReader(f))) == 15
     with Image.open(out / "predictions.png") as sheet:
         assert sheet.width > 0 and sheet.height > 0
+
+
+# ---- the paper's table rows -----------------------------------------------------------------------------------
+PAPER_ROWS = {  # experiment file -> (backbone, alpha, resolution): Tables 4, 5, 6, 7 and 9
+    "mobilenet_v1_conv_100_224": ("mobilenet_v1_conv", 1.0, 224), "mobilenet_v1_100_224": ("mobilenet_v1", 1.0, 224),
+    "mobilenet_v1_shallow_100_224": ("mobilenet_v1_shallow", 1.0, 224), "mobilenet_v1_075_224": ("mobilenet_v1", 0.75, 224),
+    "mobilenet_v1_050_224": ("mobilenet_v1", 0.5, 224), "mobilenet_v1_025_224": ("mobilenet_v1", 0.25, 224),
+    "mobilenet_v1_100_192": ("mobilenet_v1", 1.0, 192), "mobilenet_v1_100_160": ("mobilenet_v1", 1.0, 160),
+    "mobilenet_v1_100_128": ("mobilenet_v1", 1.0, 128), "mobilenet_v1_050_160": ("mobilenet_v1", 0.5, 160),
+}
+
+
+def test_paper_row_experiments_compose_with_the_recipe(make_cfg):
+    shipped = {p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("mobilenet_v1_*.yaml")}
+    assert shipped == set(PAPER_ROWS)
+    for name, row in PAPER_ROWS.items():
+        cfg = make_cfg([f"experiment={name}"], fast=False)
+        assert (cfg.backbone.name, cfg.backbone.alpha, cfg.data.resolution) == row, name
+        assert cfg.data._target_ == "toolkit.data.imagenet.ImageNetDataModule" and cfg.data.batch_size == 96
+        assert cfg.task.optimizer._target_ == "timm.optim.RMSpropTF" and cfg.task.optimizer.eps == 1.0
+        assert cfg.task.optimizer.weight_decay == 4e-5 and cfg.task.label_smoothing == 0.0
+
+
+def test_paper_row_without_imagenet_names_the_folders(make_cfg, tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path / 'nodata'}/imagenet/train"):
+        run(make_cfg(["experiment=mobilenet_v1_050_160", f"paths.data_dir={tmp_path / 'nodata'}"]))

@@ -65,7 +65,8 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
         if cb_cfg is None or "_target_" not in cb_cfg:
             continue
         kwargs: dict[str, Any] = {}
-        if hydra.utils.get_class(cb_cfg._target_) is ModelCheckpoint and cb_cfg.get("monitor", "unset") is None:
+        target = hydra.utils.get_object(cb_cfg._target_)  # a class, or a factory function returning a callback
+        if target is ModelCheckpoint and cb_cfg.get("monitor", "unset") is None:
             kwargs = {"monitor": task.monitor, "mode": task.mode}  # the task declares what "best" means
         log.debug("callback %s", name)
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
