@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -41,7 +41,7 @@ class GeoRecords:
     """The accepted rows of a geo CSV, and every rejected row as (line number, reason)."""
 
     source: Path
-    paths: list[Path]
+    paths: list[str]
     lat: np.ndarray
     lon: np.ndarray
     ids: list[str]
@@ -116,7 +116,8 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
     for bad, why in checks:
         for i in np.flatnonzero(bad & (reasons == "")):
             reasons[i] = why(i)
-    full_paths = [Path(p) if os.path.isabs(p) else root / p for p in paths]
+    root_s = str(root)  # plain strings: building a million Path objects costs more than the whole partitioning
+    full_paths = [p if os.path.isabs(p) else os.path.join(root_s, p) for p in paths]
     if check_files:
         for i, p in enumerate(full_paths):
             if reasons[i] == "" and not os.path.isfile(p):
@@ -137,21 +138,16 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
 
 
 def _to_float(values: list[str]) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        try:
-            x = float(v)
-        except ValueError:
-            continue
-        if math.isfinite(x):
-            out[i] = x
+    """Parse numbers vectorised; anything else (text, empty, inf, nan) becomes NaN."""
+    out = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    out[~np.isfinite(out)] = np.nan
     return out
 
 
 class GeoImageDataset(ImageListDataset):
     """Images with their true (lat, lon) (NaN when unknown, e.g. for mode=predict)."""
 
-    def __init__(self, paths: list[Path], latlon: np.ndarray, transform, skip_corrupt: bool = False):
+    def __init__(self, paths: list[str] | list[Path], latlon: np.ndarray, transform, skip_corrupt: bool = False):
         super().__init__([(p, i) for i, p in enumerate(paths)], transform, skip_corrupt)
         self.latlon = torch.as_tensor(latlon, dtype=torch.float64)
 

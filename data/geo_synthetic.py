@@ -27,6 +27,7 @@ CITIES: tuple[tuple[str, float, float], ...] = (
     ("Anchorage", 61.2181, -149.9003), ("Singapore", 1.3521, 103.8198), ("Buenos Aires", -34.6037, -58.3816),
 )
 KM_PER_DEGREE = 6371.0 * math.pi / 180
+TINT = 0.7  # share of the city's colour in the background (the rest: a random colour with noise)
 
 
 def jitter_km(rng: np.random.Generator, lat: float, lon: float, sigma_km: float) -> tuple[float, float]:
@@ -64,7 +65,7 @@ def generate_geo_photos(root: Path, n_train: int, n_val: int, n_cities: int, sig
                 bg, fg = city_palette(k)
                 shape = SHAPE_NAMES[k % len(SHAPE_NAMES)]
             noise = np.asarray(random_background(rng, image_size), dtype=np.float32)
-            img = Image.fromarray((0.5 * noise + 0.5 * np.array(bg, dtype=np.float32)).astype(np.uint8))  # tint
+            img = Image.fromarray((TINT * np.array(bg, dtype=np.float32) + (1 - TINT) * noise).astype(np.uint8))
             r = rng.uniform(0.2, 0.4) * image_size
             cx, cy = rng.uniform(r, image_size - r, size=2)
             draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), fg)
@@ -87,7 +88,7 @@ class GeoSyntheticDataModule(GeoDataModule):
         if not 1 <= n_cities <= len(CITIES):
             raise ValueError(f"n_cities must be between 1 and {len(CITIES)}, got {n_cities}")
         self.spec = {"kind": "geo_synthetic", "n_train": n_train, "n_val": n_val, "image_size": image_size, "seed": seed,
-                     "n_cities": n_cities, "sigma_km": sigma_km, "scatter_fraction": scatter_fraction}
+                     "n_cities": n_cities, "sigma_km": sigma_km, "scatter_fraction": scatter_fraction, "tint": TINT}
         self.root = Path(cache_dir).expanduser() / (f"geo_{n_cities}cities_{image_size}px_{n_train}_{n_val}"
                                                     f"_sigma{sigma_km:g}_scatter{scatter_fraction:g}_seed{seed}")
         kwargs.setdefault("train_csv", str(self.root / "train.csv"))

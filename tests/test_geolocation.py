@@ -224,7 +224,7 @@ def test_geo_csv_validation_names_counts_and_skips_bad_rows(tmp_path):
     plain = tmp_path / "plain.csv"  # no header: path, latitude, longitude
     plain.write_text("img/a.jpg,1.5,2.5\nimg/b.jpg,-3,4\n")
     records = read_geo_csv(plain)
-    assert records.lat.tolist() == [1.5, -3.0] and records.paths[0] == tmp_path / "img" / "a.jpg"
+    assert records.lat.tolist() == [1.5, -3.0] and records.paths[0] == str(tmp_path / "img" / "a.jpg")
     bad = tmp_path / "bad.csv"
     bad.write_text("img/a.jpg,100,0\n")
     with pytest.raises(DataError, match="no usable rows"):
@@ -309,3 +309,34 @@ def test_hierarchical_training_in_process(make_cfg):
     assert "val/within_25km" in result["metrics"]
     task = GeolocationTask.load_from_checkpoint(result["best_checkpoint"], weights_only=False)
     assert len(task.partitions) == 2 and task.num_cells[0] < task.num_cells[1]
+
+
+def test_precise_bn_recomputes_running_statistics():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from toolkit.precise_bn import PreciseBN
+
+    class Net(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3, momentum=0.03)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    torch.manual_seed(0)
+    batches = [{"image": torch.randn(8, 3, 4, 4) * 2 + 5} for _ in range(4)]
+    net = Net().eval()
+    trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn=TrainerFn.FITTING), train_dataloader=batches)
+    PreciseBN(num_batches=3).on_validation_start(trainer, net)
+    expected = torch.stack([b["image"].mean((0, 2, 3)) for b in batches[:3]]).mean(0)
+    assert torch.allclose(net.bn.running_mean, expected, atol=1e-5)
+    assert not net.training and net.bn.momentum == 0.03  # mode and momentum restored
+    trainer.sanity_checking = True
+    net.bn.reset_running_stats()
+    PreciseBN().on_validation_start(trainer, net)
+    assert torch.equal(net.bn.running_mean, torch.zeros(3))
