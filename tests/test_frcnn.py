@@ -118,6 +118,20 @@ def test_variants_fpn_mlp_and_other_backbones_run():
         build_faster_rcnn(V1, 2, rcnn={"rpn_nms": 0.5})
 
 
+def test_mixed_precision_trains_and_detects():
+    """trainer.precision=bf16-mixed / 16-mixed run the model under autocast; torchvision's ops support it."""
+    model = build(resolution=None)
+    images = [torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([1])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        (out,) = model.eval()(images)
+    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) > 0
+
+
 def test_frozen_bn_keeps_the_function_and_freezes_statistics():
     reference = build(resolution=128).eval()
     frozen = build(resolution=128, frozen_bn=True).eval()
