@@ -64,6 +64,15 @@ class FasterRCNNTask(DetectionTask):
             image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), rcnn=dict(h.rcnn or {}),
         )
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        resolution = getattr(self.trainer.datamodule, "resolution", None) if self._trainer is not None else None
+        smallest = min(self.hparams.anchor_sizes)
+        if resolution is not None and resolution < 4 * smallest:
+            log.warning("data.resolution=%d is small for anchors of %s pixels (the paper's sizes for 300/600 inputs): "
+                        "small objects get no well-matched anchor; use data.resolution=300 or 600, or smaller "
+                        "task.anchor_sizes", resolution, list(self.hparams.anchor_sizes))
+
     # ---- optimisation: torchvision's recipe (linear lr scaling, warm-up, steps) ---------------------------
     def total_batch_size(self) -> int | None:
         """Images per optimizer step over all devices and nodes, or None where `batch_size` is unset."""
