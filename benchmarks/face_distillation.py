@@ -17,39 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
-QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "callbacks.progress_bar=null", "callbacks.lr_monitor=null", "logger=none"]
-
-
-def compose(overrides: list[str], run_dir: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=QUIET + overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
 
 
 def timed_run(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
     """Run one job; returns (result, CPU seconds of this process): wall time means little on a shared machine."""
-    from toolkit.run import run
-
-    start = time.process_time()
-    result = run(compose(overrides, run_dir))
-    return result, time.process_time() - start
+    result, _ = run_toolkit([*QUIET, *overrides], run_dir)
+    return result, result["cpu_s"]
 
 
 def speed(task: str, alpha: float, resolution: int) -> dict:
