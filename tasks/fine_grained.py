@@ -25,6 +25,7 @@ class FineGrainedTask(ClassificationTask):
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
         predict_top_k: int = 5,
+        channels_last: bool = False,
         confused_pairs: int = 20,
         keep_pretrained_head: bool = False,
         optimizer: dict | None = None,
@@ -33,7 +34,7 @@ class FineGrainedTask(ClassificationTask):
         freeze_backbone_epochs: int = 0,
     ):
         super().__init__(backbone=backbone, num_classes=num_classes, class_names=class_names, dropout=dropout,
-                         label_smoothing=label_smoothing, predict_top_k=predict_top_k, optimizer=optimizer,
+                         label_smoothing=label_smoothing, predict_top_k=predict_top_k, channels_last=channels_last, optimizer=optimizer,
                          scheduler=scheduler, backbone_lr_scale=backbone_lr_scale,
                          freeze_backbone_epochs=freeze_backbone_epochs)
         self.confusion: torch.Tensor | None = None  # the last validation/test epoch's confusion matrix

@@ -19,7 +19,7 @@ from torch import nn
 
 from toolkit.backbones import create_backbone
 from toolkit.errors import ConfigError
-from toolkit.geo.metrics import GeoDistanceAccuracy, im2gps_table
+from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
 from toolkit.tasks.base import BaseTask
@@ -207,8 +207,8 @@ class GeolocationTask(BaseTask):
         with (output_dir / "im2gps_table.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["threshold_km", "within_fraction"])
-            for key in sorted((k for k in metrics if k.startswith(f"{prefix}within_")), key=lambda k: float(k[len(prefix) + 7:-2])):
-                writer.writerow([key[len(prefix) + 7:-2], f"{metrics[key]:.6f}"])
+            for _, km in IM2GPS_SCALES:
+                writer.writerow([km, f"{metrics.get(prefix + metric_key(km), float('nan')):.6f}"])
             writer.writerow(["median_km", f"{metrics.get(f'{prefix}median_km', float('nan')):.3f}"])
         print(table)
 

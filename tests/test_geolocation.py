@@ -283,6 +283,8 @@ def test_cli_partition_train_eval_predict(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     table = (run_dir / "eval" / "im2gps_table.md").read_text()
     assert "PlaNet MobileNet" in table and "| continent 2500 km |" in table
+    rows = (run_dir / "eval" / "im2gps_table.csv").read_text().splitlines()
+    assert rows[0] == "threshold_km,within_fraction" and [r.split(",")[0] for r in rows[1:]] == ["1", "25", "200", "750", "2500", "median_km"]
     assert 0 <= json.loads((run_dir / "eval" / "metrics.json").read_text())["val/within_25km"] <= 1
 
     images = val_csv.parent / "images" / "val"
