@@ -1,11 +1,11 @@
 """Learning check: the paper's Stanford Dogs route on generated data: pretrain, then fine-tune with init_from.
 
-    python benchmarks/fine_grained_learning.py [--pretrain-epochs 6] [--epochs 10] [--scratch] [--threads 2]
+    python benchmarks/fine_grained_learning.py [--pretrain-epochs 2] [--epochs 8] [--scratch] [--threads 2]
 
 1. pretrain `task=classification data=shapes` (6 shapes in random colours: the stand-in for the paper's
    noisy web-scale pretraining set);
-2. fine-tune `task=fine_grained data=stanford_dogs_synthetic` (12 "breeds" = shape x coat colour, a real
-   Images/ + lists/*.mat tree) from that checkpoint: fresh 12-way head, backbone at `backbone_lr_scale`
+2. fine-tune `task=fine_grained data=stanford_dogs_synthetic` (12 "breeds" = coat colour x shape, in pairs of
+   look-alike hues; a real Images/ + lists/*.mat tree) from that checkpoint: fresh 12-way head, backbone at `backbone_lr_scale`
    of the head's learning rate, backbone frozen for the first `--freeze` epochs;
 3. `mode=eval` of the best fine-tuned checkpoint: top-1, top-5, mean per-class accuracy, confused pairs.
 `--scratch` adds the same fine-tuning run from random weights, for comparison. Target of issue 6: fine-tuning
@@ -24,11 +24,12 @@ from _runner import PRECISE_BN, QUIET, run_toolkit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-epochs", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    parser.add_argument("--pretrain-epochs", type=int, default=2)
+    parser.add_argument("--pretrain-images", type=int, default=600, help="generated shapes for pretraining")
+    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
     parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--backbone-lr-scale", type=float, default=0.3)
-    parser.add_argument("--freeze", type=int, default=1, help="epochs with the backbone frozen")
+    parser.add_argument("--backbone-lr-scale", type=float, default=0.5)
+    parser.add_argument("--freeze", type=int, default=0, help="epochs with the backbone frozen")
     parser.add_argument("--scratch", action="store_true", help="also fine-tune from random weights")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
     parser.add_argument("--out", default=None, help="folder for data cache and run outputs (default: a temp dir)")
@@ -41,6 +42,7 @@ def main() -> None:
     os.environ["TOOLKIT_CACHE_DIR"] = str(out / "cache")
     small = [f"backbone.alpha={args.alpha}", "data.num_workers=1", "data.resolution=64", *QUIET, PRECISE_BN]
     pretrain, pretrain_s = run_toolkit(["task=classification", "data=shapes", "data.image_size=64",
+                                        f"data.n_train={args.pretrain_images}",
                                         f"trainer.max_epochs={args.pretrain_epochs}", *small], out / "pretrain")
     dogs = ["task=fine_grained", "data=stanford_dogs_synthetic", *small]
     tune = [*dogs, f"trainer.max_epochs={args.epochs}", f"task.backbone_lr_scale={args.backbone_lr_scale}",

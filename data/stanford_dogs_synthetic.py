@@ -1,12 +1,13 @@
 """A generated miniature Stanford Dogs (`data=stanford_dogs_synthetic`) in the exact official on-disk format.
 
 Real breed folder names, JPEGs under `Images/`, VOC XML boxes under `Annotation/`, and `lists/*.mat` written
-with scipy as MATLAB cell arrays, like the originals. A "breed" is a shape with a coat colour: breeds that
-share a shape differ only in colour, so there are near-identical pairs for the confusion summary to find.
+with scipy as MATLAB cell arrays, like the originals. A "breed" is a coat colour and a shape; breeds come in
+pairs of nearby hues (2k and 2k+1), the near-identical pairs the confusion summary should find.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
 import tarfile
 from pathlib import Path
@@ -26,7 +27,13 @@ BREED_FOLDERS = (
     "n02088466-bloodhound", "n02088632-bluetick", "n02089078-black-and-tan_coonhound", "n02089867-Walker_hound",
     "n02089973-English_foxhound", "n02090379-redbone",
 )
-COATS = ((200, 60, 40), (60, 90, 200), (230, 210, 60))  # red, blue, yellow
+PAIR_HUE_STEP = 0.07  # hue difference within a pair of look-alike breeds (about 25 degrees)
+
+
+def coat_colour(label: int) -> np.ndarray:
+    """RGB coat of breed `label`: pairs (2k, 2k+1) share a hue family, pairs are spread around the wheel."""
+    hue = ((label // 2) * 0.618034 + (label % 2) * PAIR_HUE_STEP) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, 0.85, 0.9)) * 255
 
 
 def _cell_array(strings: list[str]) -> np.ndarray:
@@ -65,10 +72,10 @@ def generate_stanford_dogs(root: Path, n_breeds: int, n_train: int, n_test: int,
         for i in range(count):
             label = i % n_breeds
             folder = folders[label]
-            shape, coat = SHAPE_NAMES[label % len(SHAPE_NAMES)], np.array(COATS[label // len(SHAPE_NAMES)])
+            shape, coat = SHAPE_NAMES[label % len(SHAPE_NAMES)], coat_colour(label)
             size = (int(image_size * rng.uniform(1.0, 1.3)), image_size)  # non-square, like photos
             img = random_background(rng, max(size)).crop((0, 0, *size))
-            r = rng.uniform(0.2, 0.35) * min(size)
+            r = rng.uniform(0.25, 0.45) * min(size)  # big enough to survive the random crop
             cx, cy = rng.uniform(r, size[0] - r), rng.uniform(r, size[1] - r)
             color = tuple(int(c) for c in np.clip(coat + rng.normal(0, 20, 3), 0, 255))
             draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), color)
@@ -111,7 +118,7 @@ class StanfordDogsSyntheticDataModule(StanfordDogsDataModule):
         if not 2 <= n_breeds <= len(BREED_FOLDERS):
             raise ValueError(f"n_breeds must be between 2 and {len(BREED_FOLDERS)}, got {n_breeds}")
         self.spec = {"kind": "stanford_dogs_synthetic", "n_breeds": n_breeds, "n_train": n_train, "n_val": n_val,
-                     "image_size": image_size, "seed": seed}
+                     "image_size": image_size, "seed": seed, "coats": "hue-pairs", "radius": [0.25, 0.45]}
         root = Path(cache_dir).expanduser() / f"stanford_dogs_{n_breeds}breeds_{image_size}px_{n_train}_{n_val}_seed{seed}"
         super().__init__(root=str(root), **kwargs)
 
