@@ -13,6 +13,7 @@ median, so a machine shared with other jobs hurts both sides alike. Ratio > 0.9 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed, 16-mixed)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

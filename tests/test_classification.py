@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from toolkit.data.prepare_imagenet_val import labels_from_solution_csv, sort_val_folder
+from toolkit.data.prepare_imagenet_val import main as prepare_main
 from toolkit.errors import ConfigError, DataError
 from toolkit.modes.common import build_datamodule, build_task, resolve_checkpoint
 from toolkit.run import run
@@ -185,7 +186,7 @@ def write_devkit(path: Path, wnids: list[str], truth: list[int]) -> Path:
     return path
 
 
-def test_prepare_imagenet_val_sorts_the_flat_folder(tmp_path):
+def test_prepare_imagenet_val_sorts_the_flat_folder(tmp_path, capsys):
     wnids = ["n01440764", "n01443537"]
     val = tmp_path / "val"
     val.mkdir()
@@ -199,8 +200,9 @@ def test_prepare_imagenet_val_sorts_the_flat_folder(tmp_path):
     assert "moved 5 images into 2 wnid folders" in done.stdout
     assert sorted(p.name for p in (val / "n01443537").iterdir()) == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000003.JPEG"]
     assert len(list((val / "n01440764").iterdir())) == 3 and not list(val.glob("*.JPEG"))
-    again = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
-    assert "moved 0 images" in again.stdout and "5 already sorted" in again.stdout
+    assert prepare_main([str(val), "--devkit", str(devkit)]) == 0  # a second run changes nothing
+    assert "moved 0 images" in capsys.readouterr().out.splitlines()[-1]
+    assert len(list((val / "n01440764").iterdir())) == 3
 
     solution = tmp_path / "LOC_val_solution.csv"  # Kaggle's format, checked on a fresh flat folder
     solution.write_text("ImageId,PredictionString\nimg_a,n01440764 1 2 3 4 n01440764 5 6 7 8\nimg_b,n01443537 1 1 2 2\n")
