@@ -1,8 +1,8 @@
 """A generated miniature Stanford Dogs (`data=stanford_dogs_synthetic`) in the exact official on-disk format.
 
 Real breed folder names, JPEGs under `Images/`, VOC XML boxes under `Annotation/`, and `lists/*.mat` written
-with scipy as MATLAB cell arrays, like the originals. A "breed" is a coat colour and a shape; breeds come in
-pairs of nearby hues (2k and 2k+1), the near-identical pairs the confusion summary should find.
+with scipy as MATLAB cell arrays, like the originals. A "breed" is a coat colour and a shape on a grey noisy
+background; breeds come in pairs of nearby hues (2k and 2k+1), the look-alikes the confusion summary should find.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from toolkit.data.shapes import SHAPE_NAMES, draw_shape, ensure_generated, random_background
 from toolkit.data.stanford_dogs import StanfordDogsDataModule
@@ -74,7 +74,8 @@ def generate_stanford_dogs(root: Path, n_breeds: int, n_train: int, n_test: int,
             folder = folders[label]
             shape, coat = SHAPE_NAMES[label % len(SHAPE_NAMES)], coat_colour(label)
             size = (int(image_size * rng.uniform(1.0, 1.3)), image_size)  # non-square, like photos
-            img = random_background(rng, max(size)).crop((0, 0, *size))
+            grey = np.asarray(random_background(rng, max(size)), dtype=np.float32).mean(-1, keepdims=True)
+            img = Image.fromarray(np.repeat(grey, 3, -1).astype(np.uint8)).crop((0, 0, *size))  # colour = the dog's
             r = rng.uniform(0.25, 0.45) * min(size)  # big enough to survive the random crop
             cx, cy = rng.uniform(r, size[0] - r), rng.uniform(r, size[1] - r)
             color = tuple(int(c) for c in np.clip(coat + rng.normal(0, 20, 3), 0, 255))
@@ -118,7 +119,7 @@ class StanfordDogsSyntheticDataModule(StanfordDogsDataModule):
         if not 2 <= n_breeds <= len(BREED_FOLDERS):
             raise ValueError(f"n_breeds must be between 2 and {len(BREED_FOLDERS)}, got {n_breeds}")
         self.spec = {"kind": "stanford_dogs_synthetic", "n_breeds": n_breeds, "n_train": n_train, "n_val": n_val,
-                     "image_size": image_size, "seed": seed, "coats": "hue-pairs", "radius": [0.25, 0.45]}
+                     "image_size": image_size, "seed": seed, "coats": "hue-pairs", "radius": [0.25, 0.45], "background": "grey"}
         root = Path(cache_dir).expanduser() / f"stanford_dogs_{n_breeds}breeds_{image_size}px_{n_train}_{n_val}_seed{seed}"
         super().__init__(root=str(root), **kwargs)
 
