@@ -66,6 +66,10 @@ class BaseTask(LightningModule):
         """Write `predict_step` records (JSON/CSV and pictures); return the files written."""
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # lets tools that only hold a checkpoint (teachers, export) rebuild the right task without guessing
+        checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # ---- optimisation -----------------------------------------------------------------------
     def param_groups(self, weight_decay: float, lr: float) -> list[dict]:
         """Weight decay on conv and FC weights only: never on depthwise filters, BN parameters or biases

@@ -61,7 +61,3 @@ class DistillationTask(BaseTask):
         if any(b.device != images.device for b in teacher.buffers()):
             teacher.to(images.device)
         return teacher(images, batch.get("key"))
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # lets `teacher=<this checkpoint>` rebuild the right task without guessing
-        checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -48,8 +48,9 @@ class ConvBNAct(nn.Sequential):
             OrderedDict(
                 conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
                 # eps 1e-5 (PyTorch's and timm's) so timm's mobilenetv1_100 weights load exactly; TF-slim's
-                # 1e-3 would only matter for TF checkpoints
-                bn=nn.BatchNorm2d(cout, eps=1e-5, momentum=0.03),
+                # 1e-3 would only matter for TF checkpoints. Momentum 0.1 (PyTorch's and timm's): TF-slim's
+                # 0.9997 decay suits 100k-step ImageNet runs but leaves short runs evaluating with stale stats.
+                bn=nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1),
                 act=_activation(act),
             )
         )
