@@ -81,12 +81,29 @@ def random_color(rng: np.random.Generator, background: Image.Image) -> tuple[int
             return tuple(int(c) for c in color)
 
 
+def dark_background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A dark noisy background of a random colour (every channel below 100)."""
+    base = rng.integers(0, 100, size=3)
+    noise = rng.normal(0, 12, size=(size, size, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def bright_color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A light colour of a random hue (every channel 150 or more): always brighter than `dark_background`."""
+    return tuple(int(c) for c in rng.integers(150, 256, size=3))
+
+
 def generate_shapes_classification(root: Path, n_train: int, n_val: int, image_size: int, seed: int,
                                    radius: tuple[float, float] = (0.25, 0.45)) -> None:
     """Write `root/{train,val}/<shape>/<i>.jpg`: one shape per image, random size, position, colour.
 
     `radius` is the range of shape radii as a fraction of the image side. Shapes of 0.15-0.4 stayed at
-    chance for 14 epochs even for a plain 4-layer CNN; from 0.25 up they are learnt in a few epochs.
+    chance for 14 epochs even for a plain 4-layer CNN. Colours: a light shape of random hue on a dark
+    noisy background. With both colours free (`random_background`/`random_color`, as detection uses), an
+    edge can have any colour direction and either polarity, and networks learn that invariance slowly: a
+    4-layer CNN stayed near chance (train 0.3) for 20 epochs of 600 images with or without rotation, while
+    the same CNN on the colour-free shape mask reached 0.95 in 3 epochs; light-on-dark keeps the colour
+    variety but gives every shape the same polarity.
     """
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train), ("val", n_val)):
@@ -94,10 +111,10 @@ def generate_shapes_classification(root: Path, n_train: int, n_val: int, image_s
             (root / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             shape = SHAPE_NAMES[i % len(SHAPE_NAMES)]
-            img = random_background(rng, image_size)
+            img = dark_background(rng, image_size)
             r = rng.uniform(*radius) * image_size
             cx, cy = rng.uniform(r, image_size - r, size=2)
-            draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), random_color(rng, img))
+            draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), bright_color(rng))
             img.save(root / split / shape / f"{i:05d}.jpg", quality=90)
 
 
@@ -123,7 +140,7 @@ class ShapesClassificationDataModule(ClassFolderDataModule):
     def __init__(self, cache_dir: str, n_train: int = 1200, n_val: int = 300, image_size: int = 96, seed: int = 0,
                  radius: tuple[float, float] = (0.25, 0.45), crop_scale: tuple[float, float] = (0.7, 1.0), **kwargs):
         self.spec = {"kind": "shapes_classification", "n_train": n_train, "n_val": n_val, "image_size": image_size,
-                     "seed": seed, "radius": list(radius)}
+                     "seed": seed, "radius": list(radius), "colours": "light_on_dark"}
         root = Path(cache_dir).expanduser() / f"shapes_cls_{image_size}px_{n_train}_{n_val}_seed{seed}"
         super().__init__(root=str(root), crop_scale=crop_scale, **kwargs)
 
