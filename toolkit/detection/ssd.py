@@ -141,7 +141,7 @@ class MobileNetSSD(SSD):
             head_module = ConvSSDHead(channels, num_anchors, num_classes + 1, head_kernel_size)
         elif head == "ssdlite":
             head_module = SSDLiteHead(channels, num_anchors, num_classes + 1,
-                                      partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03))
+                                      partial(nn.BatchNorm2d, eps=1e-3, momentum=0.1))
         else:
             raise ValueError(f"head must be 'ssd' or 'ssdlite', got {head!r}")
         super().__init__(backbone, anchors, (300, 300), num_classes + 1, head=head_module, score_thresh=score_thresh,
