@@ -18,7 +18,7 @@ def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thum
     caption_h = 16
     sheet = Image.new("RGB", (cols * thumb, rows * (thumb + caption_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (path, caption) in enumerate(zip(paths, captions)):
+    for i, (path, caption) in enumerate(zip(paths, captions, strict=True)):
         x, y = (i % cols) * thumb, (i // cols) * (thumb + caption_h)
         with Image.open(path) as img:
             img = img.convert("RGB")

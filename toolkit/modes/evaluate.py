@@ -6,7 +6,14 @@ import logging
 
 from omegaconf import DictConfig
 
-from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir, plain_metrics, write_json
+from toolkit.modes.common import (
+    build_datamodule,
+    build_trainer,
+    load_task,
+    output_dir,
+    plain_metrics,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
