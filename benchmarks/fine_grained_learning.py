@@ -1,6 +1,6 @@
 """Learning check: the paper's Stanford Dogs route on generated data: pretrain, then fine-tune with init_from.
 
-    python benchmarks/fine_grained_learning.py [--pretrain geo|shapes] [--pretrain-epochs 4] [--epochs 8] [--scratch] [--threads 2]
+    python benchmarks/fine_grained_learning.py [--pretrain geo|shapes] [--pretrain-epochs 4] [--epochs 30] [--lr 0.002] [--scratch] [--threads 2]
 
 1. pretrain, by default `task=geolocation data=geo_synthetic` (PlaNet cell classification of generated
    geo-tagged photos: the stand-in for the paper's noisy web-scale set; `--pretrain shapes` uses the
@@ -36,13 +36,15 @@ def main() -> None:
     parser.add_argument("--pretrain", choices=sorted(PRETRAIN), default="geo", help="the pretraining task and data")
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--pretrain-images", type=int, default=600, help="generated shapes for pretraining")
-    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
+    parser.add_argument("--lr", type=float, default=0.002, help="fine-tuning learning rate of the head")
     parser.add_argument("--alpha", type=float, default=0.25)
     parser.add_argument("--backbone-lr-scale", type=float, default=0.5)
     parser.add_argument("--freeze", type=int, default=0, help="epochs with the backbone frozen")
     parser.add_argument("--scratch", action="store_true", help="also fine-tune from random weights")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
     parser.add_argument("--out", default=None, help="folder for data cache and run outputs (default: a temp dir)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the fine-tuning runs, e.g. task.optimizer.lr=0.002")
     args = parser.parse_args()
 
     import torch
@@ -55,7 +57,7 @@ def main() -> None:
                                         f"trainer.max_epochs={args.pretrain_epochs}", *small], out / "pretrain")
     dogs = ["task=fine_grained", "data=stanford_dogs_synthetic", *small]
     tune = [*dogs, f"trainer.max_epochs={args.epochs}", f"task.backbone_lr_scale={args.backbone_lr_scale}",
-            f"task.freeze_backbone_epochs={args.freeze}"]
+            f"task.freeze_backbone_epochs={args.freeze}", f"task.optimizer.lr={args.lr}", *args.overrides]
     runs = {"fine-tuned from the pretrained backbone": (tune + [f"init_from={pretrain['best_checkpoint']}"], "finetune")}
     if args.scratch:
         runs["same schedule from random weights"] = (tune, "scratch")
@@ -71,7 +73,7 @@ def main() -> None:
                      trained["cpu_s"] + evaluation["cpu_s"]))
 
     print(f"\nStanford Dogs (generated, 12 breeds) alpha {args.alpha} at 64 px, {args.epochs} epochs, "
-          f"backbone lr x{args.backbone_lr_scale}, frozen {args.freeze} epoch(s), {torch.get_num_threads()} threads\n")
+          f"lr {args.lr}, backbone lr x{args.backbone_lr_scale}, frozen {args.freeze} epoch(s), {torch.get_num_threads()} threads\n")
     print("| run | top-1 | top-5 | mean per-class | train + eval wall (s) | CPU (s) |")
     print("|---|---|---|---|---|---|")
     for label, m, train_s, eval_s, _, cpu in rows:
