@@ -7,7 +7,10 @@ plain data (dicts, numbers, strings), so `Task.load_from_checkpoint(path)` alone
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +174,16 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise DataError(f"init_from={str(path)!r}: expected a checkpoint or a state dict, found {type(obj).__name__}")
     return obj
+
+
+def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],
+                           rows: Iterable[list]) -> tuple[Path, Path]:
+    """`predictions.json` (the records as they are) and `predictions.csv` (`header`, then `rows`)."""
+    json_path = output_dir / "predictions.json"
+    json_path.write_text(json.dumps(records, indent=2))
+    csv_path = output_dir / "predictions.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return json_path, csv_path

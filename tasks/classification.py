@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import torch
@@ -11,7 +9,7 @@ import torchmetrics
 from torch import nn
 
 from toolkit.heads import build_classifier
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, write_prediction_files
 
 
 class ClassificationTask(BaseTask):
@@ -99,15 +97,10 @@ class ClassificationTask(BaseTask):
     def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
         from toolkit.visualize import contact_sheet
 
-        json_path = output_dir / "predictions.json"
-        json_path.write_text(json.dumps(records, indent=2))
-        csv_path = output_dir / "predictions.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "rank", "label", "name", "score"])
-            for rec in records:
-                for rank, p in enumerate(rec["top_k"], start=1):
-                    writer.writerow([rec["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"])
+        json_path, csv_path = write_prediction_files(
+            records, output_dir, ["path", "rank", "label", "name", "score"],
+            ([rec["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
+             for rec in records for rank, p in enumerate(rec["top_k"], start=1)))
         sheet = contact_sheet(
             [r["path"] for r in records], [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records],
             output_dir / "predictions.png",

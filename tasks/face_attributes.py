@@ -9,7 +9,6 @@ mean (torchmetrics), plus accuracy at 0.5 (CelebA's customary figure), written a
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelSt
 from toolkit.distill.losses import attribute_distillation_loss, masked_label_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads import build_classifier
+from toolkit.tasks.base import write_prediction_files
 from toolkit.tasks.distillation import DistillationTask
 
 
@@ -166,12 +166,7 @@ class FaceAttributesTask(DistillationTask):
                 for path, p in zip(batch["path"], probs.tolist(), strict=True)]
 
     def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        json_path = output_dir / "predictions.json"
-        json_path.write_text(json.dumps(records, indent=2))
-        csv_path = output_dir / "predictions.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", *self.attribute_names])
-            for r in records:
-                writer.writerow([r["path"], *(f"{r['attributes'][n]:.4f}" for n in self.attribute_names)])
+        json_path, csv_path = write_prediction_files(
+            records, output_dir, ["path", *self.attribute_names],
+            ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in self.attribute_names)] for r in records))
         return [json_path, csv_path]

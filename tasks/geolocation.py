@@ -9,7 +9,6 @@ those of its ancestor cells in the coarser partitionings (Müller-Budack et al. 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from toolkit.errors import ConfigError
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, write_prediction_files
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
 PREDICT_LOCATIONS = ("mean", "center")
@@ -215,16 +214,11 @@ class GeolocationTask(BaseTask):
     def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
         from toolkit.visualize import contact_sheet
 
-        json_path = output_dir / "predictions.json"
-        json_path.write_text(json.dumps(records, indent=2))
-        csv_path = output_dir / "predictions.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"])
-            for rec in records:
-                for rank, c in enumerate(rec["top_cells"], start=1):
-                    writer.writerow([rec["path"], f"{rec['lat']:.6f}", f"{rec['lon']:.6f}", rank, c["token"],
-                                     f"{c['score']:.6f}", f"{c['lat']:.6f}", f"{c['lon']:.6f}"])
+        json_path, csv_path = write_prediction_files(
+            records, output_dir,
+            ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
+            ([rec["path"], f"{rec['lat']:.6f}", f"{rec['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
+              f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for rec in records for rank, c in enumerate(rec["top_cells"], start=1)))
         sheet = contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
                               output_dir / "predictions.png")
         return [json_path, csv_path, sheet]
