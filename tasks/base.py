@@ -106,13 +106,29 @@ class BaseTask(LightningModule):
         scheduler = hydra.utils.get_class(sched_cfg.pop("_target_"))(optimizer, **sched_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": frequency}}
 
+    def backbone_frozen(self) -> bool:
+        """Whether this epoch is one of the first `freeze_backbone_epochs` (the backbone is not trained)."""
+        return self._trainer is not None and self.current_epoch < self.hparams.get("freeze_backbone_epochs", 0)
+
     def on_train_epoch_start(self) -> None:
         backbone = getattr(self.model, "backbone", None)
-        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
         if backbone is not None and self.hparams.freeze_backbone_epochs:
+            frozen = self.backbone_frozen()
             backbone.requires_grad_(not frozen)
+            self.train(self.training)  # BatchNorm mode for this epoch (see `train`)
             if self.current_epoch in (0, self.hparams.freeze_backbone_epochs):
                 log.info("epoch %d: backbone %s", self.current_epoch, "frozen" if frozen else "trainable")
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train, but a frozen backbone's BatchNorm layers stay in eval mode: frozen means its
+        running statistics (what the pretrained weights were trained with) do not drift on the new data either."""
+        super().train(mode)
+        backbone = getattr(getattr(self, "model", None), "backbone", None)
+        if mode and backbone is not None and self.backbone_frozen():
+            for module in backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def log_skipped(self, batch: dict, stage: str) -> None:
         """Count the samples the loader skipped (data.skip_corrupt=true) into the metrics file."""

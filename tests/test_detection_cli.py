@@ -58,6 +58,9 @@ def test_predict_writes_json_and_pictures(trained):
         assert {"box_xyxy", "score", "label", "category_id", "name"} <= set(det)
         assert det["category_id"] in {10, 21, 32, 43, 54, 65} and 0 <= det["box_xyxy"][0] <= det["box_xyxy"][2] <= 64
     assert len(list((out.parent / "predictions").glob("*.png"))) == 4
+    # the command line's threshold replaces the checkpoint's 0.3: the low-scoring boxes are written too
+    assert "task.predict_score_thresh=0.0 from the command line replaces the checkpoint's 0.3" in proc.stdout + proc.stderr
+    assert min(d["score"] for r in records for d in r["detections"]) < 0.3
 
 
 def test_custom_dataset_with_init_from_reinitialises_the_class_head(trained, tmp_path):

@@ -159,3 +159,38 @@ def test_cli_fine_tune_then_eval(tmp_path):
     assert {"val/top1", "val/top5", "val/mean_class_acc"} <= set(metrics)
     assert "Most confused pairs" in ev.stdout
     assert (tmp_path / "eval" / "confused_pairs.csv").is_file() and (tmp_path / "eval" / "per_class_accuracy.csv").is_file()
+
+
+def test_frozen_backbone_epochs_freeze_weights_and_batchnorm_statistics():
+    """freeze_backbone_epochs=1: epoch 0 changes neither the backbone's weights nor its BatchNorm running
+    statistics (eval mode, also after Lightning's model.train()); epoch 1 trains both."""
+    from lightning.pytorch import Callback, Trainer
+
+    task = FineGrainedTask(BACKBONE, num_classes=3, freeze_backbone_epochs=1,
+                           optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
+    images = torch.randn(8, 3, 32, 32)
+    loader = torch.utils.data.DataLoader([{"image": x, "label": i % 3} for i, x in enumerate(images)], batch_size=4)
+
+    def snapshot():
+        state = task.model.backbone.state_dict()
+        return {k: v.clone() for k, v in state.items() if k.endswith(("running_mean", "weight"))}
+
+    seen = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, module, *_):
+            bns = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            seen.append((trainer.current_epoch, {m.training for m in bns}))
+
+        def on_train_epoch_end(self, trainer, module):
+            changed = [k for k, v in snapshot().items() if not torch.equal(v, before[k])]
+            seen.append((trainer.current_epoch, changed))
+
+    before = snapshot()
+    Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[Record()]).fit(task, loader)
+    epoch0 = [s for e, s in seen if e == 0]
+    assert epoch0[:-1] == [{False}, {False}] and epoch0[-1] == []  # BN in eval mode, nothing changed
+    epoch1 = [s for e, s in seen if e == 1]
+    assert epoch1[:-1] == [{True}, {True}]
+    assert any(k.endswith("running_mean") for k in epoch1[-1]) and any(k.endswith("weight") for k in epoch1[-1])

@@ -82,14 +82,40 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
 
 
 def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
-    """Restore a task from a checkpoint written by this toolkit (its class is the configured task's)."""
+    """Restore a task from a checkpoint written by this toolkit (its class is the configured task's).
+
+    The task keeps the checkpoint's hyper-parameters, except the `task.*` keys given on this run's command line
+    (`task.predict_score_thresh=0.1`, `task.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
+    """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
-    overrides = {}
-    backbone = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {}).get("backbone")
+    hparams = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+    overrides = command_line_task_overrides(cfg, hparams)
+    backbone = overrides.get("backbone", hparams.get("backbone"))
     if isinstance(backbone, dict) and backbone.get("pretrained"):
         # the checkpoint holds the trained weights: don't ask for the original pretrained file again
         overrides["backbone"] = {**backbone, "pretrained": None}
     return task_class(cfg).load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+
+
+def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:
+    """{top-level task argument: value} for the `task.*` overrides on the command line, each applied to the
+    checkpoint's own value of that argument (so `task.rcnn.box_score_thresh=...` changes that one entry)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        given = HydraConfig.get().overrides.task
+    except ValueError:  # not under Hydra (a plain run(cfg)): nothing was given on a command line
+        return {}
+    keys = [o.split("=", 1)[0].lstrip("+") for o in given]
+    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"]
+    if not keys:
+        return {}
+    merged = OmegaConf.create({k: v for k, v in hparams.items() if k in {key.split(".")[0] for key in keys}})
+    for key in keys:
+        value = OmegaConf.select(cfg.task, key)
+        log.info("task.%s=%s from the command line replaces the checkpoint's %s", key, value, OmegaConf.select(merged, key))
+        OmegaConf.update(merged, key, value, merge=False)
+    return OmegaConf.to_container(merged, resolve=True)
 
 
 def resolve_checkpoint(cfg: DictConfig, ckpt_path: str | None, required: bool = False) -> str | None:
