@@ -63,7 +63,12 @@ def test_killed_run_resumes_from_last_into_the_same_folder(tmp_path):
 
     done = run_cli([*common, "ckpt_path=last"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert f"into its run folder {run_dir}" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert f"into its run folder {run_dir}" in output
+    # Lightning's lines appear once (through Hydra's handlers), and the run ends with its validation numbers
+    assert output.count("Restoring states from the checkpoint") == 1, output[-3000:]
+    assert "validation after epoch 2:" in done.stdout and "best val/top1: " in done.stdout
+    assert "Restoring states from the checkpoint" in (run_dir / "toolkit.log").read_text()
     result = json.loads((run_dir / "train_metrics.json").read_text())
     assert (result["global_step"], result["epoch"]) == (18, 3)
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

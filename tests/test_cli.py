@@ -114,6 +114,16 @@ def test_export_and_train_settings_are_validated(make_cfg):
         validate_config(cfg)
 
 
+def test_progress_bar_off_drops_the_configured_bar_callback(make_cfg):
+    """`trainer.enable_progress_bar=false` alone (the bar callback still configured) must not make Lightning refuse."""
+    from toolkit.modes.common import build_task, build_trainer
+
+    for enabled in (True, False):
+        cfg = make_cfg([f"trainer.enable_progress_bar={enabled}", "trainer.accelerator=cpu"], fast=False)
+        trainer = build_trainer(cfg, build_task(cfg), logger=False)
+        assert (trainer.progress_bar_callback is not None) is enabled
+
+
 def _copy_source(dest: Path) -> Path:
     """The repo's tracked layout (with its symlinks) without build outputs, so building does not touch the repo."""
     ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "outputs",

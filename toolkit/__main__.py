@@ -17,6 +17,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 def _hydra_entry(cfg: DictConfig) -> float | None:
     from toolkit.run import run
 
+    route_lightning_logs_through_hydra()
     try:
         result = run(cfg)
     except Exception as e:
@@ -27,6 +28,20 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         sys.exit(2)
     objective = (result or {}).get("objective")  # what Hydra sweepers optimise, when a mode reports one
     return objective
+
+
+def route_lightning_logs_through_hydra() -> None:
+    """Lightning gives its `lightning` logger a console handler of its own (and `lightning.pytorch` one too, with
+    propagation off, when imported before logging was configured). Hydra's root handlers already print to the
+    console and write the run's log file, so drop Lightning's: each of its lines then appears once, and in the file."""
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def toolkit_cause(error: BaseException) -> ToolkitError | None:

@@ -10,7 +10,7 @@ from typing import Any
 import hydra.utils
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from toolkit.errors import ConfigError
@@ -66,6 +66,8 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
             continue
         kwargs: dict[str, Any] = {}
         target = hydra.utils.get_object(cb_cfg._target_)  # a class, or a factory function returning a callback
+        if isinstance(target, type) and issubclass(target, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue  # trainer.enable_progress_bar=false also turns the configured bar off (Lightning refuses both)
         if target is ModelCheckpoint and cb_cfg.get("monitor", "unset") is None:
             kwargs = {"monitor": task.monitor, "mode": task.mode}  # the task declares what "best" means
         log.debug("callback %s", name)
@@ -179,6 +181,12 @@ def write_json(path: Path, payload: Any) -> Path:
 
 def plain_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    """One `name  value` line per metric, names right-aligned (what eval and the end of training print)."""
+    for key, value in sorted(metrics.items()):
+        print(f"{key:>32s}  {value:.4f}")
 
 
 def save_config(cfg: DictConfig, out: Path) -> None:

@@ -12,6 +12,7 @@ from toolkit.modes.common import (
     load_task,
     output_dir,
     plain_metrics,
+    print_metrics,
     write_json,
 )
 
@@ -29,7 +30,6 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = plain_metrics(metrics)
     write_json(out / "metrics.json", metrics)
     task.write_eval_outputs(metrics, out)
-    for key, value in sorted(metrics.items()):
-        print(f"{key:>32s}  {value:.4f}")
+    print_metrics(metrics)
     log.info("metrics written to %s", out / "metrics.json")
     return {"metrics": metrics, "output_dir": str(out)}

@@ -13,6 +13,7 @@ from toolkit.modes.common import (
     continue_in_run_folder,
     output_dir,
     plain_metrics,
+    print_metrics,
     resolve_checkpoint,
     write_json,
 )
@@ -48,6 +49,13 @@ def train(cfg: DictConfig) -> dict:
         write_json(out / f"train_metrics.rank{trainer.global_rank}.json", result)
     if trainer.is_global_zero:
         write_json(out / "train_metrics.json", result)
+        validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        if validation:
+            print(f"validation after epoch {trainer.current_epoch - 1}:")
+            print_metrics(validation)
+        monitor = trainer.checkpoint_callback
+        if monitor is not None and getattr(monitor, "best_model_score", None) is not None:
+            print(f"best {monitor.monitor}: {float(monitor.best_model_score):.4f}")
         log.info("best checkpoint: %s", best or "(none)")
         log.info("outputs in %s", out)
     return result
