@@ -24,7 +24,7 @@ from torch import nn
 from toolkit.data.prepare_imagenet_val import labels_from_solution_csv, sort_val_folder
 from toolkit.data.prepare_imagenet_val import main as prepare_main
 from toolkit.errors import ConfigError, DataError
-from toolkit.modes.common import build_datamodule, build_task, resolve_checkpoint
+from toolkit.modes.common import build_datamodule, build_task, load_task, resolve_checkpoint
 from toolkit.run import run
 
 TINY = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "trainer.max_epochs=1"]
@@ -87,6 +87,20 @@ def test_inputs_scaled_as_the_backbone_expects(make_cfg):
     assert build_datamodule(make_cfg([])).mean == (0.5, 0.5, 0.5)  # MobileNet V1 weights: inputs in [-1, 1]
     dm = build_datamodule(make_cfg(["data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"]))
     assert dm.mean == (0.4, 0.4, 0.4) and dm.std == (0.2, 0.2, 0.2)
+
+
+
+def test_eval_normalises_inputs_for_the_checkpoints_backbone(make_cfg, caplog):
+    """A MobileNetV2 checkpoint evaluated without `backbone=mobilenet_v2`: the config's backbone is V1 ([-1, 1]
+    inputs), but the checkpoint's V2 expects ImageNet statistics, and those are what the data must use."""
+    v2 = ["backbone=mobilenet_v2", "backbone.alpha=0.35"]
+    trained = run(make_cfg(SHAPES + v2))
+    task = load_task(make_cfg(SHAPES), trained["best_checkpoint"])
+    with caplog.at_level(logging.INFO):
+        dm = build_datamodule(make_cfg(SHAPES), task)
+    assert dm.mean == pytest.approx((0.485, 0.456, 0.406)) and dm.std == pytest.approx((0.229, 0.224, 0.225))
+    assert "the checkpoint's backbone mobilenet_v2 (not the config's mobilenet_v1) sets the input normalisation" in caplog.text
+    assert "val/top1" in run(make_cfg(SHAPES + ["mode=eval", f"ckpt_path={trained['best_checkpoint']}"]))["metrics"]
 
 
 # ---- checkpoints, metrics file, ckpt_path=last --------------------------------------------------------------

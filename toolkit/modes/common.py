@@ -29,22 +29,35 @@ def task_class(cfg: DictConfig) -> type[BaseTask]:
     return hydra.utils.get_class(cfg.task._target_)
 
 
-def build_datamodule(cfg: DictConfig):
-    """Instantiate `cfg.data`; `mean`/`std` set to null there mean "what the backbone's weights expect"."""
+def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
+    """Instantiate `cfg.data`; `mean`/`std` set to null there mean "what the backbone's weights expect".
+
+    `task`: a task restored from a checkpoint; its own backbone decides those inputs (eval/predict/export
+    of a MobileNetV2 checkpoint need ImageNet statistics even where the config's backbone is V1).
+    """
+    backbone = cfg.get("backbone")
+    stored = (task.hparams.get("backbone") if task is not None else None) or None
+    if stored is not None:
+        if backbone is not None and stored.get("name") != backbone.get("name"):
+            log.info("the checkpoint's backbone %s (not the config's %s) sets the input normalisation",
+                     stored.get("name"), backbone.get("name"))
+        backbone = stored
     extra = {}
-    if cfg.get("backbone") is not None and any(k in cfg.data and cfg.data[k] is None for k in ("mean", "std")):
-        mean, std = backbone_input_stats(cfg.backbone)
+    if backbone is not None and any(k in cfg.data and cfg.data[k] is None for k in ("mean", "std")):
+        mean, std = backbone_input_stats(backbone)
         extra = {k: list(v) for k, v in (("mean", mean), ("std", std)) if k in cfg.data and cfg.data[k] is None}
     return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
 
 
-def backbone_input_stats(backbone_cfg: DictConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
     import torch
 
     from toolkit.backbones import create_backbone
 
-    kwargs = {k: v for k, v in OmegaConf.to_container(backbone_cfg, resolve=True).items() if k != "pretrained"}
+    if isinstance(backbone_cfg, DictConfig):
+        backbone_cfg = OmegaConf.to_container(backbone_cfg, resolve=True)
+    kwargs = {k: v for k, v in backbone_cfg.items() if k != "pretrained"}
     try:
         with torch.device("meta"):
             backbone = create_backbone(**kwargs)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     task = load_task(cfg)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, task)
     datamodule.prepare_data()
     datamodule.setup("validate")
     trainer = build_trainer(cfg, task, logger=False)

@@ -45,7 +45,7 @@ def calibration_batches(cfg: DictConfig, task, resolution: int, count: int) -> t
     settings = cfg.export
     if settings.calibration == "data":
         try:
-            datamodule = build_datamodule(cfg)
+            datamodule = build_datamodule(cfg, task)
             datamodule.prepare_data()
             datamodule.setup("validate")
             batches = []

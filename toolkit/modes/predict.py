@@ -32,7 +32,7 @@ def predict(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     images = collect_images(cfg.predict.input)
     task = load_task(cfg)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(cfg, task, logger=False)
     batches = trainer.predict(task, dataloaders=datamodule.predict_loader(images))
     records = [r for batch in batches for r in batch]
