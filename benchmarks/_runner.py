@@ -6,17 +6,12 @@ import time
 from pathlib import Path
 
 
-def run_toolkit(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
-    """Compose `conf/` with `overrides` as the CLI would, run it with outputs in `run_dir`.
-
-    Returns (result, wall seconds) and adds `result["cpu_s"]`: CPU seconds of this process (all threads;
-    data workers not counted), the figure to read when other jobs share the machine."""
+def compose_config(overrides: list[str], run_dir: Path):
+    """The config `python -m toolkit OVERRIDES` would run, with its outputs in `run_dir` (Hydra's runtime set)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
-
-    from toolkit.run import run
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
@@ -27,6 +22,17 @@ def run_toolkit(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+    return cfg
+
+
+def run_toolkit(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
+    """Compose `conf/` with `overrides` as the CLI would, run it with outputs in `run_dir`.
+
+    Returns (result, wall seconds) and adds `result["cpu_s"]`: CPU seconds of this process (all threads;
+    data workers not counted), the figure to read when other jobs share the machine."""
+    from toolkit.run import run
+
+    cfg = compose_config(overrides, run_dir)
     start, cpu = time.perf_counter(), time.process_time()
     result = run(cfg)
     result["cpu_s"] = time.process_time() - cpu

@@ -106,23 +106,14 @@ def main() -> None:
     os.environ.setdefault("TOOLKIT_LOG_DIR", str(out / "outputs"))
 
     import hydra.utils
-    from hydra import compose, initialize_config_module
-    from hydra.core.hydra_config import HydraConfig
+    from _runner import compose_config  # benchmarks/ is on sys.path when run as a script
     from lightning.pytorch import Callback, seed_everything
-    from omegaconf import open_dict
 
     from toolkit.modes.common import build_datamodule, build_task
 
     overrides = COMMON + MODELS[args.model] + [f"trainer.max_epochs={args.epochs}", f"data.num_workers={args.workers}",
                                                *args.overrides]
-    with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out / "run")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_config(overrides, out / "run")
     seed_everything(cfg.seed, workers=True)
 
     rows: list[tuple[int, float, float, float, float]] = []
