@@ -283,3 +283,11 @@ def test_profile_mode_reports_both_resolutions(make_cfg):
         assert Path(result["profile_file"]).is_file() and result["profile"]["resolution"] == resolution
         totals[resolution] = result["profile"]["mult_adds"]
     assert totals[600] > totals[300]
+
+
+def test_shapes_default_to_300_for_faster_rcnn_only(make_cfg):
+    """At the shapes default of 64 px the 64-512 px anchors match nothing well: this task asks for 300."""
+    assert make_cfg(["task=detection_frcnn", "data=shapes"]).data.resolution == 300
+    assert make_cfg(["task=detection_frcnn", "data=shapes", "data.resolution=128"]).data.resolution == 128
+    assert make_cfg(["data=shapes"]).data.resolution == 64
+    assert make_cfg(["task=detection_frcnn"]).data.resolution == 600  # COCO: the paper's 600 row
