@@ -91,7 +91,7 @@ def test_random_calibration_when_data_is_missing(make_cfg, caplog, monkeypatch):
     """The configured data set is not on disk: calibrate on random images, say so, and flag untrained outputs."""
     import toolkit.modes.export as export_mode
 
-    def missing(cfg):
+    def missing(cfg, task=None):
         raise DataError("/data/imagenet/val: no such folder; download ImageNet and put it there")
 
     monkeypatch.setattr(export_mode, "build_datamodule", missing)
