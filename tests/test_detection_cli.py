@@ -95,3 +95,30 @@ def test_missing_coco_stops_at_once_with_the_files_and_data_shapes(tmp_path):
     for expected in (f"{tmp_path}/datasets/coco/annotations/instances_train2017.json",
                      f"{tmp_path}/datasets/coco/annotations/instances_minival2014.json", "val2014/", "data=shapes"):
         assert expected in err
+
+
+@pytest.mark.slow
+def test_eval_with_two_ddp_processes_gathers_every_rank(trained, tmp_path):
+    """mode=eval over two CPU processes (gloo): rank 0 scores every image's detections, the one image the
+    distributed sampler repeats to pad 5 images to 2 x 3 counted once: the same numbers as one process."""
+    data = ["data=shapes", "data.n_train=8", "data.n_val=5", "data.image_size=64"]
+    args = TINY + data + FAST + ["mode=eval", f"ckpt_path={trained['ckpt']}"]
+    single = run_cli(args + [f"hydra.run.dir={tmp_path}/single"], cwd=trained["root"], env=trained["env"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_cli(args + ["trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp"], cwd=trained["root"],
+                  env=trained["env"])
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
+
+    def read(run: str) -> tuple[dict, dict]:
+        """metrics.json, and the sorted scores of detections_val.json per (image id, category id)"""
+        scores: dict[tuple[int, int], list[float]] = {}
+        for d in json.loads((tmp_path / run / "detections_val.json").read_text()):
+            scores.setdefault((d["image_id"], d["category_id"]), []).append(d["score"])
+        return json.loads((tmp_path / run / "metrics.json").read_text()), {k: sorted(v) for k, v in scores.items()}
+
+    (single_metrics, single_scores), (ddp_metrics, ddp_scores) = read("single"), read("ddp")
+    assert len({image for image, _ in single_scores}) == 5  # the model finds something in every image
+    assert ddp_scores.keys() == single_scores.keys()
+    for key, scores in single_scores.items():  # every detection once: none missing, the padded repeat not twice
+        assert ddp_scores[key] == pytest.approx(scores, abs=1e-5), key
+    assert ddp_metrics == pytest.approx(single_metrics, abs=1e-6)
