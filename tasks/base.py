@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class BaseTask(LightningModule):
         if not path.is_file():
             raise DataError(f"init_from={str(path)!r}: no such file. Pass a .ckpt written by this toolkit "
                             "or a state-dict file (.pt/.pth/.safetensors).")
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         source = {_strip_model_prefix(k): v for k, v in state.items()}
         target = self.state_dict()
         loaded, reshaped = {}, []
@@ -177,19 +178,6 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 def _strip_model_prefix(key: str) -> str:
     return key[len("model."):] if key.startswith("model.") else key
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise DataError(f"init_from={str(path)!r}: expected a checkpoint or a state dict, found {type(obj).__name__}")
-    return obj
 
 
 def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],

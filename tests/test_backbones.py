@@ -15,13 +15,7 @@ ALPHAS = [0.25, 0.5, 0.75, 1.0]
 RESOLUTIONS = [128, 160, 192, 224]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small single-image forwards: one intra-op thread avoids OpenMP contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small forwards
 
 
 # ---- registry -----------------------------------------------------------------------------------

@@ -29,12 +29,7 @@ V1 = {"name": "mobilenet_v1", "alpha": 0.25}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small forwards
 
 
 def build(alpha: float = 0.25, resolution: int | None = 300, num_classes: int = 3, **kwargs):

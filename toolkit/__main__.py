@@ -42,9 +42,12 @@ def route_lightning_logs_through_hydra() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-    # Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger / litmodels") say nothing about the run
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip:"))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_lightning_tip)  # one function: added once over a sweep's jobs
+
+
+def _not_a_lightning_tip(record) -> bool:
+    """Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger / litmodels") say nothing about the run."""
+    return not str(record.msg).startswith("💡 Tip:")
 
 
 def toolkit_cause(error: BaseException) -> ToolkitError | None:

@@ -253,7 +253,7 @@ def _checkpoint_teacher(path: Path, ckpt: dict, spec: dict, outputs: Sequence[st
 
 def _teacher_from_registry(spec: dict, outputs: Sequence[str] | None) -> OnlineTeacher:
     from toolkit.backbones import create_backbone
-    from toolkit.tasks.base import _read_state_dict
+    from toolkit.backbones.weights import read_state_dict
 
     backbone_cfg = dict(spec.get("backbone") or {})
     if not backbone_cfg.get("name"):
@@ -271,7 +271,7 @@ def _teacher_from_registry(spec: dict, outputs: Sequence[str] | None) -> OnlineT
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise DataError(f"teacher.weights={path}: no such file (a .ckpt of this toolkit or a state dict)")
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         for prefix in ("model.backbone.", "backbone."):  # task checkpoints and ImageClassifier state dicts
             if any(k.startswith(prefix) for k in state):
                 state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

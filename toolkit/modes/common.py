@@ -36,8 +36,8 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
     of a MobileNetV2 checkpoint need ImageNet statistics even where the config's backbone is V1).
     """
     backbone = cfg.get("backbone")
-    stored = (task.hparams.get("backbone") if task is not None else None) or None
-    if stored is not None:
+    stored = task.hparams.get("backbone") if task is not None else None
+    if stored:
         if backbone is not None and stored.get("name") != backbone.get("name"):
             log.info("the checkpoint's backbone %s (not the config's %s) sets the input normalisation",
                      stored.get("name"), backbone.get("name"))

@@ -38,7 +38,8 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, task)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = plain_metrics(trainer.callback_metrics)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    checkpoint = trainer.checkpoint_callback  # the `best` ModelCheckpoint (the first one configured)
+    best = checkpoint.best_model_path if checkpoint else ""
     result = {"metrics": metrics, "best_checkpoint": best, "output_dir": str(out),
               "global_step": trainer.global_step, "epoch": trainer.current_epoch}
     skipped = {k: int(v) for k, v in metrics.items() if k.endswith("skipped_samples") and v > 0}
@@ -53,9 +54,8 @@ def train(cfg: DictConfig) -> dict:
         if validation:
             print(f"validation after epoch {trainer.current_epoch - 1}:")
             print_metrics(validation)
-        monitor = trainer.checkpoint_callback
-        if monitor is not None and getattr(monitor, "best_model_score", None) is not None:
-            print(f"best {monitor.monitor}: {float(monitor.best_model_score):.4f}")
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            print(f"best {checkpoint.monitor}: {float(checkpoint.best_model_score):.4f}")
         log.info("best checkpoint: %s", best or "(none)")
         log.info("outputs in %s", out)
     return result
