@@ -119,6 +119,9 @@ def test_eval_with_two_ddp_processes_gathers_every_rank(trained, tmp_path):
     (single_metrics, single_scores), (ddp_metrics, ddp_scores) = read("single"), read("ddp")
     assert len({image for image, _ in single_scores}) == 5  # the model finds something in every image
     assert ddp_scores.keys() == single_scores.keys()
-    for key, scores in single_scores.items():  # every detection once: none missing, the padded repeat not twice
-        assert ddp_scores[key] == pytest.approx(scores, abs=1e-5), key
-    assert ddp_metrics == pytest.approx(single_metrics, abs=1e-6)
+    # every detection once: none missing, the padded repeat not twice. Scores are written to 5 decimals and the
+    # two runs batch the images differently, so the float sums differ in the last bit and a score can round to
+    # a neighbouring 1e-5 step (CI saw 0.15481 vs 0.15482): compare to a few steps, not to the last digit.
+    for key, scores in single_scores.items():
+        assert ddp_scores[key] == pytest.approx(scores, abs=1e-4), key
+    assert ddp_metrics == pytest.approx(single_metrics, abs=1e-4)
