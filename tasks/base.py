@@ -70,6 +70,17 @@ class BaseTask(LightningModule):
         """Write `predict_step` records (JSON/CSV and pictures); return the files written."""
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
+    @classmethod
+    def restore(cls, path: str | Path, **overrides: Any) -> BaseTask:
+        """The trained task in a checkpoint this toolkit wrote, on the CPU; `overrides` replace whole top-level
+        hyper-parameters. The checkpoint holds every trained weight, so the `backbone.pretrained` file that
+        training started from is not asked for again (it may not exist on this machine)."""
+        hparams = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+        backbone = overrides.get("backbone", hparams.get("backbone"))
+        if isinstance(backbone, dict) and backbone.get("pretrained"):
+            overrides["backbone"] = {**backbone, "pretrained": None}
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets tools that only hold a checkpoint (teachers, export) rebuild the right task without guessing
         checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from toolkit.backbones import create_backbone
 from toolkit.distill.cache import TeacherCache
 from toolkit.distill.losses import attribute_distillation_loss, embedding_distillation_loss, masked_label_loss
 from toolkit.distill.overrides import expand_teacher_override
@@ -136,12 +137,15 @@ def test_registry_teacher_needs_weights_and_gives_pooled_features(tmp_path):
 
 
 def test_checkpoint_teacher_rebuilds_its_task_outside_the_student(tmp_path):
-    source = FaceAttributesTask(TINY, num_attributes=3, attribute_names=["a", "b", "c"])
+    torch.save(create_backbone(**TINY).state_dict(), tmp_path / "start.pt")
+    source = FaceAttributesTask({**TINY, "pretrained": str(tmp_path / "start.pt")}, num_attributes=3,
+                                attribute_names=["a", "b", "c"])
     ckpt = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams),
             "pytorch-lightning_version": lightning.__version__}
     source.on_save_checkpoint(ckpt)
     assert ckpt["task_class"] == "toolkit.tasks.face_attributes.FaceAttributesTask"
     torch.save(ckpt, tmp_path / "teacher.ckpt")
+    (tmp_path / "start.pt").unlink()  # what the teacher's training started from: the checkpoint holds every weight
     source.eval()
     x = torch.randn(2, 3, 32, 32)
     logits = build_teacher({"kind": "path", "path": str(tmp_path / "teacher.ckpt")}, ("logits", "probabilities"))

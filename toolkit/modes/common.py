@@ -104,12 +104,7 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
     hparams = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
-    overrides = command_line_task_overrides(cfg, hparams)
-    backbone = overrides.get("backbone", hparams.get("backbone"))
-    if isinstance(backbone, dict) and backbone.get("pretrained"):
-        # the checkpoint holds the trained weights: don't ask for the original pretrained file again
-        overrides["backbone"] = {**backbone, "pretrained": None}
-    return task_class(cfg).load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+    return task_class(cfg).restore(path, **command_line_task_overrides(cfg, hparams))
 
 
 def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:
