@@ -21,3 +21,14 @@ def test_train_eval_predict_round_trip(make_cfg, tmp_path):
     pred = run(make_cfg(common + ["mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
     assert len(pred["records"]) == len(list(images.glob("*.jpg")))
     assert all(Path(f).is_file() for f in pred["files"])
+
+
+def test_lightning_trial_settings_are_config_keys(make_cfg):
+    """`trainer.fast_dev_run=true` (a smoke test of the setup) and `trainer.limit_train_batches=N` are plain keys,
+    not `+trainer...` additions, and Lightning honours them."""
+    common = ["backbone.alpha=0.25", "data.resolution=64", "data.n_train=48", "data.n_val=12", "data.batch_size=8"]
+    smoke = run(make_cfg(common + ["trainer.fast_dev_run=true"]))
+    assert smoke["global_step"] == 1 and not smoke["best_checkpoint"]  # one batch, nothing written
+    limited = run(make_cfg(common + ["trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                                     "trainer.accumulate_grad_batches=2"]))
+    assert limited["global_step"] == 2  # 2 epochs x 2 batches, one optimizer step per 2 batches

@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict:
             print_metrics(validation)
         if checkpoint is not None and checkpoint.best_model_score is not None:
             print(f"best {checkpoint.monitor}: {float(checkpoint.best_model_score):.4f}")
-        log.info("best checkpoint: %s", best or "(none)")
+        log.info("best checkpoint: %s", best or ("(none: trainer.fast_dev_run writes none)" if trainer.fast_dev_run
+                                                 else "(none)"))
         log.info("outputs in %s", out)
     return result
