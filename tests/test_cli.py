@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import FAST, run_cli
 from omegaconf import open_dict
 
 from toolkit.errors import ConfigError
@@ -45,6 +45,28 @@ def test_profile_sweep_writes_csv_and_plot(tmp_path):
     assert [r["top1"] for r in rows] == ["60.2", "", "", "41.5"]
     assert abs(int(rows[0]["mult_adds"]) / 1e6 - 76) < 1  # Table 9: 0.50 MobileNet-160
     assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_sweep_plots_each_jobs_score_against_its_cost(tmp_path):
+    """`-m backbone.alpha=... data.resolution=...` in train mode: train_sweep.csv/png with each job's best val/top1
+    and the per-image counts of the model it trained (the same counts as profiling its checkpoint)."""
+    from toolkit.profiling.counting import count_model
+    from toolkit.tasks.classification import ClassificationTask
+
+    proc = run_cli(["-m", *FAST, "backbone.alpha=0.25,0.5", "data.resolution=64,96", "data.n_train=16",
+                    "data.n_val=8", "data.batch_size=8", "trainer.max_epochs=1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    csv_path = Path(proc.stdout.split("train sweep table: ")[1].split()[0])
+    png_path = Path(proc.stdout.split("train sweep plot: ")[1].split()[0])
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["alpha"], r["resolution"]) for r in rows] == [("0.25", "64"), ("0.25", "96"), ("0.5", "64"), ("0.5", "96")]
+    assert {r["metric"] for r in rows} == {"val/top1"} and all(0.0 <= float(r["best"]) <= 1.0 for r in rows)
+    assert png_path.read_bytes()[:4] == b"\x89PNG" and "profile sweep" not in proc.stdout
+    task = ClassificationTask.restore(rows[3]["checkpoint"])
+    count = count_model(task.model, task.example_input(96, 1))
+    assert (int(rows[3]["mult_adds"]), int(rows[3]["params"])) == (count.mult_adds, count.params)
+    assert int(rows[0]["mult_adds"]) < int(rows[1]["mult_adds"]) < int(rows[3]["mult_adds"])
 
 
 def test_help_lists_config_groups(tmp_path):

@@ -15,7 +15,13 @@ from toolkit.backbones import create_backbone, list_backbones
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads import ImageClassifier
 from toolkit.profiling import count_model, flop_counter_mult_adds, measure_latency, resolve_device
-from toolkit.profiling.sweep import ProfileSweepCallback, collect_rows, read_results, summarize_sweep
+from toolkit.profiling.sweep import (
+    SweepSummaryCallback,
+    collect_rows,
+    read_results,
+    summarize_sweep,
+    summarize_train_sweep,
+)
 from toolkit.run import run
 
 
@@ -234,12 +240,32 @@ def test_sweep_summary_with_and_without_accuracy(tmp_path):
     assert table[1]["mult_adds"] == "76000000.0" and table[1]["alpha"] == "0.5"
 
 
+def test_train_sweep_summary_reads_each_jobs_counts_and_best_score(tmp_path):
+    for job, (alpha, best) in enumerate([(1.0, 0.9), (0.5, 0.8), (0.25, None)]):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "train_metrics.json").write_text(json.dumps({
+            "monitor": "val/top1", "best_score": best, "epoch": 3, "best_checkpoint": f"{job}/best.ckpt",
+            "model": {"label": f"{alpha} mobilenet_v1-64", "model": "mobilenet_v1", "alpha": alpha, "resolution": 64,
+                      "task": "classification", "params": 4e6 * alpha, "weights": 4e6 * alpha, "mult_adds": 4e7 * alpha}}))
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "train_metrics.json").write_text(json.dumps({"monitor": "val/top1", "best_score": 0.5}))
+    rows, csv_path, png_path = summarize_train_sweep(tmp_path)
+    assert [(r["job"], r["alpha"], r["best"]) for r in rows] == [("0", 1.0, 0.9), ("1", 0.5, 0.8), ("2", 0.25, None)]
+    with csv_path.open() as f:
+        table = list(csv.DictReader(f))
+    assert table[1] == {"job": "1", "label": "0.5 mobilenet_v1-64", "model": "mobilenet_v1", "alpha": "0.5",
+                        "resolution": "64", "task": "classification", "params": "2000000.0", "weights": "2000000.0",
+                        "mult_adds": "20000000.0", "metric": "val/top1", "best": "0.8", "epoch": "3",
+                        "checkpoint": "1/best.ckpt"}
+    assert png_path.read_bytes()[:4] == b"\x89PNG" and summarize_sweep(tmp_path) is None
+
+
 def test_sweep_callback_ignores_sweeps_without_profiles(tmp_path):
     from omegaconf import OmegaConf
 
     (tmp_path / "0").mkdir()
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "profile": {"results_file": None}})
-    ProfileSweepCallback().on_multirun_end(cfg)
+    SweepSummaryCallback().on_multirun_end(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]
     assert collect_rows(tmp_path) == []
 

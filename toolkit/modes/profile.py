@@ -18,6 +18,15 @@ def model_label(backbone: str, alpha, resolution: int) -> str:
     return f"{float(alpha)!r} {backbone}-{resolution}" if alpha is not None else f"{backbone}-{resolution}"
 
 
+def describe_model(cfg: DictConfig, task) -> dict:
+    """How profile and training sweeps name a model: label, backbone name, alpha, resolution and task kind."""
+    resolution = int(cfg.data.resolution)
+    backbone = cfg.get("backbone") or {}
+    name, alpha = backbone.get("name", type(task.model).__name__), backbone.get("alpha")
+    return {"label": model_label(name, alpha, resolution), "model": name, "alpha": alpha, "resolution": resolution,
+            "task": cfg.get("task_kind")}
+
+
 def profile(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     # the model is built from the config alone (num_classes etc. from the task config, 1000 for ImageNet),
@@ -30,10 +39,7 @@ def profile(cfg: DictConfig) -> dict:
     result = profile_model(task.model, lambda n: task.example_input(resolution, n), batch_size=int(settings.batch_size),
                            latency=bool(settings.latency), device=settings.device, repeats=int(settings.repeats),
                            warmup=int(settings.warmup))
-    backbone = cfg.get("backbone") or {}
-    name, alpha = backbone.get("name", type(task.model).__name__), backbone.get("alpha")
-    payload = {"label": model_label(name, alpha, resolution), "model": name, "alpha": alpha, "resolution": resolution,
-               "task": cfg.get("task_kind"), "ckpt_path": cfg.get("ckpt_path"), **result}
+    payload = {**describe_model(cfg, task), "ckpt_path": cfg.get("ckpt_path"), **result}
     path = write_json(out / "profile.json", payload)
     print(format_report(payload))
     print(f"profile written to {path}")

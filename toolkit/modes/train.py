@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from omegaconf import DictConfig
@@ -17,8 +18,17 @@ from toolkit.modes.common import (
     resolve_checkpoint,
     write_json,
 )
+from toolkit.modes.profile import describe_model
+from toolkit.profiling.counting import count_model
 
 log = logging.getLogger(__name__)
+
+
+def per_image_counts(task, resolution: int) -> dict[str, int]:
+    """Parameters, conv/FC weights and mult-adds per image of the trained model (what a training sweep plots its
+    score against), counted on a CPU copy so the trained model stays where the trainer left it."""
+    count = count_model(copy.deepcopy(task.model).cpu(), task.example_input(resolution, 1))
+    return {"params": count.params, "weights": count.weights, "mult_adds": count.mult_adds}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -40,8 +50,11 @@ def train(cfg: DictConfig) -> dict:
     metrics = plain_metrics(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback  # the `best` ModelCheckpoint (the first one configured)
     best = checkpoint.best_model_path if checkpoint else ""
+    best_score = checkpoint.best_model_score if checkpoint else None
     result = {"metrics": metrics, "best_checkpoint": best, "output_dir": str(out),
-              "global_step": trainer.global_step, "epoch": trainer.current_epoch}
+              "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+              "monitor": checkpoint.monitor if checkpoint else None,
+              "best_score": None if best_score is None else float(best_score)}
     skipped = {k: int(v) for k, v in metrics.items() if k.endswith("skipped_samples") and v > 0}
     if skipped:
         log.warning("skipped corrupt samples in the last epoch (data.skip_corrupt=true): %s; every epoch's count "
@@ -49,6 +62,7 @@ def train(cfg: DictConfig) -> dict:
     if trainer.world_size > 1:  # one file per rank: they should agree on every synchronised (val) metric
         write_json(out / f"train_metrics.rank{trainer.global_rank}.json", result)
     if trainer.is_global_zero:
+        result["model"] = {**describe_model(cfg, task), **per_image_counts(task, int(cfg.data.resolution))}
         write_json(out / "train_metrics.json", result)
         validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
         if validation:

@@ -1,9 +1,12 @@
-"""Hydra callback: after a `-m mode=profile` sweep, gather every job's profile.json into one CSV and a PNG plot.
+"""Hydra callback: after a `-m` sweep, gather every job's results into one CSV and a PNG plot.
 
-The plot has the paper's Figures 4-5 axes (ImageNet accuracy against mult-adds and against
-parameters, log x) when `profile.results_file` gives accuracies; otherwise it shows mult-adds and
-parameters across the profiled models. Sweeps of other modes write no profile.json, so the
-callback does nothing for them.
+- `mode=profile` jobs (profile.json): profile_sweep.csv/png. The plot has the paper's Figures 4-5
+  axes (ImageNet accuracy against mult-adds and against parameters, log x) when
+  `profile.results_file` gives accuracies; otherwise it shows mult-adds and parameters per model.
+- `mode=train` jobs (train_metrics.json): train_sweep.csv/png, the same axes with each job's own
+  best validation score (the task's checkpoint metric, e.g. val/top1) against its model's cost.
+
+Sweeps of other modes write neither file, so the callback does nothing for them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ CSV_NAME = "profile_sweep.csv"
 PNG_NAME = "profile_sweep.png"
 COLUMNS = ("job", "label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds",
            "latency_b1_ms", "batch_size", "latency_bn_ms", "device", "top1")
+TRAIN_FILE = "train_metrics.json"
+TRAIN_CSV_NAME = "train_sweep.csv"
+TRAIN_PNG_NAME = "train_sweep.png"
+TRAIN_COLUMNS = ("job", "label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds",
+                 "metric", "best", "epoch", "checkpoint")
 RESULT_COLUMNS = ("model", "alpha", "resolution", "top1")
 
 
@@ -53,10 +61,14 @@ def read_results(path: str | Path) -> dict[tuple, float]:
     return results
 
 
+def _job_files(sweep_dir: Path, name: str) -> list[Path]:
+    return sorted(sweep_dir.glob(f"**/{name}"), key=lambda p: _job_order(p.parent.name))
+
+
 def collect_rows(sweep_dir: Path, results: dict[tuple, float] | None = None) -> list[dict[str, Any]]:
     """One row per job folder holding a profile.json, in job order."""
     rows = []
-    for path in sorted(sweep_dir.glob(f"**/{PROFILE_FILE}"), key=lambda p: _job_order(p.parent.name)):
+    for path in _job_files(sweep_dir, PROFILE_FILE):
         p = json.loads(path.read_text())
         latency = p.get("latency") or {}
         row = {
@@ -73,28 +85,43 @@ def collect_rows(sweep_dir: Path, results: dict[tuple, float] | None = None) -> 
     return rows
 
 
+def collect_train_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per training job (train_metrics.json with the model's counts), in job order."""
+    rows = []
+    for path in _job_files(sweep_dir, TRAIN_FILE):
+        t = json.loads(path.read_text())
+        model = t.get("model")
+        if not model:  # written before train mode recorded the model's counts: nothing to plot
+            continue
+        rows.append({"job": str(path.parent.relative_to(sweep_dir)), **{k: model.get(k) for k in TRAIN_COLUMNS[1:9]},
+                     "metric": t.get("monitor"), "best": t.get("best_score"), "epoch": t.get("epoch"),
+                     "checkpoint": t.get("best_checkpoint") or None})
+    return rows
+
+
 def _job_order(name: str) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (1 << 30, name)
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     return path
 
 
-def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs mult-adds and vs params (log x, Figures 4-5) when accuracies exist, else the counts per model."""
+def plot_rows(rows: list[dict[str, Any]], path: Path, score: str = "top1", score_label: str = "Top-1 accuracy",
+              no_score_hint: str = "set profile.results_file") -> Path:
+    """`score` vs mult-adds and vs params (log x, Figures 4-5) where rows have one, else the counts per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
-    with_acc = [r for r in rows if r["top1"] is not None]
+    with_acc = [r for r in rows if r[score] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     if with_acc:
         groups: dict[str, list[dict[str, Any]]] = {}  # one colour per width (alpha) / model
@@ -102,21 +129,21 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
             groups.setdefault(f"alpha {r['alpha']}" if r["alpha"] is not None else r["model"], []).append(r)
         for ax, key, xlabel in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
             for name, group in groups.items():
-                ax.scatter([r[key] / 1e6 for r in group], [r["top1"] for r in group], label=name)
+                ax.scatter([r[key] / 1e6 for r in group], [r[score] for r in group], label=name)
             for r in with_acc:
-                ax.annotate(r["label"], (r[key] / 1e6, r["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(r["label"], (r[key] / 1e6, r[score]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(FuncFormatter(_label_2_and_5))
             ax.legend(fontsize=8)
             ax.set_xlabel(f"{xlabel} (log scale)")
-            ax.set_ylabel("Top-1 accuracy")
+            ax.set_ylabel(score_label)
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_title("Accuracy vs mult-adds (paper Figure 4)")
-        axes[1].set_title("Accuracy vs parameters (paper Figure 5)")
+        axes[0].set_title(f"{score_label} vs mult-adds (paper Figure 4)")
+        axes[1].set_title(f"{score_label} vs parameters (paper Figure 5)")
         missing = len(rows) - len(with_acc)
         if missing:
-            fig.suptitle(f"{missing} profiled model(s) without an accuracy in profile.results_file are not shown")
+            fig.suptitle(f"{missing} model(s) without a {score_label} are not shown ({no_score_hint})")
     else:
         labels = [r["label"] for r in rows]
         for ax, key, title in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
@@ -125,7 +152,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path:
             if max(r[key] for r in rows) > 10 * min(r[key] for r in rows):
                 ax.set_yscale("log")
             ax.set_ylabel(title)
-            ax.set_title(f"{title} per model (no accuracy: set profile.results_file)")
+            ax.set_title(f"{title} per model (no {score_label}: {no_score_hint})")
             ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -148,6 +175,18 @@ def summarize_sweep(sweep_dir: Path, results_file: str | None = None) -> tuple[l
     return rows, write_csv(rows, sweep_dir / CSV_NAME), plot_rows(rows, sweep_dir / PNG_NAME)
 
 
+def summarize_train_sweep(sweep_dir: Path) -> tuple[list[dict], Path, Path] | None:
+    """train_sweep.csv and .png in `sweep_dir`: each training job's best validation score against its model's
+    mult-adds and parameters; None when no job wrote a train_metrics.json with counts."""
+    rows = collect_train_rows(sweep_dir)
+    if not rows:
+        return None
+    metrics = sorted({r["metric"] for r in rows if r["metric"]})
+    label = f"best {' / '.join(metrics) or 'score'}"
+    return (rows, write_csv(rows, sweep_dir / TRAIN_CSV_NAME, TRAIN_COLUMNS),
+            plot_rows(rows, sweep_dir / TRAIN_PNG_NAME, "best", label, "no checkpoint metric was logged"))
+
+
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = f"{'model':<32s} {'params':>9s} {'mult-adds':>11s} {'b1 ms':>8s} {'top1':>6s}"
     print(header)
@@ -157,18 +196,26 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         print(f"{r['label']:<32s} {r['params'] / 1e6:8.2f}M {r['mult_adds'] / 1e6:10.1f}M {b1:>8s} {top1:>6s}")
 
 
-class ProfileSweepCallback(Callback):
-    """Registered in conf/hydra/default.yaml; acts only on multiruns whose jobs wrote profile.json."""
+def print_train_rows(rows: list[dict[str, Any]]) -> None:
+    print(f"{'model':<32s} {'params':>9s} {'mult-adds':>11s} {'best':>8s}  metric")
+    for r in rows:
+        best = "" if r["best"] is None else f"{r['best']:.4f}"
+        print(f"{r['label']:<32s} {r['params'] / 1e6:8.2f}M {r['mult_adds'] / 1e6:10.1f}M {best:>8s}  {r['metric'] or ''}")
+
+
+class SweepSummaryCallback(Callback):
+    """Registered in conf/hydra/default.yaml; acts on multiruns whose jobs wrote profile.json or train_metrics.json."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
         results_file = (config.get("profile") or {}).get("results_file")
-        written = summarize_sweep(sweep_dir, results_file)
-        if written is None:
-            return
-        rows, csv_path, png_path = written
-        print_rows(rows)
-        print(f"profile sweep table: {csv_path.resolve()}")
-        print(f"profile sweep plot: {png_path.resolve()}")
+        for kind, summarize, print_table in (("profile", lambda: summarize_sweep(sweep_dir, results_file), print_rows),
+                                             ("train", lambda: summarize_train_sweep(sweep_dir), print_train_rows)):
+            written = summarize()
+            if written is not None:
+                rows, csv_path, png_path = written
+                print_table(rows)
+                print(f"{kind} sweep table: {csv_path.resolve()}")
+                print(f"{kind} sweep plot: {png_path.resolve()}")
