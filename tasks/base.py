@@ -71,11 +71,13 @@ class BaseTask(LightningModule):
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
     @classmethod
-    def restore(cls, path: str | Path, **overrides: Any) -> BaseTask:
+    def restore(cls, path: str | Path, *, hparams: dict | None = None, **overrides: Any) -> BaseTask:
         """The trained task in a checkpoint this toolkit wrote, on the CPU; `overrides` replace whole top-level
-        hyper-parameters. The checkpoint holds every trained weight, so the `backbone.pretrained` file that
-        training started from is not asked for again (it may not exist on this machine)."""
-        hparams = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+        hyper-parameters (`hparams`: the checkpoint's own, when the caller has read them already). The checkpoint
+        holds every trained weight, so the `backbone.pretrained` file that training started from is not asked
+        for again (it may not exist on this machine)."""
+        if hparams is None:
+            hparams = checkpoint_hparams(path)
         backbone = overrides.get("backbone", hparams.get("backbone"))
         if isinstance(backbone, dict) and backbone.get("pretrained"):
             overrides["backbone"] = {**backbone, "pretrained": None}
@@ -181,6 +183,11 @@ class BaseTask(LightningModule):
         log.info("init_from %s: loaded %d/%d tensors; re-initialised %d (shape differs: %s)", path, len(loaded),
                  len(target), len(fresh), ", ".join(sorted({k.rsplit(".", 1)[0] for k in reshaped})) or "none")
         return {"loaded": sorted(loaded), "reinitialised": fresh, "shape_mismatch": reshaped}
+
+
+def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's saved hyper-parameters; memory-mapped, so the weights are not read."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
 
 
 def _is_depthwise(module: nn.Module) -> bool:

@@ -236,7 +236,7 @@ def _checkpoint_teacher(path: Path, ckpt: dict, spec: dict, outputs: Sequence[st
     if class_path is None:
         raise DataError(f"teacher checkpoint {path}: cannot tell which task wrote it (hyper-parameters "
                         f"{sorted(hparams)}); {_FILE_HELP}.")
-    task = hydra.utils.get_class(class_path).restore(path)
+    task = hydra.utils.get_class(class_path).restore(path, hparams=hparams)
     native = getattr(task, "distill_output", "logits")
     output = _pick_output(spec.get("output") or "auto", native, outputs, "checkpoint")
     name = f"{type(task).__name__} checkpoint {path}"

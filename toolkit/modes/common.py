@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from toolkit.errors import ConfigError
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, checkpoint_hparams
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
-    import torch
-
     from toolkit.backbones import create_backbone
 
     if isinstance(backbone_cfg, DictConfig):
@@ -103,8 +101,8 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     (`task.predict_score_thresh=0.1`, `task.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
-    hparams = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
-    return task_class(cfg).restore(path, **command_line_task_overrides(cfg, hparams))
+    hparams = checkpoint_hparams(path)
+    return task_class(cfg).restore(path, hparams=hparams, **command_line_task_overrides(cfg, hparams))
 
 
 def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:

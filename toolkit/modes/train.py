@@ -68,8 +68,8 @@ def train(cfg: DictConfig) -> dict:
         if validation:
             print(f"validation after epoch {trainer.current_epoch - 1}:")
             print_metrics(validation)
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            print(f"best {checkpoint.monitor}: {float(checkpoint.best_model_score):.4f}")
+        if result["best_score"] is not None:
+            print(f"best {result['monitor']}: {result['best_score']:.4f}")
         log.info("best checkpoint: %s", best or ("(none: trainer.fast_dev_run writes none)" if trainer.fast_dev_run
                                                  else "(none)"))
         log.info("outputs in %s", out)

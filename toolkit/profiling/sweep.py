@@ -25,13 +25,13 @@ from toolkit.errors import DataError
 PROFILE_FILE = "profile.json"
 CSV_NAME = "profile_sweep.csv"
 PNG_NAME = "profile_sweep.png"
-COLUMNS = ("job", "label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds",
-           "latency_b1_ms", "batch_size", "latency_bn_ms", "device", "top1")
+#: what names a model and what it costs per image: written by profile mode and, under "model", by train mode
+MODEL_COLUMNS = ("label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds")
+COLUMNS = ("job", *MODEL_COLUMNS, "latency_b1_ms", "batch_size", "latency_bn_ms", "device", "top1")
 TRAIN_FILE = "train_metrics.json"
 TRAIN_CSV_NAME = "train_sweep.csv"
 TRAIN_PNG_NAME = "train_sweep.png"
-TRAIN_COLUMNS = ("job", "label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds",
-                 "metric", "best", "epoch", "checkpoint")
+TRAIN_COLUMNS = ("job", *MODEL_COLUMNS, "metric", "best", "epoch", "checkpoint")
 RESULT_COLUMNS = ("model", "alpha", "resolution", "top1")
 
 
@@ -72,9 +72,7 @@ def collect_rows(sweep_dir: Path, results: dict[tuple, float] | None = None) -> 
         p = json.loads(path.read_text())
         latency = p.get("latency") or {}
         row = {
-            "job": str(path.parent.relative_to(sweep_dir)),
-            "label": p["label"], "model": p["model"], "alpha": p.get("alpha"), "resolution": p["resolution"],
-            "task": p.get("task"), "params": p["params"], "weights": p["weights"], "mult_adds": p["mult_adds"],
+            "job": str(path.parent.relative_to(sweep_dir)), **{k: p.get(k) for k in MODEL_COLUMNS},
             "latency_b1_ms": (latency.get("batch_1") or {}).get("median_ms"),
             "batch_size": latency.get("batch_size"),
             "latency_bn_ms": (latency.get("batch_n") or {}).get("median_ms"),
@@ -93,7 +91,7 @@ def collect_train_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         model = t.get("model")
         if not model:  # written before train mode recorded the model's counts: nothing to plot
             continue
-        rows.append({"job": str(path.parent.relative_to(sweep_dir)), **{k: model.get(k) for k in TRAIN_COLUMNS[1:9]},
+        rows.append({"job": str(path.parent.relative_to(sweep_dir)), **{k: model.get(k) for k in MODEL_COLUMNS},
                      "metric": t.get("monitor"), "best": t.get("best_score"), "epoch": t.get("epoch"),
                      "checkpoint": t.get("best_checkpoint") or None})
     return rows
