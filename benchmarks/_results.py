@@ -1,0 +1,74 @@
+"""Where every benchmark leaves its figures: `benchmarks/results/<name>.json`, with the commit and the machine.
+
+Docs and README quote these files (tests/test_docs_figures.py checks that they agree), so a figure always comes
+from a run of a script, on a known commit and machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def commit() -> str:
+    """The checkout's commit, with `+dirty` when it has uncommitted changes to tracked files."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def write_results(name: str, results: dict[str, Any], *, command: str | None = None,
+                  results_dir: Path = RESULTS_DIR) -> Path:
+    """Write `results` as `<results_dir>/<name>.json` (atomically), stamped with commit, machine, date, command."""
+    from toolkit.io import write_json_atomic
+
+    payload = {
+        "benchmark": name,
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": command,
+        "results": results,
+    }
+    path = write_json_atomic(results_dir / f"{name}.json", payload)
+    print(f"results written to {path}")
+    return path
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

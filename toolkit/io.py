@@ -1,0 +1,100 @@
+"""Files in and out, safely.
+
+In: a file a user names is read as data, never as code. `load_torch_file` unpickles with `weights_only=True`;
+a file that needs more (arbitrary Python objects, so possibly code) is refused with one line naming the file and
+the opt-in that loads it anyway (`trust_file=true`), which the user gives only for files they trust.
+
+Out: every file the toolkit writes appears whole or not at all. It is written under a temporary name in the same
+folder and renamed over the target (`os.replace` is atomic on one file system), so an interrupted run never leaves
+a half-written report, checkpoint, cache or cell file behind for the next run to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import DataError
+
+#: the config key that lets a run unpickle a user-named file in full (see docs/security.md)
+TRUST_OPT_IN = "trust_file=true"
+
+
+class UnsafeFileError(DataError):
+    """A file would need a full (code-running) unpickle to load, and the user did not opt in."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once the block ends without an error it is renamed to `path`.
+
+    On an error the temporary file is removed and `path` keeps whatever it held before."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_torch_file(path: str | Path, *, trust: bool = False, mmap: bool = False, what: str = "file",
+                    opt_in: str = TRUST_OPT_IN) -> Any:
+    """`torch.load` of a user-named file: tensors, containers and plain values only, unless `trust`.
+
+    `what` says what the file is for in the error ("teacher checkpoint"), `opt_in` names the setting that sets
+    `trust` for this caller. A file that is not a torch file at all gets a DataError naming it too."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap or None)
+    except pickle.UnpicklingError as e:
+        if trust or "weights_only" not in str(e).lower().replace(" ", "_"):
+            raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_first_line(e)})") from e
+        raise UnsafeFileError(
+            f"{what} {str(path)!r} holds Python objects beyond tensors and plain values, and unpickling them can run "
+            f"code; it was not loaded. If you trust this file, load it with {opt_in} (docs/security.md). "
+            f"({_first_line(e)})") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_first_line(e)})") from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
