@@ -146,44 +146,62 @@ def test_progress_bar_off_drops_the_configured_bar_callback(make_cfg):
         assert (trainer.progress_bar_callback is not None) is enabled
 
 
-def _copy_source(dest: Path) -> Path:
-    """The repo's tracked layout (with its symlinks) without build outputs, so building does not touch the repo."""
+def _clean_copy(dest: Path) -> Path:
+    """The repo's source as a fresh clone has it (no build outputs), so building does not touch the repo."""
     ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "outputs",
                                     "multirun", ".pytest_cache", ".ruff_cache", ".ci-*", "tests", "benchmarks", "docs")
-    shutil.copytree(REPO, dest, symlinks=True, ignore=ignore)
+    shutil.copytree(REPO, dest, ignore=ignore)
     return dest
 
 
-def test_wheel_ships_configs_tasks_and_data_as_files(tmp_path):
-    src = _copy_source(tmp_path / "src")
+def _fresh_venv_with_our_dependencies(where: Path) -> Path:
+    """A new venv whose only extra paths are the current environment's site-packages folders: the dependencies
+    are reused (no download), but no .pth runs there, so the repo's editable install is not visible."""
+    import venv
+
+    venv.create(where, with_pip=False)
+    python = where / "bin" / "python"
+    site_dir = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+    reused = [p for p in sys.path if "-packages" in p and Path(p).is_dir()]
+    (site_dir / "reuse_test_dependencies.pth").write_text("\n".join(reused) + "\n")
+    return python
+
+
+def test_wheel_installs_into_a_fresh_venv_and_runs_from_anywhere(tmp_path):
+    """`pip install .` (not editable) from a clean copy: tasks/, data/ and conf/ land inside the toolkit package
+    as plain files, and `python -m toolkit` runs the installed copy from another folder."""
+    src = _clean_copy(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("mobilenet_toolkit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("toolkit/conf/config.yaml", "toolkit/conf/backbone/mobilenet_v1.yaml",
-                     "toolkit/conf/hydra/default.yaml", "toolkit/conf/hydra/help/toolkit.yaml",
-                     "toolkit/tasks/classification.py", "toolkit/data/shapes.py", "toolkit/__main__.py"):
-        assert required in names, f"{required} missing from the wheel"
-    # every config group folder of the repo is in the wheel
-    for group in (REPO / "conf").iterdir():
-        if group.is_dir() and any(group.rglob("*.yaml")):
-            assert any(n.startswith(f"toolkit/conf/{group.name}/") for n in names), group.name
+    sources = {f"toolkit/{p.relative_to(src)}" for folder in ("tasks", "data", "conf") for p in (src / folder).rglob("*")
+               if p.suffix in (".py", ".yaml")}
+    sources |= {str(p.relative_to(src)) for p in (src / "toolkit").rglob("*.py")}
+    assert sources - names == set(), "missing from the wheel (add new sub-packages to pyproject's packages list)"
+    assert "toolkit/conf/hydra/help/toolkit.yaml" in names and not any(n.startswith(("tasks/", "data/", "conf/"))
+                                                                       for n in names)
 
-
-def test_non_editable_install_runs_from_anywhere(tmp_path):
-    src = _copy_source(tmp_path / "src")
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target",
-                    str(target), str(src)], check=True, capture_output=True, text=True, timeout=300)
-    for linked in ("conf", "tasks", "data"):
-        assert (target / "toolkit" / linked).is_dir() and not (target / "toolkit" / linked).is_symlink()
+    python = _fresh_venv_with_our_dependencies(tmp_path / "venv")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import toolkit; print(toolkit.__file__)"], cwd=elsewhere,
-                           env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    assert Path(where.stdout.strip()).is_relative_to(target)  # the installed copy, not the repo
-    proc = run_cli(QUICK_PROFILE + ["profile.latency=false", "backbone=mobilenet_v1_shallow", "data.resolution=224"],
-                   cwd=elsewhere, env=env)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([str(python), "-c", "import toolkit.tasks; print(toolkit.tasks.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, check=True)
+    assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")  # the installed copy, not the repo
+    proc = subprocess.run([str(python), "-m", "toolkit", *QUICK_PROFILE, "profile.latency=false",
+                           "backbone=mobilenet_v1_shallow", "data.resolution=224"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "307.32 M" in proc.stdout  # Table 5: Shallow MobileNet, 307M mult-adds
+
+
+def test_repo_folders_import_only_through_the_toolkit_package():
+    """From the repo root `tasks`, `data`, `conf` are plain folders on sys.path; importing them there would give
+    each module a second identity (two BaseTask classes), so they refuse with the name to use."""
+    for name in ("tasks", "data", "conf"):
+        proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode != 0 and f"import toolkit.{name}, not {name}" in proc.stderr

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from toolkit.conf import CONF_DIR
 from toolkit.errors import ConfigError, ToolkitError
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://toolkit.conf", config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float | None:
     from toolkit.run import run
 

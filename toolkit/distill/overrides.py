@@ -7,9 +7,9 @@ option is read as a path. Kept free of heavy imports: it runs before every comma
 
 from __future__ import annotations
 
-from pathlib import Path
+from toolkit.conf import CONF_DIR
 
-TEACHER_OPTIONS_DIR = Path(__file__).resolve().parent.parent / "conf" / "teacher"
+TEACHER_OPTIONS_DIR = CONF_DIR / "teacher"
 
 
 def teacher_options() -> set[str]:
