@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from toolkit.distill.teachers import FrozenTeacher, build_teacher, teacher_enabled
 from toolkit.tasks.base import BaseTask
+from toolkit.tasks.teachers import FrozenTeacher, build_teacher, teacher_enabled
 
 log = logging.getLogger(__name__)
 

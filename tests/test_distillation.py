@@ -12,9 +12,9 @@ from toolkit.backbones import create_backbone
 from toolkit.distill.cache import TeacherCache
 from toolkit.distill.losses import attribute_distillation_loss, embedding_distillation_loss, masked_label_loss
 from toolkit.distill.overrides import expand_teacher_override
-from toolkit.distill.teachers import CachedTeacher, OnlineTeacher, build_teacher
 from toolkit.errors import ConfigError, DataError
 from toolkit.tasks.face_attributes import FaceAttributesTask
+from toolkit.tasks.teachers import CachedTeacher, OnlineTeacher, build_teacher
 
 TINY = {"name": "mobilenet_v1", "alpha": 0.25}
 

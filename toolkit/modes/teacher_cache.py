@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from toolkit.distill.cache import TeacherCache
-from toolkit.distill.teachers import CachedTeacher, build_teacher
 from toolkit.errors import ConfigError
 from toolkit.modes.common import build_datamodule, output_dir, write_json
+from toolkit.tasks.teachers import CachedTeacher, build_teacher
 
 log = logging.getLogger(__name__)
 
