@@ -156,8 +156,11 @@ def test_missing_torchvision_weights_say_what_to_put_where(caches, monkeypatch):
 
 
 def test_timm_weights_load_from_the_hugging_face_cache(caches, timm_v1, image):
-    snapshot = caches["hf"] / "hub" / f"models--timm--{TIMM_V1}" / "snapshots" / "0123abcd"
+    repo = caches["hf"] / "hub" / f"models--timm--{TIMM_V1}"  # the layout hf_hub_download leaves
+    snapshot = repo / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
     save_file({k: v.contiguous() for k, v in timm_v1.state_dict().items()}, snapshot / "model.safetensors")
     model = create_backbone("mobilenet_v1", alpha=1.0, act="relu6", pretrained="timm").eval()
     with torch.no_grad():

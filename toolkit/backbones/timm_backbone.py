@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from toolkit.backbones.base import Backbone
 from toolkit.backbones.features import FeatureInfo, FeatureTap
-from toolkit.backbones.weights import Weights, load_backbone_state, read_state_dict
-from toolkit.errors import ConfigError, WeightsNotFoundError
-
-TIMM_SOURCES = ("timm", "true")
+from toolkit.backbones.weights import (
+    TIMM_SOURCES,
+    load_backbone_state,
+    read_state_dict,
+    resolve_timm_pretrained,
+)
+from toolkit.errors import ConfigError
 
 
 class TimmBackbone(Backbone):
@@ -82,43 +84,6 @@ class TimmBackbone(Backbone):
         raise ConfigError("backbone.name", f"timm/{self.model_name}",
                           "timm backbones run as one features_only module and cannot be cut at a tap "
                           "(needed by Faster R-CNN's per-RoI head); use a built-in backbone such as mobilenet_v1")
-
-
-def resolve_timm_pretrained(model_name: str, pretrained: str | bool) -> Path:
-    """The weight file for `timm/<model_name>`: timm's default weights from the cache (`timm`) or a local path."""
-    if str(pretrained).lower() in TIMM_SOURCES:
-        return timm_weights(model_name).locate()
-    path = Path(pretrained).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(f"backbone.pretrained={str(pretrained)!r}: no such file. Pass a .pth/.pt/"
-                                   f".safetensors/.ckpt path, or `timm` for timm's weights of {model_name}.")
-    return path
-
-
-def timm_weights(model_name: str) -> Weights:
-    """Where timm's default pretrained weights for `model_name` (or `name.tag`) live."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ConfigError("backbone.pretrained", "timm", f"timm publishes no weights for {model_name}")
-    name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
-    if cfg.hf_hub_id:
-        file_name = cfg.hf_hub_filename or "model.safetensors"
-        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{file_name}"
-    else:
-        file_name, url = cfg.url.rsplit("/", 1)[-1], cfg.url
-    return Weights(
-        backbone=f"timm/{model_name}",
-        source="timm",
-        name=name,
-        file_name=file_name,
-        url=url,
-        hf_hub_id=cfg.hf_hub_id or None,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
-        fetch_hint=f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"",
-    )
 
 
 def _own_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

@@ -53,11 +53,20 @@ class Weights:
         return f"{self.name}{Path(self.file_name).suffix}" if self.hf_hub_id else self.file_name
 
     def search_paths(self) -> list[Path]:
-        """Candidate files in the order they are tried (globs already expanded)."""
+        """Candidate files in the order they are tried: $TOOLKIT_WEIGHTS_DIR, then the publisher's cache."""
         paths: list[Path] = []
         if os.environ.get(WEIGHTS_DIR_ENV):
             paths.append(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser() / self.flat_file_name())
-        paths.extend(sorted(self._cache_folder().glob(self._cache_glob())))
+        if self.hf_hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            # the file `main` points to, as hf_hub_download would return it offline; the cache folder is
+            # passed because huggingface_hub reads HF_HOME/HF_HUB_CACHE once, at import
+            cached = try_to_load_from_cache(self.hf_hub_id, self.file_name, cache_dir=hf_hub_cache_dir())
+            if isinstance(cached, str):  # else None or the "known to be missing" marker
+                paths.append(Path(cached))
+        else:
+            paths.append(Path(torch.hub.get_dir()) / "checkpoints" / self.file_name)
         return paths
 
     def _cache_folder(self) -> Path:
@@ -66,7 +75,7 @@ class Weights:
         return Path(torch.hub.get_dir()) / "checkpoints"
 
     def _cache_glob(self) -> str:
-        return f"snapshots/*/{self.file_name}" if self.hf_hub_id else self.file_name
+        return f"snapshots/<revision>/{self.file_name}" if self.hf_hub_id else self.file_name
 
     def locate(self) -> Path:
         """The weight file on disk; raises `WeightsNotFoundError` saying where to put it."""
@@ -88,7 +97,8 @@ class Weights:
 
 
 def hf_hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, resolved from the environment at call time (huggingface_hub's rules)."""
+    """The Hugging Face hub cache, resolved from the environment at call time with huggingface_hub's rules
+    (huggingface_hub.constants.HF_HUB_CACHE is fixed when it is first imported)."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
             return Path(os.environ[var]).expanduser()
@@ -265,6 +275,47 @@ def resolve_pretrained(name: str, pretrained: str | Path | bool, alpha: float = 
     return path, None
 
 
+# ---- timm's weights (for timm/<model> backbones) -----------------------------------------------------
+TIMM_SOURCES = ("timm", "true")  # backbone.pretrained values meaning "timm's default weights for this model"
+
+
+def resolve_timm_pretrained(model_name: str, pretrained: str | bool) -> Path:
+    """The weight file for `timm/<model_name>`: timm's default weights from the cache (`timm`) or a local path."""
+    if str(pretrained).lower() in TIMM_SOURCES:
+        return timm_weights(model_name).locate()
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"backbone.pretrained={str(pretrained)!r}: no such file. Pass a .pth/.pt/"
+                                   f".safetensors/.ckpt path, or `timm` for timm's weights of {model_name}.")
+    return path
+
+
+def timm_weights(model_name: str) -> Weights:
+    """Where timm's default pretrained weights for `model_name` (or `name.tag`) live."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ConfigError("backbone.pretrained", "timm", f"timm publishes no weights for {model_name}")
+    name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    if cfg.hf_hub_id:
+        file_name = cfg.hf_hub_filename or "model.safetensors"
+        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{file_name}"
+    else:
+        file_name, url = cfg.url.rsplit("/", 1)[-1], cfg.url
+    return Weights(
+        backbone=f"timm/{model_name}",
+        source="timm",
+        name=name,
+        file_name=file_name,
+        url=url,
+        hf_hub_id=cfg.hf_hub_id or None,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        fetch_hint=f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"",
+    )
+
+
 def check_pretrained(backbone: dict) -> Path | None:
     """Fail before any work when a backbone config's `pretrained` cannot be loaded; returns the file.
 
@@ -275,8 +326,6 @@ def check_pretrained(backbone: dict) -> Path | None:
     if not pretrained:
         return None
     if name.startswith("timm/"):
-        from toolkit.backbones.timm_backbone import resolve_timm_pretrained
-
         return resolve_timm_pretrained(name.removeprefix("timm/"), pretrained)
     path, weights = resolve_pretrained(name, pretrained, backbone.get("alpha") or 1.0)
     for option, value in (weights.requires.items() if weights else ()):
