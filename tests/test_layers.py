@@ -49,3 +49,13 @@ def test_imports_follow_the_declared_layers_without_cycles(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout
+
+
+def test_help_imports_no_torch(tmp_path):
+    """`python -m toolkit --help` stays quick: nothing on its path imports torch, Lightning or timm."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "toolkit", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "mode=" in proc.stdout, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {name for name in imported if name.split(".")[0] in ("torch", "torchvision", "lightning", "timm")}
+    assert not heavy, sorted(heavy)[:10]
