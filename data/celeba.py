@@ -10,7 +10,6 @@ Labels become 1/0 tensors; unknown labels (blank CSV cells) are -1 and are ignor
 
 from __future__ import annotations
 
-import csv
 import logging
 import random
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import Dataset
 from toolkit.data.base import BaseDataModule
 from toolkit.data.face_transforms import face_eval_transform, face_train_transform
 from toolkit.data.folder import ImageListDataset
+from toolkit.data.listfiles import Duplicates, path_under, read_csv_rows, read_lines
 from toolkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,20 @@ _POSITIVE, _NEGATIVE, _UNKNOWN = {"1", "+1", "true", "yes"}, {"0", "-1", "false"
 def read_celeba_attributes(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """(attribute names, image files, N x A int8 labels in {0, 1}) from `list_attr_celeba.txt`."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = read_lines(path, "CelebA attribute file")
     if len(lines) < 2:
         raise DataError(f"{path}: expected the image count on line 1 and the attribute names on line 2")
-    try:
-        count = int(lines[0].strip())
-    except ValueError:
-        raise DataError(f"{path}:1: expected the number of images, found {lines[0].strip()[:60]!r}") from None
+    if not (lines[0].strip().isdecimal() and len(lines[0].strip()) <= 12):
+        raise DataError(f"{path}:1: expected the number of images, found {lines[0].strip()[:60]!r}")
+    count = int(lines[0].strip())
     names = lines[1].split()
     if not names:
         raise DataError(f"{path}:2: expected the attribute names, found an empty line")
-    files, rows, seen = [], [], set()
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{path}:2: attribute name(s) {', '.join(twice)} appear twice; name each attribute once")
+    files, rows = [], []
+    repeats = Duplicates(path, "image")
     for lineno, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
@@ -62,12 +65,14 @@ def read_celeba_attributes(path: str | Path) -> tuple[list[str], list[str], np.n
         bad = [v for v in fields[1:] if v not in ("1", "-1", "+1")]
         if bad:
             raise DataError(f"{path}:{lineno}: attribute values must be 1 or -1, found {bad[0]!r} for {fields[0]}")
-        if fields[0] in seen:
-            raise DataError(f"{path}:{lineno}: image {fields[0]} is listed twice")
-        seen.add(fields[0])
+        path_under(path.parent, fields[0], f"{path}:{lineno}")
+        row = [v != "-1" for v in fields[1:]]
+        if not repeats.is_new(fields[0], row, lineno):
+            continue
         files.append(fields[0])
-        rows.append([v != "-1" for v in fields[1:]])
-    if len(files) != count:
+        rows.append(row)
+    repeats.report(log)
+    if len(files) + len(repeats.dropped) != count:
         raise DataError(f"{path}: line 1 says {count} images but {len(files)} rows follow; the file is truncated or "
                         "the count is wrong")
     return names, files, np.asarray(rows, dtype=np.int8).reshape(len(files), len(names))
@@ -77,13 +82,18 @@ def read_celeba_partition(path: str | Path) -> dict[str, int]:
     """image file -> split (0 train, 1 val, 2 test) from `list_eval_partition.txt`."""
     path = Path(path)
     split: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    repeats = Duplicates(path, "image")
+    for lineno, line in enumerate(read_lines(path, "CelebA partition file"), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise DataError(f"{path}:{lineno}: expected '<image> <0|1|2>' (train/val/test), found {line[:80]!r}")
-        split[fields[0]] = int(fields[1])
+        if repeats.is_new(fields[0], int(fields[1]), lineno):
+            split[fields[0]] = int(fields[1])
+    repeats.report(log)
+    if not split:
+        raise DataError(f"{path}: no '<image> <0|1|2>' lines; the partition file is empty")
     return split
 
 
@@ -99,8 +109,8 @@ def _parse_label(value: str, path: Path, lineno: int, column: str) -> int:
                     "or leave it blank (unknown)")
 
 
-def read_attribute_csv(path: str | Path, image_column: str = "image", split_column: str = "split"
-                       ) -> tuple[list[str], list[str], np.ndarray, list[int] | None]:
+def read_attribute_csv(path: str | Path, image_column: str = "image", split_column: str = "split",
+                       image_root: str | Path | None = None) -> tuple[list[str], list[str], np.ndarray, list[int] | None]:
     """(attribute names, image paths, N x A int8 labels in {1, 0, -1 unknown}, splits or None) from a CSV.
 
     The header names the image column, the attribute columns and optionally a split column
@@ -108,32 +118,46 @@ def read_attribute_csv(path: str | Path, image_column: str = "image", split_colu
     distillation: the teacher labels them).
     """
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}: empty file; expected a header '{image_column},<attribute>,...'")
-        header = [h.strip() for h in header]
-        if image_column not in header:
-            raise DataError(f"{path}:1: no {image_column!r} column in the header {header}; set data.image_column=...")
-        img_i = header.index(image_column)
-        split_i = header.index(split_column) if split_column in header else None
-        attr_cols = [i for i in range(len(header)) if i not in (img_i, split_i)]
-        if not attr_cols:
-            raise DataError(f"{path}:1: no attribute columns besides {image_column!r}")
-        files, rows, splits = [], [], []
-        for lineno, fields in enumerate(reader, start=2):
-            if not fields or not any(f.strip() for f in fields):
-                continue
-            if len(fields) != len(header):
-                raise DataError(f"{path}:{lineno}: {len(fields)} fields but the header has {len(header)}")
-            files.append(fields[img_i].strip())
-            rows.append([_parse_label(fields[i], path, lineno, header[i]) for i in attr_cols])
-            if split_i is not None:
-                s = fields[split_i].strip().lower()
-                if s not in SPLITS and s not in ("0", "1", "2"):
-                    raise DataError(f"{path}:{lineno}: split {fields[split_i]!r}; use train/val/test or 0/1/2")
-                splits.append(SPLITS.get(s, int(s) if s.isdigit() else 0))
+    rows_in = read_csv_rows(path, "attribute CSV")
+    header = rows_in[0] if rows_in else None
+    if not header:
+        raise DataError(f"{path}: empty file; expected a header '{image_column},<attribute>,...'")
+    header = [h.strip() for h in header]
+    if image_column not in header:
+        raise DataError(f"{path}:1: no {image_column!r} column in the header {header}; set data.image_column=...")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{path}:1: column(s) {', '.join(twice)} appear twice in the header; name each column once")
+    img_i = header.index(image_column)
+    split_i = header.index(split_column) if split_column in header else None
+    attr_cols = [i for i in range(len(header)) if i not in (img_i, split_i)]
+    if not attr_cols:
+        raise DataError(f"{path}:1: no attribute columns besides {image_column!r}")
+    files, rows, splits = [], [], []
+    repeats = Duplicates(path, "image")
+    for lineno, fields in enumerate(rows_in[1:], start=2):
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{lineno}: {len(fields)} fields but the header has {len(header)}")
+        image = fields[img_i].strip()
+        path_under(Path(image_root) if image_root else path.parent, image, f"{path}:{lineno}")
+        labels = [_parse_label(fields[i], path, lineno, header[i]) for i in attr_cols]
+        split = None
+        if split_i is not None:
+            s = fields[split_i].strip().lower()
+            if s not in SPLITS and s not in ("0", "1", "2"):
+                raise DataError(f"{path}:{lineno}: split {fields[split_i]!r}; use train/val/test or 0/1/2")
+            split = SPLITS.get(s, int(s) if s.isdigit() else 0)
+        if not repeats.is_new(image, (labels, split), lineno):
+            continue
+        files.append(image)
+        rows.append(labels)
+        if split is not None:
+            splits.append(split)
+    repeats.report(log)
+    if not files:
+        raise DataError(f"{path}: a header but no image rows; add rows '<image>,<attribute values>...'")
     names = [header[i] for i in attr_cols]
     return names, files, np.asarray(rows, dtype=np.int8).reshape(len(files), len(names)), (splits if split_i is not None else None)
 
@@ -277,7 +301,7 @@ class AttributeCSVDataModule(AttributeDataModule):
         if not self.csv.is_file():
             raise DataError(f"{self.csv}: attribute CSV not found; set data.csv=... (header: "
                             f"{self.image_column},<attribute>,...[,{self.split_column}])")
-        names, files, labels, splits = read_attribute_csv(self.csv, self.image_column, self.split_column)
+        names, files, labels, splits = read_attribute_csv(self.csv, self.image_column, self.split_column, self.image_root)
         if splits is None:
             labelled = [i for i in range(len(files)) if (labels[i] >= 0).any()]
             rng = random.Random(self.split_seed)

@@ -20,6 +20,7 @@ from toolkit.data.base import BaseDataModule
 from toolkit.data.face_transforms import face_eval_transform, face_train_transform
 from toolkit.data.folder import ImageListDataset
 from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.data.listfiles import read_lines
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,11 @@ def read_lfw_pairs(path: str | Path) -> list[Pair]:
     if not path.is_file():
         raise DataError(f"pairs file {path}: not found. Give data.pairs=<LFW pairs.txt> (from "
                         "http://vis-www.cs.umass.edu/lfw/pairs.txt) or leave it null to draw pairs from identity folders")
-    lines = [(i, line.split()) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    lines = [(i, line.split()) for i, line in enumerate(read_lines(path, "pairs file"), start=1) if line.strip()]
     if not lines:
         raise DataError(f"{path}: empty pairs file")
     header_no, header = lines[0]
-    if not (1 <= len(header) <= 2 and all(h.isdigit() for h in header)):
+    if not (1 <= len(header) <= 2 and all(h.isdecimal() and len(h) <= 9 for h in header)):
         raise DataError(f"{path}:{header_no}: expected a header '<sets> <pairs per set>' or '<pairs>', found {' '.join(header)!r}")
     sets, per_set = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
     body = lines[1:]
@@ -61,15 +62,22 @@ def read_lfw_pairs(path: str | Path) -> list[Pair]:
         fold = k // (2 * per_set) if sets > 1 else None
         expect_same = (k % (2 * per_set)) < per_set
         try:
+            if len(fields) not in (3, 4):
+                raise ValueError
+            numbers = [fields[i] for i in ((1, 2) if len(fields) == 3 else (1, 3))]
+            if not all(n.isdecimal() and len(n) <= 9 for n in numbers):  # no '-1', no 400-digit numbers
+                raise ValueError
             if len(fields) == 3:
                 pair = Pair(lfw_image(fields[0], int(fields[1])), lfw_image(fields[0], int(fields[2])), True, fold)
-            elif len(fields) == 4:
-                pair = Pair(lfw_image(fields[0], int(fields[1])), lfw_image(fields[2], int(fields[3])), False, fold)
             else:
-                raise ValueError
+                pair = Pair(lfw_image(fields[0], int(fields[1])), lfw_image(fields[2], int(fields[3])), False, fold)
         except ValueError:
             raise DataError(f"{path}:{lineno}: expected 'Name n1 n2' (same person) or 'Name1 n1 Name2 n2' (different), "
                             f"found {' '.join(fields)!r}") from None
+        bad_names = [n for n in (fields[0], fields[-2]) if "/" in n or "\\" in n or n in (".", "..")]
+        if bad_names:  # such a name would lead outside the image root
+            raise DataError(f"{path}:{lineno}: person name {bad_names[0]!r} is not a folder name (no '/', '\\', "
+                            "'.' or '..'); LFW names look like George_W_Bush")
         if pair.same != expect_same:
             raise DataError(f"{path}:{lineno}: a {'same' if pair.same else 'different'}-person pair where each set lists "
                             f"{per_set} same-person pairs, then {per_set} different-person pairs")
@@ -136,8 +144,9 @@ def scan_face_folder(root: Path) -> tuple[list[str], dict[str, list[str]]]:
     if not root.is_dir():
         raise DataError(f"{root}: face image folder not found; set data.root=... (images anywhere below it; "
                         "<root>/<identity>/<images> also gives identities)")
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(s.startswith(".") for s in p.parts))
+    # hidden files and folders are skipped by their path *below* root: root itself may sit under ~/.cache
+    relative = (p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(r.as_posix() for r in relative if not any(s.startswith(".") for s in r.parts) and (root / r).is_file())
     if not files:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found below this folder")
     identities: dict[str, list[str]] = {}

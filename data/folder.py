@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
 from toolkit.data.images import IMAGE_EXTENSIONS, load_rgb
+from toolkit.data.listfiles import Duplicates, read_lines
 from toolkit.data.transforms import classification_eval_transform, classification_train_transform
 from toolkit.errors import DataError
 
@@ -23,7 +24,10 @@ def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
     images, others = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file():
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_file():  # a sub-folder or a broken link: reported with the other non-images
+                others.append(entry.name + ("/" if entry.is_dir() else " (broken link)"))
                 continue
             (images if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS else others).append(entry.name)
     return [folder / n for n in sorted(images)], sorted(others)
@@ -67,19 +71,23 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
 
 
 class ImageListDataset(Dataset):
-    """(path, label) samples decoded with `load_rgb`; corrupt files raise, or return None when skipped."""
+    """(path, label) samples decoded with `load_rgb`; corrupt files raise, or return None when skipped.
 
-    def __init__(self, samples: list[tuple[Path, int]], transform, skip_corrupt: bool = False):
+    `min_side`: the shorter side the transform needs at most; large JPEGs decode reduced to it (`load_rgb`).
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], transform, skip_corrupt: bool = False, min_side: int | None = None):
         self.samples = samples
         self.transform = transform
         self.skip_corrupt = skip_corrupt
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load_image(self, index: int):
         """The decoded HxWx3 array of sample `index`; subclasses adapt it here (e.g. crop to a box)."""
-        return load_rgb(self.samples[index][0])
+        return load_rgb(self.samples[index][0], self.min_side)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
@@ -132,6 +140,11 @@ class ClassFolderDataModule(BaseDataModule):
     def eval_transform(self):
         return classification_eval_transform(self.resolution, self.mean, self.std, self.crop_fraction)
 
+    def decode_min_side(self) -> int:
+        """Shorter side a JPEG may be decoded down to: twice the resolution covers the eval resize
+        (resolution / crop_fraction) and a random crop of 35% of the area at aspect 4:3 without upscaling."""
+        return 2 * self.resolution
+
     def scan(self) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
         """Train and val samples; sets `self.classes`."""
         if self.val_fraction is not None and self.val_list:
@@ -165,10 +178,12 @@ class ClassFolderDataModule(BaseDataModule):
                             f"to {self.root} (e.g. `cat/0001.jpg`), one per line.")
         self.classes, samples = scan_class_folders(self.root)
         wanted = {}
-        for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        repeats = Duplicates(list_file, "image")
+        for number, line in enumerate(read_lines(list_file, "val list"), start=1):
             rel = line.strip()
-            if rel and not rel.startswith("#"):
+            if rel and not rel.startswith("#") and repeats.is_new(Path(rel).as_posix(), None, number):
                 wanted[Path(rel).as_posix()] = number
+        repeats.report(log)
         by_rel = {p.relative_to(self.root).as_posix(): (p, label) for p, label in samples}
         unknown = [f"line {n}: {rel}" for rel, n in wanted.items() if rel not in by_rel]
         if unknown:
@@ -189,8 +204,8 @@ class ClassFolderDataModule(BaseDataModule):
         if self.classes is not None:
             return
         train, val = self.scan()
-        self.train_dataset = ImageListDataset(train, self.train_transform(), self.skip_corrupt)
-        self.val_dataset = ImageListDataset(val, self.eval_transform(), self.skip_corrupt)
+        self.train_dataset = ImageListDataset(train, self.train_transform(), self.skip_corrupt, self.decode_min_side())
+        self.val_dataset = ImageListDataset(val, self.eval_transform(), self.skip_corrupt, self.decode_min_side())
         log.info("%s: %d classes, %d train / %d val images", self.root, len(self.classes), len(train), len(val))
 
     @property
@@ -203,4 +218,4 @@ class ClassFolderDataModule(BaseDataModule):
         return {"num_classes": self.num_classes, "class_names": list(self.classes)}
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:
-        return ImageListDataset([(p, -1) for p in paths], self.eval_transform(), self.skip_corrupt)
+        return ImageListDataset([(p, -1) for p in paths], self.eval_transform(), self.skip_corrupt, self.decode_min_side())
