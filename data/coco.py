@@ -39,6 +39,8 @@ import io
 import json
 import logging
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from toolkit.data.base import BaseDataModule, SkippingCollate
 from toolkit.data.detection_transforms import detection_transforms
 from toolkit.data.images import load_rgb
+from toolkit.data.listfiles import path_under
 from toolkit.data.samplers import grouped_loader
 from toolkit.errors import DataError
 
@@ -73,7 +76,20 @@ def _bad(path: Path, record: str, problem: str) -> DataError:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # a 400-digit integer: JSON allows it, floats do not
+        return False
+
+
+def _is_id(x) -> bool:
+    """An id that fits the int64 tensors targets and results carry."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63
+
+
+MAX_IMAGE_SIDE = 1_000_000  # pixels; larger width/height values in a JSON are typos, not images
 
 
 def read_coco_json(path: str | Path) -> dict:
@@ -94,10 +110,12 @@ def read_coco_json(path: str | Path) -> dict:
             raise DataError(f"{path}: missing or non-list '{key}' (a COCO instances file has images, annotations, categories)")
     if not data["categories"]:
         raise DataError(f"{path}: 'categories' is empty; a detection file needs at least one category")
+    if not data["images"]:
+        raise DataError(f"{path}: 'images' is empty; a detection split needs at least one image")
     cat_ids = set()
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
-            raise _bad(path, f"categories[{i}]", "needs an integer 'id'")
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")):
+            raise _bad(path, f"categories[{i}]", "needs an integer 'id' (0 <= id < 2**63)")
         if cat["id"] in cat_ids:
             raise _bad(path, f"categories[{i}] (id {cat['id']})", "duplicate category id")
         if cat["id"] == 0:
@@ -106,22 +124,23 @@ def read_coco_json(path: str | Path) -> dict:
         cat_ids.add(cat["id"])
     image_ids = set()
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
-            raise _bad(path, f"images[{i}]", "needs an integer 'id'")
+        if not isinstance(img, dict) or not _is_id(img.get("id")):
+            raise _bad(path, f"images[{i}]", "needs an integer 'id' (0 <= id < 2**63)")
         if img["id"] in image_ids:
             raise _bad(path, f"images[{i}] (id {img['id']})", "duplicate image id")
         if not isinstance(img.get("file_name"), str):
             raise _bad(path, f"images[{i}] (id {img['id']})", "needs a 'file_name' string")
         for key in ("width", "height"):
-            if not isinstance(img.get(key), int) or img[key] <= 0:
-                raise _bad(path, f"images[{i}] (id {img['id']}, {img['file_name']})", f"needs a positive integer '{key}'")
+            if not _is_id(img.get(key)) or not 0 < img[key] <= MAX_IMAGE_SIDE:
+                raise _bad(path, f"images[{i}] (id {img['id']}, {img['file_name']})",
+                           f"needs a positive integer '{key}' up to {MAX_IMAGE_SIDE}, got {str(img.get(key))[:40]}")
         image_ids.add(img["id"])
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise _bad(path, f"annotations[{i}]", "is not an object")
         where = f"annotations[{i}] (id {ann.get('id')})"
-        if not isinstance(ann.get("id"), int) or ann["id"] in ann_ids:
+        if not _is_id(ann.get("id")) or ann["id"] in ann_ids:
             raise _bad(path, where, "needs a unique integer 'id'")
         ann_ids.add(ann["id"])
         if ann.get("image_id") not in image_ids:
@@ -130,7 +149,7 @@ def read_coco_json(path: str | Path) -> dict:
             raise _bad(path, where, f"category_id {ann.get('category_id')!r} is not in 'categories'")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise _bad(path, where, f"bbox must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+            raise _bad(path, where, f"bbox must be 4 finite numbers [x, y, width, height], got {str(bbox)[:120]}")
         ann["iscrowd"] = int(ann.get("iscrowd", 0) or 0)
         if not _is_number(ann.get("area")):
             ann["area"] = float(max(bbox[2], 0) * max(bbox[3], 0))
@@ -191,10 +210,12 @@ class BoxStats:
     clipped: int = 0
     degenerate: int = 0
     empty_images: int = 0
+    first_degenerate: str = ""  # one degenerate annotation named, so the count can be traced to the file
 
     def summary(self) -> str:
+        example = f", e.g. {self.first_degenerate}" if self.first_degenerate else ""
         return (f"{self.boxes} boxes kept, {self.clipped} clipped to the image, {self.degenerate} degenerate dropped "
-                f"(no area inside the image), {self.crowd} crowd boxes left to the evaluator, "
+                f"(no area inside the image: zero/negative size or outside it{example}), {self.crowd} crowd boxes left to the evaluator, "
                 f"{self.empty_images} images without boxes")
 
 
@@ -211,6 +232,7 @@ def image_targets(coco: COCO, image_id: int, cats: CategoryMap, stats: BoxStats)
         x1, y1, x2, y2 = min(max(x, 0), w), min(max(y, 0), h), min(max(x + bw, 0), w), min(max(y + bh, 0), h)
         if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
             stats.degenerate += 1
+            stats.first_degenerate = stats.first_degenerate or f"annotation id {ann['id']} bbox {ann['bbox']} in image id {image_id}"
             continue
         if (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
             stats.clipped += 1
@@ -222,6 +244,21 @@ def image_targets(coco: COCO, image_id: int, cats: CategoryMap, stats: BoxStats)
 
 
 # ---- datasets ------------------------------------------------------------------------------------------
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be an image file (missing, a folder, empty), or None; one stat per image."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder"
+    if st.st_size == 0:
+        return "is empty (0 bytes)"
+    return None
+
+
 def _sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, transform, image_id: int, path: Path) -> dict:
     h, w = image.shape[:2]
     # a JSON whose width/height disagree with the pixels: clip again to what is really there
@@ -251,11 +288,28 @@ class CocoDetectionDataset(Dataset):
         self.skip_corrupt = skip_corrupt
         self.stats = BoxStats()
         self.records = []
+        unreadable = []  # "id N file: why" of image files that cannot be read, found now rather than mid-epoch
         for image_id in sorted(self.coco.imgs):
+            file_name = self.coco.imgs[image_id]["file_name"]
+            path = path_under(self.image_dir, file_name, f"{self.ann_file}: image id {image_id}")
+            problem = _file_problem(path)
+            if problem:
+                unreadable.append(f"id {image_id} {file_name}: {problem}")
+                continue
             boxes, labels = image_targets(self.coco, image_id, self.categories, self.stats)
             if drop_empty and not len(boxes):
                 continue
-            self.records.append((image_id, self.image_dir / self.coco.imgs[image_id]["file_name"], boxes, labels))
+            self.records.append((image_id, path, boxes, labels))
+        if unreadable:
+            message = (f"{self.ann_file}: {len(unreadable)} of {len(self.coco.imgs)} image files under {self.image_dir} "
+                       f"are missing or unreadable ({'; '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''})")
+            if not skip_corrupt:
+                raise DataError(message + ". Restore them, fix their file_name, or set data.skip_corrupt=true to "
+                                "leave them out (counted in the log; evaluation covers the images that remain)")
+            log.warning("%s; left out (data.skip_corrupt=true)", message)
+        if not self.records:
+            raise DataError(f"{self.ann_file}: no images left to use ({len(unreadable)} unreadable"
+                            + (", the rest without boxes and drop_empty_train=true" if drop_empty else "") + ")")
         log.info("%s: %d images, %d categories; %s%s", self.ann_file, len(self.records), self.categories.num_classes,
                  self.stats.summary(), " (dropped from training)" if drop_empty else "")
 

@@ -2,13 +2,15 @@
 
 Paths are relative to `image_root` (default: the CSV's folder). A header row is optional; with one, the
 columns are found by name (path/image/image_path, lat/latitude, lon/lng/longitude, id). Rows with a wrong
-field count, a non-numeric or out-of-range coordinate, or a missing image file are rejected: each is named
-with its line number and reason, counted, and either skipped (`bad_rows=skip`) or fatal (`bad_rows=error`).
+field count, a non-numeric, infinite or out-of-range coordinate, a relative path that leaves `image_root`
+(`../`; absolute paths are taken as given) or a missing image file are rejected: each is named with its line
+number and reason, counted, and either skipped (`bad_rows=skip`) or fatal (`bad_rows=error`). A row repeated
+exactly is dropped and counted in the log; an image path or id listed twice with different values is always a
+DataError naming both lines (which one is right cannot be guessed). A file that is not UTF-8 names its line.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
 from toolkit.data.folder import ImageListDataset
+from toolkit.data.listfiles import Duplicates, path_under, read_csv_rows
 from toolkit.data.transforms import classification_eval_transform, classification_train_transform
 from toolkit.errors import ConfigError, DataError
 from toolkit.geo.s2cells import Partition, partition_cells, read_cells
@@ -79,8 +82,9 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
         raise DataError(f"{path}: geo CSV not found. Expected rows `image path,latitude,longitude[,id]`; "
                         "set data.train_csv / data.val_csv.")
     root = Path(image_root).expanduser() if image_root else path.parent
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    rows = read_csv_rows(path, "geo CSV")
+    if not rows:
+        raise DataError(f"{path}: empty file. Expected rows `image path,latitude,longitude[,id]` (a header is optional)")
     header_cols = _columns(rows[0]) if rows else None
     cols = header_cols or {"path": 0, "lat": 1, "lon": 2, "id": 3}
     first_line = 2 if header_cols else 1
@@ -108,8 +112,8 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
     lat, lon = _to_float(lat_s), _to_float(lon_s)
     reasons = np.full(len(paths), "", dtype=object)
     checks = [
-        (np.isnan(lat), lambda i: f"latitude {lat_s[i]!r} is not a number"),
-        (np.isnan(lon), lambda i: f"longitude {lon_s[i]!r} is not a number"),
+        (np.isnan(lat), lambda i: f"latitude {lat_s[i][:40]!r} is not a number"),
+        (np.isnan(lon), lambda i: f"longitude {lon_s[i][:40]!r} is not a number"),
         (np.abs(lat) > 90, lambda i: f"latitude {lat[i]:g} outside [-90, 90]"),
         (np.abs(lon) > 180, lambda i: f"longitude {lon[i]:g} outside [-180, 180]"),
     ]
@@ -118,6 +122,12 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
             reasons[i] = why(i)
     root_s = str(root)  # plain strings: building a million Path objects costs more than the whole partitioning
     full_paths = [p if os.path.isabs(p) else os.path.join(root_s, p) for p in paths]
+    for i, p in enumerate(paths):  # an absolute path is a deliberate choice; a relative one stays under the root
+        if reasons[i] == "" and not os.path.isabs(p) and ".." in p:
+            try:
+                path_under(root, p, "")
+            except DataError:
+                reasons[i] = f"image path {p!r} leaves the image root {root} ('..'); give an absolute path or set data.image_root"
     if check_files:
         for i, p in enumerate(full_paths):
             if reasons[i] == "" and not os.path.isfile(p):
@@ -125,6 +135,7 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
     rejected += [(keep_lines[i], reasons[i]) for i in np.flatnonzero(reasons != "")]
     rejected.sort()
     ok = reasons == ""
+    ok = ok & ~_repeated_rows(path, full_paths, lat, lon, ids, keep_lines, ok)
     records = GeoRecords(path, [p for p, k in zip(full_paths, ok, strict=True) if k], lat[ok], lon[ok],
                          [x for x, k in zip(ids, ok, strict=True) if k], rejected)
     if rejected:
@@ -135,6 +146,25 @@ def read_geo_csv(path: str | Path, image_root: str | Path | None = None, check_f
         raise DataError(f"{path}: no usable rows ({len(rejected)} rejected). Expected `image path,latitude,longitude[,id]`"
                         + (f"; {records.rejection_report()}" if rejected else ""))
     return records
+
+
+def _repeated_rows(path: Path, full_paths: list[str], lat: np.ndarray, lon: np.ndarray, ids: list[str],
+                   lines: list[int], ok: np.ndarray) -> np.ndarray:
+    """Mask of the accepted rows that repeat an earlier row exactly (dropped, counted in the log). A repeated
+    image path or id with different values is a DataError naming both lines: no row can be trusted over the other."""
+    repeated = np.zeros(len(full_paths), dtype=bool)
+    candidates = np.flatnonzero(ok)
+    frame = pd.DataFrame({"path": [full_paths[i] for i in candidates], "id": [ids[i] for i in candidates]})
+    suspects = frame["path"].duplicated(keep=False).to_numpy() | (
+        (frame["id"] != "").to_numpy() & frame["id"].duplicated(keep=False).to_numpy())
+    by_path, by_id = Duplicates(path, "image"), Duplicates(path, "id")
+    for i in candidates[suspects]:  # rows in file order: the first listing of a key is kept
+        record = (full_paths[i], float(lat[i]), float(lon[i]), ids[i])
+        new_path = by_path.is_new(full_paths[i], record, lines[i])
+        new_id = by_id.is_new(ids[i], record, lines[i]) if ids[i] else new_path
+        repeated[i] = not (new_path and new_id)
+    by_path.report(log)
+    return repeated
 
 
 def _to_float(values: list[str]) -> np.ndarray:
