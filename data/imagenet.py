@@ -8,6 +8,7 @@ from pathlib import Path
 
 from toolkit.data.folder import ClassFolderDataModule
 from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.data.listfiles import read_lines
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ DOWNLOAD_HINT = ("ImageNet needs a licence and a manual download (https://image-
 def read_synset_words(path: Path) -> dict[str, str]:
     """wnid -> first human name, from `wnid name[, synonym, ...]` lines."""
     names = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "synset words file"), start=1):
         if not line.strip():
             continue
         wnid, _, words = line.strip().partition(" ")

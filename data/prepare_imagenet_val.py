@@ -13,7 +13,6 @@ Files are moved (default), copied (--copy) or symlinked (--symlink); running it 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from toolkit.data.listfiles import read_csv_rows, read_lines
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -54,20 +54,48 @@ def _devkit_files(devkit: Path) -> tuple[bytes, bytes]:
         raise DataError(f"{devkit}: not a readable tar archive ({e})") from e
 
 
+def _plain_name(value: str, what: str, where: str) -> str:
+    """`value` as one path component (an image file name or a wnid folder): no '/', '\\', '.', '..' or empty,
+    so no labels line can move a file outside the validation folder."""
+    if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
+        raise DataError(f"{where}: {what} {value!r} is not a plain name (no '/', '\\', '.' or '..'); every image "
+                        "is sorted into <val_dir>/<wnid>/<file>, inside the validation folder")
+    return value
+
+
+def _add_label(labels: dict[str, str], lines: dict[str, int], name: str, wnid: str, where: str, number: int) -> None:
+    """Record one `name -> wnid` line: names and wnids must be plain; a name given two different wnids names both lines."""
+    _plain_name(name, "file name", where)
+    _plain_name(wnid, "wnid", where)
+    if name in labels and labels[name] != wnid:
+        raise DataError(f"{where}: {name} is labelled {wnid}, but line {lines[name]} labels it {labels[name]}; keep one")
+    labels[name], lines[name] = wnid, lines.get(name, number)
+
+
 def labels_from_devkit(devkit: Path) -> dict[str, str]:
     """{val file name: wnid} from the ILSVRC-2012 devkit (the same parsing as torchvision's ImageNet)."""
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     meta_bytes, truth_bytes = _devkit_files(devkit)
-    synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
-    # leaf synsets (num_children == 0) are the 1000 classes; fields: ILSVRC2012_ID, WNID, words, ...
-    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
-    labels = {}
-    for index, line in enumerate(truth_bytes.decode().split(), start=1):
-        class_id = int(line)
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+        # leaf synsets (num_children == 0) are the 1000 classes; fields: ILSVRC2012_ID, WNID, words, ...
+        id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    except (MatReadError, ValueError, OSError, KeyError, TypeError, IndexError) as e:
+        raise DataError(f"{devkit}: {META} is not the devkit's synset table ({type(e).__name__}: {e}); "
+                        "download ILSVRC2012_devkit_t12.tar.gz again") from e
+    try:
+        truth = truth_bytes.decode("ascii").splitlines()
+    except UnicodeDecodeError as e:
+        line = truth_bytes[: e.start].count(b"\n") + 1
+        raise DataError(f"{devkit}: {GROUND_TRUTH} line {line} is not a class id (byte {truth_bytes[e.start:e.start + 1]!r})") from None
+    labels, lines = {}, {}
+    for index, line in enumerate(truth, start=1):
+        class_id = int(line) if line.strip().isdecimal() and len(line.strip()) <= 9 else None
         if class_id not in id_to_wnid:
-            raise DataError(f"{devkit}: {GROUND_TRUTH} line {index} has class id {class_id}, not in {META}")
-        labels[f"ILSVRC2012_val_{index:08d}.JPEG"] = id_to_wnid[class_id]
+            raise DataError(f"{devkit}: {GROUND_TRUTH} line {index} has class id {line.strip()[:40]!r}, not in {META}")
+        _add_label(labels, lines, f"ILSVRC2012_val_{index:08d}.JPEG", id_to_wnid[class_id], f"{devkit}: {META}", index)
     return labels
 
 
@@ -75,16 +103,21 @@ def labels_from_solution_csv(path: Path) -> dict[str, str]:
     """{val file name: wnid} from Kaggle's LOC_val_solution.csv (`ImageId,PredictionString`)."""
     if not path.is_file():
         raise DataError(f"--solution-csv {path}: no such file (Kaggle's LOC_val_solution.csv)")
-    labels = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or []):
-            raise DataError(f"{path}: header {reader.fieldnames}; expected ImageId,PredictionString")
-        for row_number, row in enumerate(reader, start=2):
-            tokens = (row["PredictionString"] or "").split()
-            if not tokens:
-                raise DataError(f"{path}: line {row_number} ({row['ImageId']}) has an empty PredictionString")
-            labels[f"{row['ImageId']}.JPEG"] = tokens[0]
+    rows = read_csv_rows(path, "solution CSV")
+    header = rows[0] if rows else []
+    if not {"ImageId", "PredictionString"} <= set(header):
+        raise DataError(f"{path}: header {header}; expected ImageId,PredictionString")
+    image_i, prediction_i = header.index("ImageId"), header.index("PredictionString")
+    labels, lines = {}, {}
+    for row_number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {row_number} has {len(row)} fields; the header has {len(header)}")
+        tokens = row[prediction_i].split()
+        if not tokens:
+            raise DataError(f"{path}: line {row_number} ({row[image_i]}) has an empty PredictionString")
+        _add_label(labels, lines, f"{row[image_i]}.JPEG", tokens[0], f"{path}: line {row_number}", row_number)
     return labels
 
 
@@ -92,14 +125,16 @@ def labels_from_text(path: Path) -> dict[str, str]:
     """{val file name: wnid} from `file_name wnid` lines."""
     if not path.is_file():
         raise DataError(f"--labels {path}: no such file (lines of `ILSVRC2012_val_00000001.JPEG n01751748`)")
-    labels = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    labels, lines = {}, {}
+    for number, line in enumerate(read_lines(path, "labels file"), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2:
-            raise DataError(f"{path}: line {number} is {line!r}; expected `file_name wnid`")
-        labels[parts[0]] = parts[1]
+            raise DataError(f"{path}: line {number} is {line[:100]!r}; expected `file_name wnid`")
+        _add_label(labels, lines, parts[0], parts[1], f"{path}: line {number}", number)
+    if not labels:
+        raise DataError(f"{path}: no `file_name wnid` lines")
     return labels
 
 
@@ -113,8 +148,14 @@ def sort_val_folder(val_dir: Path, labels: dict[str, str], action: str = "move",
     if not val_dir.is_dir():
         raise DataError(f"{val_dir}: no such folder (the extracted ILSVRC2012_img_val.tar)")
     todo, done, missing = [], 0, []
+    inside = val_dir.resolve()
     for name, wnid in labels.items():
+        _plain_name(name, "file name", "labels")  # callers may pass their own dict: checked again here
+        _plain_name(wnid, "wnid", "labels")
         flat, sorted_path = val_dir / name, val_dir / wnid / name
+        if (val_dir / wnid).exists() and not (val_dir / wnid).resolve().is_relative_to(inside):
+            raise DataError(f"{val_dir / wnid}: links outside {val_dir} (to {(val_dir / wnid).resolve()}); "
+                            "nothing is moved outside the validation folder. Remove the link and run again.")
         if sorted_path.exists():
             done += 1
         elif flat.is_file():

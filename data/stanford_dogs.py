@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+from scipy.io.matlab import MatReadError
 
 from toolkit.data.folder import ClassFolderDataModule, ImageListDataset
+from toolkit.data.listfiles import path_under
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,9 @@ log = logging.getLogger(__name__)
 DOWNLOAD_HINT = ("Download images.tar, annotation.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ "
                  "and run `python -m toolkit.data.prepare_stanford_dogs --images images.tar --annotations annotation.tar "
                  "--lists lists.tar --out DIR`, then set data.root=DIR (default: <paths.data_dir>/stanford_dogs).")
+
+
+MAX_COORDINATE = 1_000_000  # pixels; larger VOC box values are corrupt, not photos
 
 
 def breed_name(folder: str) -> str:
@@ -54,8 +60,9 @@ def read_mat_list(path: str | Path) -> tuple[list[str], list[str] | None, np.nda
         raise DataError(f"{path}: split list not found. {DOWNLOAD_HINT}")
     try:
         mat = scipy.io.loadmat(str(path))
-    except (ValueError, OSError, NotImplementedError) as e:  # scipy's errors for non-MAT or v7.3 (HDF5) files
-        raise DataError(f"{path}: cannot be read as a MATLAB .mat file ({e}); re-extract lists.tar") from e
+    # scipy's errors for non-MAT, truncated or v7.3 (HDF5) files
+    except (MatReadError, ValueError, OSError, NotImplementedError, TypeError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot be read as a MATLAB .mat file ({type(e).__name__}: {e}); re-extract lists.tar") from e
     for key in ("file_list", "labels"):
         if key not in mat:
             raise DataError(f"{path}: no {key!r} variable (found {sorted(k for k in mat if not k.startswith('__'))}); "
@@ -67,11 +74,14 @@ def read_mat_list(path: str | Path) -> tuple[list[str], list[str] | None, np.nda
     except ValueError as e:
         raise DataError(f"{path}: malformed file_list/annotation_list ({e})") from e
     labels = np.asarray(mat["labels"]).reshape(-1)
+    if labels.dtype.kind not in "iuf":
+        raise DataError(f"{path}: 'labels' holds {labels.dtype} values; expected numbers (breed indices from 1)")
     if len(labels) != len(files) or (annotations is not None and len(annotations) != len(files)):
         raise DataError(f"{path}: {len(files)} files but {len(labels)} labels"
                         + (f" and {len(annotations)} annotations" if annotations is not None else ""))
-    if len(labels) and (labels.min() < 1 or np.any(labels != np.round(labels))):
-        bad = int(np.flatnonzero((labels < 1) | (labels != np.round(labels)))[0])
+    wrong = ~np.isfinite(labels) | (labels < 1) | (labels > 1_000_000) | (labels != np.round(labels))
+    if wrong.any():
+        bad = int(np.flatnonzero(wrong)[0])
         raise DataError(f"{path}: entry {bad} ({files[bad]}) has label {labels[bad].item()!r}; labels are integers from 1")
     return files, annotations, labels.astype(np.int64) - 1
 
@@ -83,8 +93,12 @@ def read_voc_box(path: Path) -> tuple[int, int, int, int]:
     try:
         boxes = [[int(float(obj.find(f"bndbox/{k}").text)) for k in ("xmin", "ymin", "xmax", "ymax")]
                  for obj in ET.parse(path).getroot().iter("object")]
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: malformed VOC annotation ({e}); expected <object><bndbox><xmin>... boxes") from e
+    # OverflowError: a 400-digit coordinate parses as an infinite float
+    except (ET.ParseError, AttributeError, TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{path}: malformed VOC annotation ({type(e).__name__}: {str(e)[:100]}); "
+                        "expected <object><bndbox><xmin>... boxes of pixel coordinates") from e
+    if any(abs(v) > MAX_COORDINATE for box in boxes for v in box):
+        raise DataError(f"{path}: a box coordinate beyond {MAX_COORDINATE} pixels; fix the <bndbox> values")
     if not boxes:
         raise DataError(f"{path}: annotation holds no <object> box; set data.crop_to_box=false or fix the file")
     b = np.array(boxes)
@@ -143,12 +157,12 @@ class StanfordDogsDataModule(ClassFolderDataModule):
         files, annotations, labels = read_mat_list(mat_path)
         samples, missing = [], []
         for i, (rel, label) in enumerate(zip(files, labels, strict=True)):
+            path = path_under(self.root / "Images", rel, f"{mat_path}: entry {i}")
             folder = rel.replace("\\", "/").split("/")[0]
             if label >= len(folders) or folders[label] != folder:
                 expected = folders[label] if label < len(folders) else f"none ({len(folders)} breed folders)"
                 raise DataError(f"{mat_path}: entry {i} ({rel}) has label {label + 1}, whose folder is {expected}; "
                                 "the lists and Images/ disagree (labels number the sorted breed folders from 1)")
-            path = self.root / "Images" / rel
             if not path.is_file():
                 missing.append(str(path))
             samples.append((path, int(label)))
@@ -157,7 +171,7 @@ class StanfordDogsDataModule(ClassFolderDataModule):
         boxes = None
         if self.crop_to_box:
             names = annotations or [f[: -len(Path(f).suffix)] if Path(f).suffix else f for f in files]
-            boxes = [read_voc_box(self.root / "Annotation" / n) for n in names]
+            boxes = [read_voc_box(path_under(self.root / "Annotation", n, f"{mat_path}: entry {i}")) for i, n in enumerate(names)]
         return samples, boxes
 
     def scan(self) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
