@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from toolkit.data.celeba import CELEBA_ATTRIBUTES, CelebADataModule
 from toolkit.data.faces import FacesFolderDataModule, lfw_image, make_pairs, write_lfw_pairs
-from toolkit.data.shapes import ensure_generated
+from toolkit.data.generated import ensure_generated
 
 log = logging.getLogger(__name__)
 

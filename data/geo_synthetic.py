@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from toolkit.data.generated import ensure_generated
 from toolkit.data.geo import GeoDataModule, GeoRecords
-from toolkit.data.shapes import SHAPE_NAMES, draw_shape, ensure_generated, random_background
+from toolkit.data.shapes import SHAPE_NAMES, draw_shape, random_background
 
 #: (name, latitude, longitude) of the cities photos cluster around
 CITIES: tuple[tuple[str, float, float], ...] = (

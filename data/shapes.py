@@ -7,7 +7,6 @@ classification; other kinds register their generator in `SHAPES_DATAMODULES`.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from toolkit.data.folder import ClassFolderDataModule
+from toolkit.data.generated import ensure_generated
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,6 @@ def generate_shapes_classification(root: Path, n_train: int, n_val: int, image_s
             cx, cy = rng.uniform(r, image_size - r, size=2)
             draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), bright_color(rng))
             img.save(root / split / shape / f"{i:05d}.jpg", quality=90)
-
-
-def ensure_generated(root: Path, spec: dict, generate) -> Path:
-    """Generate into `root` unless a manifest with the same spec is already there (so runs reuse data)."""
-    manifest = root / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()) == spec:
-        return root
-    log.info("generating %s data in %s", spec.get("kind", "shapes"), root)
-    root.mkdir(parents=True, exist_ok=True)
-    generate()
-    manifest.write_text(json.dumps(spec, indent=2))
-    return root
 
 
 class ShapesClassificationDataModule(ClassFolderDataModule):

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import ImageDraw
 
 from toolkit.data.coco import CocoDetectionDataModule
+from toolkit.data.generated import ensure_generated
 from toolkit.data.shapes import (
     SHAPE_NAMES,
     draw_shape,
-    ensure_generated,
     random_background,
     random_color,
     shape_polygon,

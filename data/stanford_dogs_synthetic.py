@@ -16,7 +16,8 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-from toolkit.data.shapes import SHAPE_NAMES, draw_shape, ensure_generated, random_background
+from toolkit.data.generated import ensure_generated
+from toolkit.data.shapes import SHAPE_NAMES, draw_shape, random_background
 from toolkit.data.stanford_dogs import StanfordDogsDataModule
 
 #: the first breed folders of the real dataset (sorted wnid order, as its labels count them)
