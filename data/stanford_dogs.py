@@ -50,7 +50,7 @@ def _mat_string(value) -> str:
         value = value.decode("utf-8")
     if not isinstance(value, str):
         raise ValueError(f"expected a string, found {type(value).__name__}")
-    return value
+    return str(value)  # a plain str, not numpy's str_ (whose repr would show in messages)
 
 
 def read_mat_list(path: str | Path) -> tuple[list[str], list[str] | None, np.ndarray]:
