@@ -5,12 +5,12 @@ Crafted files stay tiny (16-pixel images, a few lines); one case per loader runs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -35,7 +35,6 @@ from toolkit.data.imagenet import read_synset_words
 from toolkit.data.images import load_rgb
 from toolkit.data.prepare_imagenet_val import labels_from_solution_csv, labels_from_text, sort_val_folder
 from toolkit.data.prepare_stanford_dogs import main as prepare_stanford_dogs
-from toolkit.data.shapes import ShapesClassificationDataModule
 from toolkit.data.stanford_dogs import read_mat_list, read_voc_box
 from toolkit.data.stanford_dogs_synthetic import generate_stanford_dogs, write_mat_list, write_official_tars
 from toolkit.errors import DataError
@@ -439,47 +438,53 @@ def test_prepare_imagenet_val_refuses_a_wnid_folder_linking_outside(tmp_path):
 
 
 # ---- generated data: one process generates, the others wait ---------------------------------------------------------------
-def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 RACER = """
 import logging, sys, time
 from pathlib import Path
+import numpy as np
+from PIL import Image
+from toolkit.data.generated import ensure_generated
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from toolkit.data.shapes import ShapesClassificationDataModule
-go = Path(sys.argv[2])
+root, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+def generate():  # images drawn over ~1 s: without the lock, the other process would generate too
+    rng = np.random.default_rng(0)
+    for i in range(25):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+        time.sleep(0.04)
+
 Path(sys.argv[3]).touch()
-while not go.exists():  # both processes start generating at the same moment
+while not go.exists():  # both processes ask for the data at the same moment
     time.sleep(0.005)
-ShapesClassificationDataModule(cache_dir=sys.argv[1], n_train=60, n_val=12, image_size=32, num_workers=0).prepare_data()
+ensure_generated(root, {"kind": "race"}, generate)
 """
 
 
 @pytest.mark.slow
 def test_two_processes_on_a_cold_cache_generate_once(tmp_path):
-    cache, go = tmp_path / "cache", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(cache), str(go), str(tmp_path / f"ready{i}")],
+    """Two processes (as DDP ranks) ask for one generated folder at once: one generates, the other waits and reads."""
+    data, go = tmp_path / "cache" / "race", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(data), str(go), str(tmp_path / f"ready{i}")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
-        for i in range(2):
-            for _ in range(6000):  # imports take seconds on a busy machine
-                if (tmp_path / f"ready{i}").exists() or procs[i].poll() is not None:
-                    break
-                subprocess.run(["sleep", "0.02"])
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready{i}").exists() or p.poll() is not None for i, p in enumerate(procs)):
+            assert time.monotonic() < deadline, "the racing processes did not start"
+            time.sleep(0.01)
         go.touch()
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
         for p in procs:
-            p.kill() if p.poll() is None else None
+            if p.poll() is None:
+                p.kill()
     assert all(p.returncode == 0 for p in procs), outputs
     log = "".join(outputs)
-    assert log.count("generating shapes_classification data") == 1, log
-    (raced,) = [p for p in cache.glob("shapes_cls_*") if p.is_dir()]
-    reference = ShapesClassificationDataModule(cache_dir=str(tmp_path / "ref"), n_train=60, n_val=12, image_size=32)
-    reference.prepare_data()
-    assert tree_digest(raced) == tree_digest(reference.root)
+    assert log.count("generating race data") == 1, log
+    files = sorted(p.name for p in data.iterdir())
+    assert files == [f"{i:03d}.png" for i in range(25)] + ["manifest.json"]
+    rng = np.random.default_rng(0)  # the files are the one generator's, whole
+    for i in range(25):
+        assert np.array_equal(np.asarray(Image.open(data / f"{i:03d}.png")), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
 
 
 def test_interrupted_or_damaged_generation_is_redone(tmp_path, caplog):
