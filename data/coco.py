@@ -101,6 +101,8 @@ def read_coco_json(path: str | Path) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e}). Re-download or regenerate the annotation file.") from e
+    except RecursionError:  # arrays nested thousands deep: not an annotation file
+        raise DataError(f"{path}: JSON nested too deeply to be a COCO annotation file") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text JSON file ({e}).") from e
     if not isinstance(data, dict):
@@ -252,6 +254,8 @@ def _file_problem(path: Path) -> str | None:
         return "not found"
     except OSError as e:
         return f"cannot be read ({e.strerror})"
+    except ValueError:  # a NUL byte in the name
+        return "not a valid file name"
     if stat.S_ISDIR(st.st_mode):
         return "is a folder"
     if st.st_size == 0:

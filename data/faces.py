@@ -53,6 +53,9 @@ def read_lfw_pairs(path: str | Path) -> list[Pair]:
     if not (1 <= len(header) <= 2 and all(h.isdecimal() and len(h) <= 9 for h in header)):
         raise DataError(f"{path}:{header_no}: expected a header '<sets> <pairs per set>' or '<pairs>', found {' '.join(header)!r}")
     sets, per_set = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
+    if sets < 1 or per_set < 1:
+        raise DataError(f"{path}:{header_no}: the header announces {sets} set(s) of {per_set} pairs; verification needs at "
+                        "least one set of one same-person and one different-person pair")
     body = lines[1:]
     if len(body) != 2 * sets * per_set:
         raise DataError(f"{path}: the header promises {sets} set(s) of {per_set} same + {per_set} different pairs "

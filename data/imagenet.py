@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolkit.data.folder import ClassFolderDataModule
 from toolkit.data.images import IMAGE_EXTENSIONS
-from toolkit.data.listfiles import read_lines
+from toolkit.data.listfiles import Duplicates, read_lines
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,16 @@ DOWNLOAD_HINT = ("ImageNet needs a licence and a manual download (https://image-
 def read_synset_words(path: Path) -> dict[str, str]:
     """wnid -> first human name, from `wnid name[, synonym, ...]` lines."""
     names = {}
+    repeats = Duplicates(path, "wnid")
     for number, line in enumerate(read_lines(path, "synset words file"), start=1):
         if not line.strip():
             continue
         wnid, _, words = line.strip().partition(" ")
         if not WNID.match(wnid) or not words:
-            raise DataError(f"{path}: line {number} is {line!r}; expected `n01440764 tench, Tinca tinca`")
-        names[wnid] = words.split(",")[0].strip()
+            raise DataError(f"{path}: line {number} is {line[:100]!r}; expected `n01440764 tench, Tinca tinca`")
+        if repeats.is_new(wnid, words.strip(), number):
+            names[wnid] = words.split(",")[0].strip()
+    repeats.report(log)
     return names
 
 

@@ -182,6 +182,7 @@ def test_face_embedding_on_generated_faces_under_dot_cache(make_cfg, tmp_path):
     ("1\nA " + "9" * 400 + " 2\nA 1 B 2\n", r"pairs.txt:2: expected 'Name n1 n2'"),
     ("1\nA 1 2\n", r"pairs.txt: the header promises 1 set\(s\) of 1 same \+ 1 different pairs"),
     ("", r"pairs.txt: empty pairs file"),
+    ("0\n", r"pairs.txt:1: the header announces 1 set\(s\) of 0 pairs"),
     ("1 " + "9" * 400 + "\n", r"pairs.txt:1: expected a header"),
 ])
 def test_malformed_lfw_pairs(tmp_path, body, needle):
@@ -268,6 +269,7 @@ def geo_images(tmp_path) -> Path:
     ("path,lat,lon\n", r"geo.csv: no usable rows"),
     ("", r"geo.csv: empty file"),
     ("path,lat,lon\na.jpg,nan,1\n", r"geo.csv: no usable rows \(1 rejected\).*latitude 'nan' is not a number"),
+    ("path,lat,lon\nb.jpg,1,2\n" + "a" * 200_000 + ",1,2\n", r"geo.csv:3: malformed CSV \(field larger than field limit"),
 ])
 def test_malformed_geo_csv(geo_images, body, needle):
     path = geo_images / "geo.csv"
@@ -346,6 +348,13 @@ def test_coco_absurd_values_name_the_record(tmp_path, change, needle):
         read_coco_json(path)
 
 
+def test_coco_json_nested_too_deep(tmp_path):
+    path = tmp_path / "instances.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="instances.json: JSON nested too deeply"):
+        read_coco_json(path)
+
+
 def test_coco_degenerate_boxes_are_counted_and_named(tmp_path, caplog):
     anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 8, 8]},
             {"id": 2, "image_id": 1, "category_id": 7, "bbox": [1, 1, 0, 5]},      # zero width
@@ -407,6 +416,13 @@ def test_prepare_stanford_dogs_refuses_a_list_entry_leaving_the_root(dogs, tmp_p
     assert code == 2
     assert "train_list.mat: entry 0: path '../../elsewhere/x.jpg' leaves the dataset root" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_synset_words_conflicting_duplicates(tmp_path):
+    path = tmp_path / "synset_words.txt"
+    path.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish\nn01440764 carp\n")
+    with pytest.raises(DataError, match=r"synset_words.txt:3: wnid n01440764 is listed twice \(first on line 1\)"):
+        read_synset_words(path)
 
 
 # ---- prepare_imagenet_val: nothing moves outside the validation folder ----------------------------------------------------
