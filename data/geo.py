@@ -177,8 +177,9 @@ def _to_float(values: list[str]) -> np.ndarray:
 class GeoImageDataset(ImageListDataset):
     """Images with their true (lat, lon) (NaN when unknown, e.g. for mode=predict)."""
 
-    def __init__(self, paths: list[str] | list[Path], latlon: np.ndarray, transform, skip_corrupt: bool = False):
-        super().__init__([(p, i) for i, p in enumerate(paths)], transform, skip_corrupt)
+    def __init__(self, paths: list[str] | list[Path], latlon: np.ndarray, transform, skip_corrupt: bool = False,
+                 min_side: int | None = None):
+        super().__init__([(p, i) for i, p in enumerate(paths)], transform, skip_corrupt, min_side)
         self.latlon = torch.as_tensor(latlon, dtype=torch.float64)
 
     def __getitem__(self, index: int):
@@ -233,7 +234,9 @@ class GeoDataModule(BaseDataModule):
     def _dataset(self, records: GeoRecords, train: bool) -> GeoImageDataset:
         transform = (classification_train_transform(self.resolution, self.mean, self.std, self.crop_scale, self.hflip)
                      if train else self.eval_transform())
-        return GeoImageDataset(records.paths, np.stack([records.lat, records.lon], 1), transform, self.skip_corrupt)
+        # photos decode reduced to twice the resolution (see ClassFolderDataModule.decode_min_side)
+        return GeoImageDataset(records.paths, np.stack([records.lat, records.lon], 1), transform, self.skip_corrupt,
+                               2 * self.resolution)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -275,4 +278,4 @@ class GeoDataModule(BaseDataModule):
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:
         latlon = np.full((len(paths), 2), np.nan)
-        return GeoImageDataset(list(paths), latlon, self.eval_transform(), self.skip_corrupt)
+        return GeoImageDataset(list(paths), latlon, self.eval_transform(), self.skip_corrupt, 2 * self.resolution)

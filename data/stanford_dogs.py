@@ -111,8 +111,11 @@ def read_voc_box(path: Path) -> tuple[int, int, int, int]:
 class BoxCropDataset(ImageListDataset):
     """`ImageListDataset` that crops each image to its box (xmin, ymin, xmax, ymax), or keeps it whole for None."""
 
-    def __init__(self, samples, boxes: list[tuple[int, int, int, int] | None], transform, skip_corrupt: bool = False):
-        super().__init__(samples, transform, skip_corrupt)
+    def __init__(self, samples, boxes: list[tuple[int, int, int, int] | None], transform, skip_corrupt: bool = False,
+                 min_side: int | None = None):
+        if min_side is not None and any(b is not None for b in boxes):
+            raise ValueError("boxes are in original pixels: crop-to-box datasets decode at full size (min_side=None)")
+        super().__init__(samples, transform, skip_corrupt, min_side)
         self.boxes = boxes
 
     def load_image(self, index: int):
@@ -186,7 +189,10 @@ class StanfordDogsDataModule(ClassFolderDataModule):
         if self.classes is not None:
             return
         train, val = self.scan()
-        self.train_dataset = BoxCropDataset(train, self.boxes["train"] or [None] * len(train), self.train_transform(), self.skip_corrupt)
-        self.val_dataset = BoxCropDataset(val, self.boxes["val"] or [None] * len(val), self.eval_transform(), self.skip_corrupt)
+        min_side = None if self.crop_to_box else self.decode_min_side()  # boxes are in full-size pixels
+        self.train_dataset = BoxCropDataset(train, self.boxes["train"] or [None] * len(train), self.train_transform(),
+                                            self.skip_corrupt, min_side)
+        self.val_dataset = BoxCropDataset(val, self.boxes["val"] or [None] * len(val), self.eval_transform(),
+                                          self.skip_corrupt, min_side)
         log.info("%s: %d breeds, %d train / %d val images%s", self.root, len(self.classes), len(train), len(val),
                  ", cropped to the annotated boxes" if self.crop_to_box else "")

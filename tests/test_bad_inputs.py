@@ -151,6 +151,24 @@ def test_large_jpeg_decodes_reduced_to_what_the_transform_needs(tmp_path):
     assert load_rgb(png, min_side=8).shape == (48, 64, 3)  # only JPEG has cheap reduced decoding
 
 
+def test_class_folder_datasets_decode_large_jpegs_reduced(tmp_path, caplog):
+    root = tmp_path / "photos"
+    for c in ("a", "b"):
+        for i in range(2):
+            tiny_jpeg(root / c / f"{i}.jpg")
+    Image.new("RGB", (2048, 1536), (10, 200, 10)).save(root / "a" / "big.jpg")
+    (root / "b" / "sub").mkdir()
+    (root / "b" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link
+    dm = ClassFolderDataModule(root=str(root), val_fraction=0.4, resolution=64, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    assert "b/gone.jpg (broken link)" in caplog.text and "b/sub/" in caplog.text  # named, not silently ignored
+    dataset = dm.train_dataset if any(p.name == "big.jpg" for p, _ in dm.train_dataset.samples) else dm.val_dataset
+    big = next(i for i, (p, _) in enumerate(dataset.samples) if p.name == "big.jpg")
+    assert dataset.load_image(big).shape == (192, 256, 3)  # 1/8 scale keeps the shorter side >= 2 x 64
+    assert dataset[big]["image"].shape == (3, 64, 64)
+
+
 # ---- faces: hidden folders above the dataset root are not hidden files --------------------------------------------
 def test_face_folder_under_a_hidden_folder_is_found(tmp_path):
     root = tmp_path / ".cache" / "faces"
