@@ -24,9 +24,6 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-from albumentations.augmentations.crops import functional as fcrops
-from albumentations.augmentations.crops.transforms import BaseCrop
-from albumentations.augmentations.geometric import functional as fgeometric
 from albumentations.pytorch import ToTensorV2
 
 from toolkit.errors import ConfigError
@@ -35,14 +32,14 @@ from toolkit.errors import ConfigError
 BBOX_PARAMS = {"format": "pascal_voc", "label_fields": ["labels"], "clip": True, "min_width": 1.0, "min_height": 1.0}
 
 
-class SSDRandomCrop(BaseCrop):
+class SSDRandomCrop(A.DualTransform):
     """SSD's IoU-constrained random crop (Liu et al. 2016 §2.2; TF OD API `ssd_random_crop`).
 
     Each call picks one option from `min_ious` (None = keep the whole image), then tries up to `trials`
     crops of area `scale` x image and aspect ratio in `aspect_ratio`; a crop is accepted when at least
     one box overlaps it with IoU >= the option and at least one box centre lies inside it. Boxes whose
     centre falls outside the accepted crop are removed; the rest are clipped to it. Images without boxes
-    are left whole.
+    are left whole. Built on albumentations' public DualTransform: boxes arrive normalised to the image.
     """
 
     def __init__(self, min_ious: Sequence[float | None] = (None, 0.1, 0.3, 0.5, 0.7, 0.9),
@@ -78,14 +75,24 @@ class SSDRandomCrop(BaseCrop):
                 return {"crop_coords": (int(crop[0]), int(crop[1]), int(crop[2]), int(crop[3]))}
         return whole
 
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        x0, y0, x1, y1 = crop_coords
+        return img[y0:y1, x0:x1]
+
     def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        if bboxes.size:
-            height, width = params["shape"][:2]
-            cx = (bboxes[:, 0] + bboxes[:, 2]) / 2 * width
-            cy = (bboxes[:, 1] + bboxes[:, 3]) / 2 * height
-            x0, y0, x1, y1 = crop_coords
-            bboxes = bboxes[(cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)]  # SSD keeps boxes centred in the crop
-        return fcrops.crop_bboxes_by_coords(bboxes, crop_coords, params["shape"][:2])
+        if not bboxes.size:
+            return bboxes
+        height, width = params["shape"][:2]
+        x0, y0, x1, y1 = crop_coords
+        pixels = bboxes[:, :4] * np.array([width, height, width, height], dtype=bboxes.dtype)
+        cx, cy = (pixels[:, 0] + pixels[:, 2]) / 2, (pixels[:, 1] + pixels[:, 3]) / 2
+        keep = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)  # SSD keeps boxes centred in the crop
+        cropped = bboxes[keep].copy()
+        # normalised to the crop; boxes reaching outside it are clipped by BboxParams(clip=True) afterwards
+        origin = np.array([x0, y0, x0, y0], dtype=bboxes.dtype)
+        size = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], dtype=bboxes.dtype)
+        cropped[:, :4] = (pixels[keep] - origin) / size
+        return cropped
 
 
 def _iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
@@ -128,7 +135,8 @@ class ResizeShorterSide(A.DualTransform):
         return {"target_shape": (max(1, round(height * scale)), max(1, round(width * scale)))}
 
     def apply(self, img: np.ndarray, target_shape: tuple[int, int], **params: Any) -> np.ndarray:
-        return fgeometric.resize(img, target_shape, interpolation=cv2.INTER_LINEAR)
+        height, width = target_shape
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
         return bboxes  # albumentations keeps boxes normalised to the image: a resize leaves them unchanged
