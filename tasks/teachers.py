@@ -222,20 +222,12 @@ def _torchscript_teacher(path: Path, spec: dict, outputs: Sequence[str] | None) 
                          spec.get("resolution"))
 
 
-# Checkpoints written before tasks recorded their class: tell the task from its hyper-parameters.
-_TASK_BY_HPARAM = (
-    ("num_attributes", "toolkit.tasks.face_attributes.FaceAttributesTask"),
-    ("embedding_dim", "toolkit.tasks.face_embedding.FaceEmbeddingTask"),
-    ("num_classes", "toolkit.tasks.classification.ClassificationTask"),
-)
-
-
 def _checkpoint_teacher(path: Path, ckpt: dict, spec: dict, outputs: Sequence[str] | None) -> OnlineTeacher:
     hparams = ckpt.get("hyper_parameters") or {}
-    class_path = ckpt.get("task_class") or next((c for key, c in _TASK_BY_HPARAM if key in hparams), None)
+    class_path = ckpt.get("task_class")  # BaseTask.on_save_checkpoint records it
     if class_path is None:
-        raise DataError(f"teacher checkpoint {path}: cannot tell which task wrote it (hyper-parameters "
-                        f"{sorted(hparams)}); {_FILE_HELP}.")
+        raise DataError(f"teacher checkpoint {path}: no `task_class` entry, so not a task checkpoint of this toolkit; "
+                        f"{_FILE_HELP}.")
     task = hydra.utils.get_class(class_path).restore(path, hparams=hparams)
     native = getattr(task, "distill_output", "logits")
     output = _pick_output(spec.get("output") or "auto", native, outputs, "checkpoint")

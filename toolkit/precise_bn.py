@@ -1,7 +1,7 @@
 """PreciseBN callback: re-estimate BatchNorm running statistics with the current weights before each validation.
 
-BatchNorm's running averages (momentum 0.03 in the MobileNet body) lag and are noisy in short runs on small
-images: with 2x2 final feature maps and small batches, the eval-mode network can be far worse than the same
+BatchNorm's running averages (momentum 0.1, PyTorch's default, in the MobileNet body) lag and are noisy in short
+runs on small images: with 2x2 final feature maps and small batches, the eval-mode network can be far worse than the same
 weights with exact statistics. Averaging the batch statistics of `num_batches` training batches at fixed
 weights (`torch.optim.swa_utils.update_bn`, the PreciseBN of pycls/detectron2) removes that gap. Opt in with
 `+callbacks.precise_bn={_target_: toolkit.precise_bn.PreciseBN, num_batches: 20}`.

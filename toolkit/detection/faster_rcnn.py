@@ -1,7 +1,7 @@
 """MobileNet Faster R-CNN as the paper ran it (TF Object Detection API), assembled from torchvision's parts.
 
-The paper's layout (REFERENCE.md §3): the backbone up to `conv11` (stride 16) feeds the RPN; grid
-anchors of 0.25/0.5/1/2 x 256 and ratios 0.5/1/2 at stride 16; RPN NMS 0.7; 300 proposals per
+The layout the paper ran (§4.6, Table 13; the TF Object Detection API's MobileNet Faster R-CNN): the backbone
+up to `conv11` (stride 16) feeds the RPN; grid anchors of 0.25/0.5/1/2 x 256 and ratios 0.5/1/2 at stride 16; RPN NMS 0.7; 300 proposals per
 image; RoIAlign 14x14 crops from `conv11`; the SAME backbone's `conv12` (stride 2) and `conv13` run on
 every crop as the second stage, average-pooled, then the class and box layers.
 
@@ -197,7 +197,7 @@ def default_rpn_tap(backbone: Backbone) -> str:
     """The deepest tap of stride 16 (MobileNet V1: `conv11`), else the deepest one finer than 16."""
     taps = [t for t in backbone.feature_info if t.reduction <= 16]
     if not taps:
-        raise ConfigError("task.detector.rpn_tap", None, f"backbone has no tap of stride <= 16: {backbone.feature_info.names()}")
+        raise ConfigError("task.rpn_tap", None, f"backbone has no tap of stride <= 16: {backbone.feature_info.names()}")
     exact = [t for t in taps if t.reduction == 16]
     return (exact or taps)[-1].name
 
@@ -247,7 +247,7 @@ def build_faster_rcnn(
     rcnn_args = {**PAPER_RCNN_ARGS, **(rcnn or {})}
     unknown = set(rcnn_args) - _RCNN_ARG_NAMES
     if unknown:
-        raise ConfigError("task.detector.rcnn", sorted(unknown), f"allowed keys: {', '.join(sorted(_RCNN_ARG_NAMES))}")
+        raise ConfigError("task.rcnn", sorted(unknown), f"allowed keys: {', '.join(sorted(_RCNN_ARG_NAMES))}")
     if rcnn_args.get("bbox_reg_weights") is not None:
         rcnn_args["bbox_reg_weights"] = tuple(rcnn_args["bbox_reg_weights"])
     sizes, ratios = tuple(int(s) for s in anchor_sizes), tuple(float(r) for r in aspect_ratios)
@@ -255,7 +255,7 @@ def build_faster_rcnn(
     if fpn:
         taps = list(fpn_taps or [default_rpn_tap(net), net.feature_info[-1].name])
         if len(set(taps)) != len(taps) or any(t not in net.feature_info.names() for t in taps):
-            raise ConfigError("task.detector.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
+            raise ConfigError("task.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
         trunk = _make_trunk(net, taps, keep_until=taps[-1], fpn_channels=fpn_channels)
         levels = [*taps, "pool"]
         anchor_generator = AnchorGenerator((sizes,) * len(levels), (ratios,) * len(levels))
@@ -265,13 +265,13 @@ def build_faster_rcnn(
     else:
         tap = rpn_tap or default_rpn_tap(net)
         if tap not in net.feature_info.names():
-            raise ConfigError("task.detector.rpn_tap", tap, f"one of {net.feature_info.names()}")
+            raise ConfigError("task.rpn_tap", tap, f"one of {net.feature_info.names()}")
         if box_head not in ("auto", "stages", "mlp"):
-            raise ConfigError("task.detector.box_head", box_head, "auto, stages (the paper) or mlp")
+            raise ConfigError("task.box_head", box_head, "auto, stages (the paper) or mlp")
         deepest = net.feature_info[-1].name
         splits = can_split(net) and tap != deepest
         if box_head == "stages" and not splits:
-            raise ConfigError("task.detector.box_head", box_head, f"{type(net).__name__} cannot run its stages after "
+            raise ConfigError("task.box_head", box_head, f"{type(net).__name__} cannot run its stages after "
                               f"{tap!r} on the crops ({'no stages after it' if tap == deepest else 'it cannot be cut'}); use mlp")
         if splits and box_head != "mlp":  # the paper: RoIAlign 14x14 from the tap, then the later stages on each crop
             trunk = DetectorTrunk(net, [tap], keep_until=deepest)

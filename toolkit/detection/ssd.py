@@ -1,6 +1,6 @@
 """MobileNet SSD as the TF Object Detection API's ssd_mobilenet_v1, built on torchvision's `SSD`.
 
-Layout (REFERENCE.md §3), every depth scaled by the width multiplier (TF: `max(int(d * alpha), 16)`):
+Layout (paper §4.6, Table 13; the TF Object Detection API's ssd_mobilenet_v1), every depth scaled by the width multiplier (TF: `max(int(d * alpha), 16)`):
 - feature maps: the backbone taps `conv11` (stride 16, 19x19 at 300) and `conv13` (stride 32, 10x10), then
   four extra layers of depth 512/256/256/128, each a 1x1 conv to half depth and a 3x3 stride-2 conv
   (5x5, 3x3, 2x2, 1x1 at 300). Other registry backbones give their last stride-16 and stride-32 taps.

@@ -1,4 +1,6 @@
-"""mode=train: fit on the training split, keep best and last checkpoints, evaluate the best one."""
+"""mode=train: fit on the training split, keep best and last checkpoints, print the last validation and the best score.
+
+The best checkpoint is not re-evaluated here: `mode=eval ckpt_path=<best>` does that on any split."""
 
 from __future__ import annotations
 
