@@ -42,5 +42,5 @@ def run_toolkit(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
 #: BN statistics recomputed before each validation: short runs on 64 px images otherwise evaluate with lagging,
 #: noisy running averages (see toolkit/precise_bn.py)
 PRECISE_BN = "+callbacks.precise_bn={_target_: toolkit.precise_bn.PreciseBN, num_batches: 20}"
-QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "callbacks.progress_bar=null", "callbacks.lr_monitor=null", "logger=csv"]
+#: the debug=cpu preset (conf/debug/cpu.yaml), without the learning-rate monitor
+QUIET = ["debug=cpu", "callbacks.lr_monitor=null"]

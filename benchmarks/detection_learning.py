@@ -75,9 +75,7 @@ COMMON = [
     "data.image_size=96",
     "data.n_train=2000",
     "data.n_val=300",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+    "debug=cpu",
     "callbacks=none",
     "logger=none",
 ]

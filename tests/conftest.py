@@ -14,15 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-# Fast defaults for tests: no progress bar, no TensorBoard, CPU, tiny generated data.
-FAST = [
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null",
-    "logger=csv",
-    "data.num_workers=0",
-]
+# Fast defaults for tests: the debug=cpu preset (conf/debug/cpu.yaml: CPU, no progress bar or model summary,
+# CSV logs, data in the main process). Tests add their own overrides after it.
+FAST = ["debug=cpu"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 from PIL import Image
 from torch import nn
 
@@ -279,9 +279,8 @@ def test_skip_corrupt_counts_in_log_and_metrics_file(make_cfg, photos_with_bad_f
 def test_predict_cli_writes_top_k_json_csv_and_contact_sheet(make_cfg, tmp_path):
     best = run(make_cfg(SHAPES))["best_checkpoint"]
     images = write_class_folders(tmp_path / "unlabelled", {"x": 3})
-    done = run_cli(["mode=predict", f"ckpt_path={best}", f"predict.input={images}", *SHAPES, "logger=csv",
-                    "trainer.accelerator=cpu", "data.num_workers=0", "trainer.enable_progress_bar=false",
-                    "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'pred'}"], cwd=tmp_path)
+    done = run_cli(["mode=predict", f"ckpt_path={best}", f"predict.input={images}", *SHAPES, *FAST,
+                    f"hydra.run.dir={tmp_path / 'pred'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "pred"
     records = json.loads((out / "predictions.json").read_text())

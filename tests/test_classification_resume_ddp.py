@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 from lightning.pytorch import Callback
 
-CLI_FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0", "backbone.alpha=0.25",
-            "data.resolution=32", "data.image_size=40", "data.batch_size=8"]
+CLI_FAST = [*FAST, "backbone.alpha=0.25", "data.resolution=32", "data.image_size=40", "data.batch_size=8"]
 
 
 class PauseAtStep(Callback):

@@ -7,12 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import FAST, run_cli
 
 from toolkit.data.shapes_detection import generate_shapes_detection
 
-FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0"]
 TINY = ["task=detection_ssd", "backbone.alpha=0.25", "data.resolution=64", "data.batch_size=4"]
 SHAPES = ["data=shapes", "data.n_train=8", "data.n_val=4", "data.image_size=64"]
 

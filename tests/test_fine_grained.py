@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 
 from toolkit.data.prepare_stanford_dogs import main as prepare_main
 from toolkit.data.stanford_dogs import StanfordDogsDataModule, breed_name, read_mat_list, read_voc_box
@@ -19,8 +19,6 @@ from toolkit.errors import DataError
 from toolkit.tasks.classification import ClassificationTask
 from toolkit.tasks.fine_grained import FineGrainedTask
 
-FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0"]
 BACKBONE = {"name": "mobilenet_v1", "alpha": 0.25}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -218,8 +218,6 @@ def test_lr_scales_with_batch_and_init_from_a_classifier_fills_the_box_head(tmp_
 # ---- the user's commands ------------------------------------------------------------------------------------
 TINY = ["backbone.alpha=0.25", "data=shapes", "data.resolution=128", "data.image_size=64", "data.n_train=8",
         "data.n_val=4", "data.batch_size=4"]
-CLI_FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0"]
 
 
 def coco_layout_from_shapes(cache: Path, root: Path) -> Path:
@@ -233,14 +231,14 @@ def coco_layout_from_shapes(cache: Path, root: Path) -> Path:
 
 def test_train_eval_minival_predict_and_fine_tune_from_the_cli(make_cfg, tmp_path):
     env = {"TOOLKIT_CACHE_DIR": str(tmp_path / "cache"), "TOOLKIT_LOG_DIR": str(tmp_path / "outputs"), **ONE_THREAD}
-    train = run_cli(["task=detection_frcnn", *TINY, *CLI_FAST, "trainer.max_epochs=1"], cwd=tmp_path, env=env)
+    train = run_cli(["task=detection_frcnn", *TINY, *FAST, "trainer.max_epochs=1"], cwd=tmp_path, env=env)
     assert train.returncode == 0, train.stderr[-3000:]
     (best,) = (tmp_path / "outputs").glob("detection_frcnn/**/checkpoints/best*.ckpt")
 
     # the eval command on the 2014 minival layout (the generated val images stand in for COCO's)
     data_dir = coco_layout_from_shapes(tmp_path / "cache", tmp_path / "datasets")
     evaluate = run_cli(["task=detection_frcnn", "backbone.alpha=0.25", "data.resolution=300", "mode=eval",
-                        f"ckpt_path={best}", "data.val_split=minival2014", *CLI_FAST],
+                        f"ckpt_path={best}", "data.val_split=minival2014", *FAST],
                        cwd=tmp_path, env={**env, "TOOLKIT_DATA_DIR": str(data_dir)})
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "val/map_50" in evaluate.stdout

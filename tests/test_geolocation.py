@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import s2sphere
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 from PIL import Image
 
 from toolkit.data.geo import read_geo_csv
@@ -33,8 +33,6 @@ from toolkit.geo.s2cells import (
 from toolkit.tasks.geolocation import GeolocationTask
 
 PARIS, LONDON = (48.8566, 2.3522), (51.5074, -0.1278)
-FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.progress_bar=null", "logger=csv", "data.num_workers=0"]
 
 
 def random_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
