@@ -4,18 +4,21 @@
 
 Two coordinate sets: uniform on the sphere, and "clustered" (photos around 2,000 random centres with
 heavy-tailed sizes and spreads, closer to real photo collections; it forces deep subdivision). s2sphere's
-per-row `CellId.from_lat_lng` is timed on a sample and extrapolated to all rows.
+per-row `CellId.from_lat_lng` is timed on a sample and extrapolated to all rows. Writes
+benchmarks/results/partition_speed.json; docs/geolocation.md quotes its tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import s2sphere
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 from toolkit.data.geo import read_geo_csv
 from toolkit.geo.s2cells import leaf_cell_ids, partition_cells, write_cells
@@ -47,18 +50,9 @@ def timed(fn, *args, **kwargs):
     return value, time.process_time() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--t-max", type=int, nargs="+", default=[10000, 1000])
-    parser.add_argument("--t-min", type=int, nargs="+", default=[50, 10], help="one per --t-max")
-    parser.add_argument("--sample", type=int, default=20000, help="rows timed with s2sphere (then extrapolated)")
-    args = parser.parse_args()
+def measure(args) -> dict:
     rng = np.random.default_rng(0)
-    print("CPU seconds (single thread)\n")
-    print("| coordinates | rows | leaf ids, numpy | leaf ids, s2sphere per row (extrapolated) | t_max / t_min | "
-          "partition | cells | levels | dropped photos | write cell file |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for name, make in (("uniform", uniform), ("clustered", clustered)):
         lat, lon = make(args.rows, rng)
         leaves, t_leaf = timed(leaf_cell_ids, lat, lon)
@@ -69,16 +63,47 @@ def main() -> None:
             (part, _), t_part = timed(partition_cells, lat, lon, t_max, t_min, leaf_ids=leaves)
             with tempfile.TemporaryDirectory() as tmp:
                 _, t_write = timed(write_cells, part, Path(tmp) / "cells.csv")
-            print(f"| {name} | {args.rows:,} | {t_leaf:.2f} | {t_ref * args.rows / k:.0f} | {t_max} / {t_min} | "
-                  f"{t_part:.2f} | {len(part):,} | {part.levels.min()}-{part.levels.max()} | "
-                  f"{part.meta['dropped_photos']:,} | {t_write:.2f} |")
+            rows.append({"coordinates": name, "rows": args.rows, "leaf_ids_numpy_s": t_leaf,
+                         "leaf_ids_s2sphere_s": t_ref * args.rows / k, "t_max": t_max, "t_min": t_min,
+                         "partition_s": t_part, "cells": len(part), "min_level": int(part.levels.min()),
+                         "max_level": int(part.levels.max()), "dropped_photos": int(part.meta["dropped_photos"]),
+                         "write_s": t_write})
+            print(rows[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:  # what mode=partition reads first: the validated geo CSV
         csv_path = Path(tmp) / "train.csv"
         with csv_path.open("w") as f:
             f.write("image_path,latitude,longitude\n")
             f.writelines(f"img/{i}.jpg,{a:.6f},{b:.6f}\n" for i, (a, b) in enumerate(zip(lat, lon, strict=True)))
         records, t_csv = timed(read_geo_csv, csv_path, check_files=False)
-    print(f"\nreading + validating the {len(records):,}-row geo CSV (data.check_files=false): {t_csv:.2f} CPU s")
+    return {"unit": "CPU seconds, one thread", "partitions": rows, "csv_rows": len(records), "read_csv_s": t_csv}
+
+
+def tables(results: dict) -> dict[str, str]:
+    """`partition`: leaf ids and partitioning per coordinate set; `read_csv`: the geo CSV check (docs/geolocation.md)."""
+    partition = ["| coordinates | rows | leaf ids, numpy | leaf ids, s2sphere per row (extrapolated) | s2sphere / numpy | "
+                 "t_max / t_min | partition | cells | levels | dropped photos | write cell file |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["partitions"]:
+        partition.append(f"| {r['coordinates']} | {r['rows']:,} | {r['leaf_ids_numpy_s']:.2f} | {r['leaf_ids_s2sphere_s']:.0f} | "
+                         f"{r['leaf_ids_s2sphere_s'] / r['leaf_ids_numpy_s']:.0f}x | {r['t_max']} / {r['t_min']} | "
+                         f"{r['partition_s']:.2f} | {r['cells']:,} | {r['min_level']}-{r['max_level']} | "
+                         f"{r['dropped_photos']:,} | {r['write_s']:.2f} |")
+    read_csv = ["| geo CSV rows | read + validate (data.check_files=false) |", "|---|---|",
+                f"| {results['csv_rows']:,} | {results['read_csv_s']:.2f} |"]
+    return {"partition": "\n".join(partition), "read_csv": "\n".join(read_csv)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--t-max", type=int, nargs="+", default=[10000, 1000])
+    parser.add_argument("--t-min", type=int, nargs="+", default=[50, 10], help="one per --t-max")
+    parser.add_argument("--sample", type=int, default=20000, help="rows timed with s2sphere (then extrapolated)")
+    args = parser.parse_args()
+    results = measure(args)
+    for name, table in tables(results).items():
+        print(f"\n{name} (CPU seconds, single thread):\n{table}")
+    write_results("partition_speed", results, command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":
