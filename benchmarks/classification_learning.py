@@ -6,16 +6,18 @@
 Runs the real `python -m toolkit task=classification data=shapes` path in-process (the paper's optimiser,
 class folders of JPEGs on disk, albumentations, Lightning) and prints, per epoch, val top-1/top-5 and the
 elapsed wall and CPU time (CPU seconds are the figure to read when other jobs share the machine).
-Extra arguments are Hydra overrides.
+Extra arguments are Hydra overrides. Writes benchmarks/results/classification_learning.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _results import write_results
 from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback
 
@@ -71,6 +73,13 @@ def main() -> None:
     print(f">= {TARGET_TOP1:.0%} top-1: " + (f"at epoch {reached[0]} after {reached[3]:.0f} s wall / {reached[4]:.0f} s CPU"
                                           if reached else "not reached"))
     print(f"outputs: {out / 'run'}")
+    write_results("classification_learning", {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "overrides": overrides[len(QUIET):],
+        "epochs": [dict(zip(("epoch", "top1", "top5", "wall_s", "cpu_s"), r, strict=True)) for r in rows],
+        "best_top1": best[1], "best_epoch": best[0], "wall_s": wall, "cpu_s": result["cpu_s"],
+        "target_top1": TARGET_TOP1, "target_reached_epoch": reached[0] if reached else None,
+    }, command=" ".join(["python", *sys.argv]))
 
 
 def get_report() -> EpochReport:

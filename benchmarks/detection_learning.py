@@ -156,6 +156,14 @@ def main() -> None:
         print(f"| {epoch} | {wall:.1f} | {cpu:.1f} | {ap:.3f} | {ap50:.3f} |")
     best = max(r[4] for r in rows) if rows else 0.0
     print(f"\nbest mAP@0.5 {best:.3f} (target >= 0.5 within the budget): {'PASS' if best >= 0.5 else 'FAIL'}")
+    from _results import write_results
+
+    write_results(f"detection_learning_{args.model}", {
+        "settings": vars(args), "overrides": overrides,
+        "train_images": len(datamodule.train_dataset), "val_images": len(datamodule.val_dataset),
+        "epochs": [dict(zip(("epoch", "wall_min", "cpu_min", "map", "map_50"), r, strict=True)) for r in rows],
+        "best_map_50": best, "target_map_50": 0.5,
+    }, command=" ".join(["python", *sys.argv]))
     sys.exit(0 if best >= 0.5 else 1)
 
 

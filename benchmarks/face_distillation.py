@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+from _results import write_results
 from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
 
 
@@ -150,6 +152,8 @@ def main() -> None:
         report += embeddings(args, out)
     print(f"\n# face distillation benchmark ({args.threads} CPU threads, torch {torch.__version__})\n")
     print("\n".join(report))
+    write_results("face_distillation", {"settings": vars(args), "threads": args.threads, "report": report},
+                  command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+from _results import write_results
 from _runner import PRECISE_BN, QUIET, run_toolkit
 
 #: pretraining runs: PlaNet-style cell classification of generated geo-tagged photos (learns colour and layout
@@ -86,6 +88,13 @@ def main() -> None:
     print(f"target >= 80% top-1 from fine-tuning in < 10 min on {args.threads} cores: {verdict} ({100 * m['val/top1']:.1f}%; "
           f"~{idle_s:.0f} s of {args.threads}-core time, {train_s + eval_s:.0f} s wall here; pretraining "
           f"~{pretrain['cpu_s'] / args.threads:.0f} s more)")
+    write_results("fine_grained_learning", {
+        "settings": vars(args),
+        "pretrain": {"metric": metric, "value": pretrain["metrics"][metric], "wall_s": pretrain_s, "cpu_s": pretrain["cpu_s"]},
+        "runs": [{"run": label, "top1": m["val/top1"], "top5": m["val/top5"], "mean_class_acc": m["val/mean_class_acc"],
+                  "wall_s": train_s + eval_s, "cpu_s": cpu} for label, m, train_s, eval_s, _, cpu in rows],
+        "idle_core_s": idle_s, "verdict": verdict,
+    }, command=" ".join(["python", *sys.argv]))
 
 if __name__ == "__main__":
     main()

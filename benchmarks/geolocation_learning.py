@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+from _results import write_results
 from _runner import PRECISE_BN, QUIET, run_toolkit
 
 
@@ -52,6 +54,11 @@ def main() -> None:
     verdict = "PASS" if m["val/within_25km"] >= 0.8 and idle_s < 600 else "FAIL"
     print(f"target >= 80% within 25 km in < 10 min on {args.threads} cores: {verdict} "
           f"({100 * m['val/within_25km']:.1f}%; ~{idle_s:.0f} s of {args.threads}-core time, {train_s + eval_s:.0f} s wall here)")
+    write_results("geolocation_learning", {
+        "settings": vars(args), "cells": cells, "metrics": {k: float(v) for k, v in m.items()},
+        "train_wall_s": train_s, "eval_wall_s": eval_s, "cpu_s": cpu, "idle_core_s": idle_s, "verdict": verdict,
+        "im2gps_table": (Path(evaluation["output_dir"]) / "im2gps_table.md").read_text(),
+    }, command=" ".join(["python", *sys.argv]))
 
 if __name__ == "__main__":
     main()
