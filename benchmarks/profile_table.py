@@ -42,6 +42,18 @@ DETECTORS = (
     ("SSD 300 MobileNet (Table 13, `task=detection_ssd`)", "detection_ssd", 300, 1200, 6.8),
     ("Faster-RCNN 600 MobileNet (Table 13, `task=detection_frcnn`)", "detection_frcnn", 600, 30500, 6.1),
 )
+#: README's backbone table: (label, `backbone=` argument, backbone, alpha, the paper's M mult-adds / M params)
+README = (
+    ("1.0 MobileNet V1 (Table 1)", "mobilenet_v1", "mobilenet_v1", 1.0, "569 / 4.2"),
+    ("0.75 MobileNet V1", "mobilenet_v1 backbone.alpha=0.75", "mobilenet_v1", 0.75, "325 / 2.6"),
+    ("0.5 MobileNet V1", "mobilenet_v1 backbone.alpha=0.5", "mobilenet_v1", 0.5, "149 / 1.3"),
+    ("0.25 MobileNet V1", "mobilenet_v1 backbone.alpha=0.25", "mobilenet_v1", 0.25, "41 / 0.5"),
+    ("Conv MobileNet (Table 4)", "mobilenet_v1_conv", "mobilenet_v1_conv", 1.0, "4866 / 29.3"),
+    ("Shallow MobileNet (Table 5)", "mobilenet_v1_shallow", "mobilenet_v1_shallow", 1.0, "307 / 2.9"),
+    ("MobileNetV2", "mobilenet_v2", "mobilenet_v2", 1.0, "300 / 3.4 (V2 paper)"),
+    ("MobileNetV3-Large", "mobilenet_v3_large", "mobilenet_v3_large", 1.0, "–"),
+    ("MobileNetV3-Small", "mobilenet_v3_small", "mobilenet_v3_small", 1.0, "–"),
+)
 #: latency ratios the docs discuss: (label, model A, model B), each model (backbone, alpha, resolution)
 RATIOS = (
     ("Conv MobileNet / 1.0 MobileNet-224", ("mobilenet_v1_conv", 1.0, 224), ("mobilenet_v1", 1.0, 224)),
@@ -110,7 +122,14 @@ def tables(results: dict) -> dict[str, str]:
             continue
         ratios.append(f"| {label} | {ra['mult_adds'] / rb['mult_adds']:.1f}x | {ra['ms_batch_1'] / rb['ms_batch_1']:.1f}x | "
                       f"{ra['ms_batch_n'] / rb['ms_batch_n']:.1f}x |")
-    return {"paper_models": "\n".join(paper), "latency": "\n".join(latency), "ratios": "\n".join(ratios)}
+
+    readme = ["| backbone | `backbone=` | M mult-adds | M weights | M params | paper |", "|---|---|---|---|---|---|"]
+    for label, arg, name, alpha, printed in README:
+        r = by_model[(name, alpha, 224)]
+        readme.append(f"| {label} | `{arg}` | {r['mult_adds'] / m:.2f} | {r['weights'] / m:.3f} | {r['params'] / m:.3f} | {printed} |")
+    readme.append("| any timm model | `timm backbone.name=timm/<name>` | | | | |")
+    return {"paper_models": "\n".join(paper), "latency": "\n".join(latency), "ratios": "\n".join(ratios),
+            "readme": "\n".join(readme)}
 
 
 def main() -> None:
