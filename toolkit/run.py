@@ -16,8 +16,7 @@ from toolkit.modes import MODES, get_mode
 log = logging.getLogger(__name__)
 
 PAPER_RESOLUTIONS = "paper: 224, 192, 160, 128"
-EXPORT_FORMATS = ("onnx", "int8")
-QUANT_BACKENDS = ("qnnpack", "x86", "fbgemm", "onednn")
+EXPORT_FORMATS = ("onnx", "onnx_int8", "executorch", "executorch_int8", "torchscript", "torchscript_int8")
 
 
 def _is_int(value) -> bool:
@@ -94,12 +93,12 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         unknown = [f for f in formats if f not in EXPORT_FORMATS]
         if unknown or not formats:
             raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
-        _check_choice(settings, "export", "target", ("model", "backbone"))
-        _check_choice(settings, "export", "quant_backend", QUANT_BACKENDS)
-        _check_choice(settings, "export", "calibration", ("data", "random"))
+        _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_int(settings, "export", "calibration_batches", 1)
-        _check_int(settings, "export", "check_batches", 1)
+        _check_int(settings, "export", "verify_batches", 1)
         _check_int(settings, "export", "batch_size", 1)
+        _check_int(settings, "export", "threads", 1)
+        _check_int(settings, "export", "latency_repeats", 1)
         _check_int(settings, "export", "opset", 7)
     if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
         raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")

@@ -1,0 +1,151 @@
+"""Predictions from an exported file: the records and files `mode=predict` writes for a checkpoint of the same task.
+
+`mode=predict ckpt_path=model.onnx` and `python -m toolkit.deploy model.onnx ...` both run `predict_files`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.deploy.postprocess import ssd_detections
+from toolkit.deploy.preprocess import preprocess
+from toolkit.deploy.runtime import open_model
+
+log = logging.getLogger(__name__)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def detections(outputs: dict[str, np.ndarray], metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes in input pixels, scores, labels) of one image: straight from the graph when NMS is inside it,
+    else from the dense anchor outputs through `ssd_detections`."""
+    nms = metadata["nms"]
+    if nms["in_graph"]:
+        count = int(outputs["count"].reshape(-1)[0])
+        return outputs["boxes"][:count], outputs["scores"][:count], outputs["labels"][:count].astype(np.int64)
+    return ssd_detections(outputs["boxes"][0], outputs["scores"][0], nms["score_thresh"], nms["iou_thresh"],
+                          nms["topk_candidates"], nms["detections_per_img"])
+
+
+def image_records(runner, metadata: dict[str, Any], paths: list[Path], batch_size: int = 16,
+                  score_thresh: float | None = None, top_k: int | None = None) -> list[dict]:
+    """One record per image, in the format of the task's `predict_step`."""
+    kind = metadata["task"]
+    records: list[dict] = []
+    if kind == "detection":
+        names, category_ids = metadata["class_names"], metadata["category_ids"]
+        thresh = metadata["predict_score_thresh"] if score_thresh is None else score_thresh
+        for path in paths:
+            array, (height, width) = preprocess(path, metadata)
+            boxes, scores, labels = detections(runner.run(array[None]), metadata)
+            scale = np.asarray([width / array.shape[2], height / array.shape[1]] * 2, dtype=np.float32)
+            keep = scores >= thresh
+            records.append({"path": str(path), "width": int(width), "height": int(height), "detections": [
+                {"box_xyxy": [round(float(v), 2) for v in box * scale], "score": round(float(score), 4),
+                 "label": int(label), "category_id": category_ids[int(label) - 1], "name": names[int(label) - 1]}
+                for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True)]})
+        return records
+    for chunk in batches(paths, batch_size):
+        outputs = runner.run(np.stack([preprocess(p, metadata)[0] for p in chunk]))
+        if kind == "classification":
+            probs = softmax(outputs["logits"])
+            k = min(top_k or metadata.get("predict_top_k", 5), probs.shape[1])
+            for path, p in zip(chunk, probs, strict=True):
+                top = np.argsort(-p, kind="stable")[:k]
+                records.append({"path": str(path), "top_k": [
+                    {"label": int(i), "name": metadata["class_names"][int(i)], "score": float(p[i])} for i in top]})
+        elif kind == "attributes":
+            probs = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
+            records += [{"path": str(path), "attributes": dict(zip(metadata["attribute_names"], p.tolist(), strict=True))}
+                        for path, p in zip(chunk, probs, strict=True)]
+        elif kind == "embedding":
+            records += [{"path": str(path), "embedding": e.tolist()} for path, e in zip(chunk, outputs["embedding"], strict=True)]
+        elif kind == "geolocation":
+            cells = metadata["cells"]
+            scores = softmax(outputs["cell_log_scores"].astype(np.float64))
+            k = min(top_k or metadata.get("predict_top_k", 5), scores.shape[1])
+            for path, s, (lat, lon) in zip(chunk, scores, outputs["latlon"].tolist(), strict=True):
+                top = np.argsort(-s, kind="stable")[:k]
+                records.append({"path": str(path), "lat": lat, "lon": lon, "top_cells": [
+                    {"token": cells["tokens"][c], "score": float(s[c]), "lat": cells["latlon"][c][0],
+                     "lon": cells["latlon"][c][1]} for c in top]})
+        else:
+            raise ValueError(f"unknown task {kind!r} in the model's metadata")
+    return records
+
+
+def write_table(records: list[dict], out: Path, header: list[str], rows) -> list[Path]:
+    """`predictions.json` (the records) and `predictions.csv`, as `toolkit.tasks.base.write_prediction_files`."""
+    json_path = out / "predictions.json"
+    json_path.write_text(json.dumps(records, indent=2))
+    csv_path = out / "predictions.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return [json_path, csv_path]
+
+
+def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> list[Path]:
+    """The files each task's `write_predictions` writes, from the same records."""
+    from toolkit.visualize import contact_sheet
+
+    out.mkdir(parents=True, exist_ok=True)
+    kind = metadata["task"]
+    if kind == "classification":
+        files = write_table(records, out, ["path", "rank", "label", "name", "score"],
+                            ([r["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
+                             for r in records for rank, p in enumerate(r["top_k"], start=1)))
+        captions = [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records]
+        return files + [contact_sheet([r["path"] for r in records], captions, out / "predictions.png")]
+    if kind == "attributes":
+        names = metadata["attribute_names"]
+        return write_table(records, out, ["path", *names],
+                           ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in names)] for r in records))
+    if kind == "embedding":
+        npy = out / "embeddings.npy"
+        np.save(npy, np.asarray([r["embedding"] for r in records], dtype=np.float32))
+        paths = out / "embeddings_paths.txt"
+        paths.write_text("\n".join(r["path"] for r in records) + "\n")
+        return [npy, paths]
+    if kind == "geolocation":
+        files = write_table(records, out, ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
+                            ([r["path"], f"{r['lat']:.6f}", f"{r['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
+                              f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for r in records for rank, c in enumerate(r["top_cells"], start=1)))
+        return files + [contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
+                                      out / "predictions.png")]
+    from toolkit.detection.draw import draw_detections
+
+    folder = out / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [out / "predictions.json"]
+    files[0].write_text(json.dumps(records, indent=2))
+    for i, rec in enumerate(records):
+        stem = f"{i:05d}_{Path(rec['path']).stem}"
+        (folder / f"{stem}.json").write_text(json.dumps(rec, indent=2))
+        files += [folder / f"{stem}.json", draw_detections(rec["path"], rec["detections"], folder / f"{stem}.png")]
+    return files
+
+
+def predict_files(model_path: str | Path, images: list[Path], out: str | Path, threads: int | None = None,
+                  score_thresh: float | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """Run an exported file on image files; write the predictions into `out`. Returns records and files."""
+    runner, metadata = open_model(model_path, threads)
+    records = image_records(runner, metadata, [Path(p) for p in images], score_thresh=score_thresh, top_k=top_k)
+    files = write_records(records, metadata, Path(out))
+    return {"records": records, "files": [str(f) for f in files], "output_dir": str(out), "metadata": metadata}

@@ -1,0 +1,59 @@
+"""Detectors as single-graph modules for export: one image tensor in, `boxes, scores, labels, count` out.
+
+`WholeDetector` keeps torchvision's post-processing (anchor decoding, per-class top-k, batched NMS, top-N;
+Faster R-CNN also its RPN and RoIAlign) inside the traced graph: torchvision registers ONNX symbolics for
+`nms` and `roi_align` with the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), so the
+ONNX file holds `NonMaxSuppression`/`RoiAlign` nodes and a user needs nothing but ONNX Runtime. It takes a
+batch of one image (torchvision's detectors loop over images in Python, which tracing unrolls).
+
+`SSDDenseOutputs` is the SSD network plus anchor decoding without NMS, for runtimes that have no NMS kernel
+(ExecuTorch's XNNPACK delegate): every anchor's box in input pixels and its class probabilities;
+`toolkit.deploy.postprocess.ssd_detections` finishes with the same rules as torchvision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import boxes as box_ops
+
+from toolkit.detection.ssd import MobileNetSSD
+
+
+class WholeDetector(nn.Module):
+    """`(1, 3, H, W)` image -> boxes (N, 4) xyxy in input pixels, scores (N,), labels (N,) in 1..K, count (1,)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = self.detector([image[0]])[0]
+        count = torch.ones(1, dtype=torch.int64) * out["scores"].shape[0]
+        return out["boxes"], out["scores"], out["labels"], count
+
+
+class SSDDenseOutputs(nn.Module):
+    """`(B, 3, H, W)` images -> boxes (B, A, 4) decoded and clipped to the input, probabilities (B, A, K+1)."""
+
+    def __init__(self, ssd: MobileNetSSD):
+        super().__init__()
+        self.ssd = ssd
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        features = self.ssd.features(images)
+        head = self.ssd.head(features)
+        anchors = self.ssd.anchor_generator(ImageList(images[:1], [size]), features)[0]  # the same for every image
+        regression = head["bbox_regression"]
+        batch, count = regression.shape[:2]
+        boxes = self.ssd.box_coder.decode_single(regression.reshape(-1, 4), anchors.repeat(batch, 1))
+        boxes = box_ops.clip_boxes_to_image(boxes, size).reshape(batch, count, 4)
+        return boxes, head["cls_logits"].softmax(-1)
+
+
+def nms_settings(detector: nn.Module) -> dict:
+    """The post-processing settings a runtime without NMS must apply (SSD only)."""
+    return {"score_thresh": float(detector.score_thresh), "iou_thresh": float(detector.nms_thresh),
+            "topk_candidates": int(detector.topk_candidates), "detections_per_img": int(detector.detections_per_img)}
