@@ -154,16 +154,17 @@ def image_batches(loader, count: int | None, kind: str) -> list[torch.Tensor]:
     batches: list[torch.Tensor] = []
     for batch in loader:
         if kind == "detection":
-            batches += [image[None] for image in batch.get("images") or []]
-        elif "image" in batch:
-            batches.append(batch["image"])
+            batches += [image[None].contiguous() for image in batch.get("images") or []]
+        elif "image" in batch:  # contiguous: torch.export records a tensor's dim order (ToTensorV2 gives HWC strides)
+            batches.append(batch["image"].contiguous())
         if count is not None and len(batches) >= count:
             return batches[:count]
     return batches
 
 
-def load_data(cfg: DictConfig, task, kind: str) -> tuple[Any, str | None]:
-    """(datamodule set up for fit and validate, None) or (None, why the configured data cannot be used)."""
+def load_data(cfg: DictConfig, task) -> tuple[Any, str | None]:
+    """(datamodule set up for fit and validate, None) or (None, why the configured data cannot be used).
+    `task`: the checkpoint's task (its backbone sets the input statistics), or None for a config-built model."""
     try:
         datamodule = build_datamodule(cfg, task)
         datamodule.prepare_data()
@@ -396,7 +397,7 @@ class RuntimeModel(nn.Module):
         if self.kind == "detection":
             results = []
             for image in images:
-                boxes, scores, labels = detections(self.runner.run(image[None].numpy()), self.metadata)
+                boxes, scores, labels = detections(self.runner.run(image[None].contiguous().numpy()), self.metadata)
                 results.append({"boxes": torch.from_numpy(np.asarray(boxes, np.float32)),
                                 "scores": torch.from_numpy(np.asarray(scores, np.float32)),
                                 "labels": torch.from_numpy(np.asarray(labels, np.int64))})
@@ -464,15 +465,21 @@ def validate_with(task, model: nn.Module, datamodule, cfg: DictConfig, root: Pat
 
     original = task.model
     limit = cfg.export.verify_batches
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, callbacks=[], default_root_dir=str(root),
-                      limit_val_batches=1.0 if limit is None else int(limit), num_sanity_val_steps=0)
-    task.model = model
+    chatty = logging.getLogger("lightning.pytorch")
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)  # "GPU available: ..." once per format
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, callbacks=[],
+                          default_root_dir=str(root), limit_val_batches=1.0 if limit is None else int(limit),
+                          num_sanity_val_steps=0)
+        task.model = model
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
     finally:
         task.model = original
+        chatty.setLevel(level)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -488,11 +495,18 @@ def latency(run, batch: np.ndarray, repeats: int) -> float:
     return float(np.median(times))
 
 
-def speed(runner, kind: str, example: torch.Tensor, settings) -> dict[str, float | None]:
-    """ms per image at batch 1, and images/s at export.batch_size (detector graphs take one image per call)."""
+def speed(runner, kind: str, example: torch.Tensor, settings, metadata: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """ms per image at batch 1, and images/s at export.batch_size (detector graphs take one image per call).
+    Detectors are timed up to their final boxes: with the NMS that runs after the runtime where it has none."""
+    from toolkit.deploy.predict import detections
+
     repeats = int(settings.latency_repeats)
-    single = example[:1].numpy()
-    result: dict[str, float | None] = {"latency_ms_batch1": 1000 * latency(runner.run, single, repeats)}
+    single = example[:1].contiguous().numpy()
+    run = runner.run
+    if metadata is not None and kind == "detection":
+        def run(batch):
+            return detections(runner.run(batch), metadata)
+    result: dict[str, float | None] = {"latency_ms_batch1": 1000 * latency(run, single, repeats)}
     batch = int(settings.batch_size)
     if kind == "detection":
         result[f"images_per_s_batch{batch}"] = None
@@ -531,11 +545,16 @@ def export(cfg: DictConfig) -> dict:
     for fmt in formats:
         if (problem := missing_dependency(fmt)) is not None:
             raise ExportError(problem)
-    task = (load_task(cfg) if cfg.get("ckpt_path") else build_task(cfg)).eval()
+    if cfg.get("ckpt_path"):
+        task = load_task(cfg)
+        datamodule, reason = load_data(cfg, task)
+    else:  # weights from the config (random or backbone.pretrained); the data decides the class count
+        datamodule, reason = load_data(cfg, None)
+        task = build_task(cfg, datamodule)
+    task.eval()
     kind = task_kind(task)
     if kind == "geolocation" and not task.partitions:
         raise ExportError("a geolocation model built without data has no cells: export a trained checkpoint (ckpt_path=...)")
-    datamodule, reason = load_data(cfg, task, kind)
     if datamodule is None:
         log.warning("export: the configured data cannot be used (%s): calibrating on random images and skipping the "
                     "accuracy check; int8 files calibrated this way lose accuracy", reason)
@@ -579,7 +598,7 @@ def export(cfg: DictConfig) -> dict:
             metrics = validate_with(task, model, datamodule, cfg, out / "verify" / fmt)
             entry.update({name: metrics.get(name) for name in metric_names(task, kind)})
             entry["agreement"] = agreement(kind, reference_outputs, model.outputs)
-        entry.update(speed(runner, kind, calibration[0], settings))
+        entry.update(speed(runner, kind, calibration[0], settings, metadata))
         report["formats"][fmt] = entry
     path = write_json(out / "export.json", report)
     print(format_export_report(report, metric_names(task, kind)))

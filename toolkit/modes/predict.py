@@ -1,4 +1,5 @@
-"""mode=predict: run a checkpoint on an image file or folder; write per-image results and pictures."""
+"""mode=predict: run a checkpoint, or a file `mode=export` wrote (.onnx/.pte, through `toolkit.deploy`), on an image
+file or folder; write per-image results and pictures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.deploy.metadata import FORMAT_SUFFIXES
 from toolkit.errors import ConfigError
 from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir
 
@@ -31,6 +33,13 @@ def collect_images(spec: str | None) -> list[Path]:
 def predict(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     images = collect_images(cfg.predict.input)
+    if Path(str(cfg.get("ckpt_path") or "")).suffix in FORMAT_SUFFIXES:  # an exported file: its runtime, no torch model
+        from toolkit.deploy.predict import predict_files
+
+        result = predict_files(cfg.ckpt_path, images, out)
+        for f in result["files"]:
+            print(f"wrote {f}")
+        return {k: result[k] for k in ("records", "files", "output_dir")}
     task = load_task(cfg)
     datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(cfg, task, logger=False)
