@@ -1,35 +1,41 @@
-"""mode=export: a valid ONNX file with a dynamic batch axis, and an int8 model that agrees with fp32 on most inputs."""
+"""mode=export: every task's whole model as ONNX (detectors with NMS inside), int8, ExecuTorch; each file scored in
+its runtime; the torch-free predictor and `mode=predict ckpt_path=model.onnx`."""
 
 from __future__ import annotations
 
-import logging
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-import lightning
+import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from toolkit.backbones import create_backbone
-from toolkit.data.shapes import ShapesClassificationDataModule
-from toolkit.errors import DataError
-from toolkit.heads import ClassifierHead
-from toolkit.modes.common import build_task
-from toolkit.modes.export import agreement, quantize_int8
+from toolkit.deploy.metadata import read_metadata
+from toolkit.deploy.preprocess import preprocess
+from toolkit.detection.export import WholeDetector
+from toolkit.errors import ConfigError
+from toolkit.modes.common import build_datamodule, build_task
 from toolkit.run import run
 
-SMALL = ["backbone.alpha=0.25", "data.resolution=64", "data.n_train=12", "data.n_val=40", "data.batch_size=8",
-         "data.image_size=64"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+QUICK = ["export.latency_repeats=2", "export.batch_size=2", "export.calibration_batches=2"]
+SHAPES = ["backbone.alpha=0.25", "data.resolution=64", "data.image_size=64", "data.batch_size=16"]
 
 
 def estimate_batchnorm_statistics(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
-    """Freshly initialised BatchNorm statistics make an eval-mode MobileNet's output the same for every image;
-    estimating them on images (as training does) gives outputs that depend on the input."""
+    """Fresh BatchNorm statistics make an eval-mode MobileNet's output the same for every image; estimating them
+    on images (as training does) gives outputs that depend on the input."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
-            module.momentum = None  # cumulative average over the batches below
+            module.momentum = None
     model.train()
     with torch.no_grad():
         for images in batches:
@@ -37,98 +43,253 @@ def estimate_batchnorm_statistics(model: nn.Module, batches: list[torch.Tensor])
     return model.eval()
 
 
-def shapes_images(tmp_path: Path, count: int) -> list[torch.Tensor]:
-    dm = ShapesClassificationDataModule(cache_dir=str(tmp_path / "cache"), n_train=6, n_val=count, image_size=64,
-                                        resolution=64, batch_size=16, num_workers=0)
-    dm.setup("validate")
-    return [batch["image"] for batch in dm.val_dataloader()]
+def op_types(graph: onnx.GraphProto) -> set[str]:
+    """Operators of a graph and of its subgraphs (torchvision's batched NMS sits inside an If)."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                found |= op_types(attribute.g)
+    return found
+
+
+def onnx_props(path: str) -> dict:
+    return {p.key: json.loads(p.value) for p in onnx.load(path).metadata_props}
 
 
 @pytest.fixture
-def checkpoint(make_cfg, tmp_path) -> Path:
-    """A 6-class checkpoint whose outputs depend on the input."""
-    task = build_task(make_cfg(SMALL + ["task.num_classes=6"]))
-    generator = torch.Generator().manual_seed(0)
-    estimate_batchnorm_statistics(task.model, [torch.randn(16, 3, 64, 64, generator=generator) for _ in range(4)])
-    path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)
-    return path
+def trained_classifier(make_cfg) -> Path:
+    """The shapes classifier after a few epochs (alpha 0.25, 64 px): a model whose decisions mean something."""
+    result = run(make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "trainer.max_epochs=4", "seed=0"]))
+    return Path(result["best_checkpoint"])
 
 
-def test_onnx_and_int8_from_checkpoint(make_cfg, checkpoint, capsys):
-    cfg = make_cfg(SMALL + ["mode=export", f"ckpt_path={checkpoint}", "export.calibration_batches=3",
-                            "export.check_batches=2"])
+@pytest.mark.slow
+def test_classifier_formats_match_pytorch_and_predict_from_file(make_cfg, trained_classifier, tmp_path, capsys):
+    """fp32 ONNX scores exactly PyTorch's top-1; int8 (calibrated on the training split) within 1 point; the file
+    carries its preprocessing; mode=predict and the torch-free predictor give the same predictions from it."""
+    cfg = make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "mode=export", f"ckpt_path={trained_classifier}",
+                             *QUICK])
     report = run(cfg)["export"]
-    assert report["calibration"].startswith("data (ShapesClassificationDataModule")
-    assert report["calibration_images"] == 24 and report["check_images"] == 16 and not report["outputs_constant"]
+    torch_top1 = report["pytorch"]["val/top1"]
+    assert torch_top1 > 0.3  # learned something (6 classes)
+    onnx_entry, int8 = report["formats"]["onnx"], report["formats"]["onnx_int8"]
+    assert onnx_entry["val/top1"] == torch_top1 and onnx_entry["agreement"]["top1_agreement"] == 1.0
+    assert int8["val/top1"] >= torch_top1 - 0.01
+    assert int8["size_mb"] < 0.6 * onnx_entry["size_mb"]
+    assert report["calibration"].endswith("train split")
+    assert onnx_entry["latency_ms_batch1"] > 0 and onnx_entry["images_per_s_batch2"] > 0
+    assert "onnx_int8" in capsys.readouterr().out
 
-    model = onnx.load(report["onnx"]["file"])
-    onnx.checker.check_model(model, full_check=True)
+    model = onnx.load(onnx_entry["file"])
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.dim_value  # a named, dynamic batch axis
-    import onnxruntime
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+    props = onnx_props(onnx_entry["file"])
+    assert props["task"] == "classification" and props["resolution"] == 64 and props["alpha"] == 0.25
+    assert props["mean"] == [0.5, 0.5, 0.5] or len(props["mean"]) == 3
+    assert len(props["class_names"]) == 6 and props["channel_order"] == "RGB"
+    assert any(op.op_type == "QuantizeLinear" for op in onnx.load(int8["file"]).graph.node)
 
-    session = onnxruntime.InferenceSession(report["onnx"]["file"], providers=["CPUExecutionProvider"])
-    x = torch.randn(3, 3, 64, 64)
-    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    assert logits.shape == (3, 6)
-    assert report["onnx"]["onnxruntime"]["max_abs_diff"] < 1e-4
-    assert report["onnx"]["onnxruntime"]["top1_agreement"] == 1.0
+    images = tmp_path / "photos"
+    images.mkdir()
+    for i, size in enumerate([(64, 64), (90, 50), (40, 120)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(images / f"{i}.png")
+    from_file = run(make_cfg(SHAPES + ["mode=predict", f"ckpt_path={onnx_entry['file']}", f"predict.input={images}"]))
+    assert len(from_file["records"]) == 3 and len(from_file["records"][0]["top_k"]) == 5
+    assert {Path(f).name for f in from_file["files"]} == {"predictions.json", "predictions.csv", "predictions.png"}
 
-    int8 = report["int8"]
-    # Untrained weights: quantisation noise compounds through 27 random layers, so agreement is a figure
-    # here, not a check (test_int8_agrees_with_fp32 checks it where it is meaningful).
-    assert 0.0 <= int8["top1_agreement"] <= 1.0 and int8["max_abs_diff"] > 0
-    assert int8["size_mb"] < 0.5 * report["fp32"]["size_mb"]  # int8 weights: about 4x smaller
-    with pytest.warns(FutureWarning):  # torch.jit.load is deprecated; the file is still what mobile runtimes read
-        loaded = torch.jit.load(int8["file"])
-    assert loaded(x).shape == (3, 6)
-    assert "top-1 agreement" in capsys.readouterr().out
+    # the torch-free predictor: torch cannot even be imported in that process
+    out = tmp_path / "deployed"
+    code = ("import sys; sys.modules['torch'] = None; from toolkit.deploy.__main__ import main; "
+            f"code = main([{onnx_entry['file']!r}, {str(images)!r}, '--out', {str(out)!r}]); "
+            "assert 'torch' not in sys.modules or sys.modules['torch'] is None; sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    deployed = json.loads((out / "predictions.json").read_text())
+    assert [r["top_k"][0]["label"] for r in deployed] == [r["top_k"][0]["label"] for r in from_file["records"]]
+    assert deployed[0]["top_k"][0]["score"] == pytest.approx(from_file["records"][0]["top_k"][0]["score"], abs=1e-5)
 
 
-def test_random_calibration_when_data_is_missing(make_cfg, caplog, monkeypatch):
-    """The configured data set is not on disk: calibrate on random images, say so, and flag untrained outputs."""
+@pytest.mark.parametrize("task, overrides", [
+    ("fine_grained", ["data=stanford_dogs_synthetic", "data.n_breeds=4", "data.n_train=16", "data.n_val=8",
+                      "data.image_size=32", "data.resolution=32", "data.batch_size=8"]),
+    ("face_attributes", ["data=celeba_synthetic", "teacher=none", "data.n_train=16", "data.n_val=8",
+                         "data.resolution=32", "data.batch_size=8"]),
+    ("face_embedding", ["data=faces_synthetic", "teacher=none", "data.n_identities=6", "data.n_test_identities=6",
+                        "data.images_per_identity=2", "data.pairs_per_fold=2", "data.folds=2",
+                        "data.resolution=32", "data.batch_size=8"]),
+    ("geolocation", ["data=geo_synthetic", "data.n_train=40", "data.n_val=8", "data.image_size=32",
+                     "data.resolution=32", "data.batch_size=8", "data.cells.t_max=8", "data.cells.t_min=2"]),
+])
+def test_every_task_exports_whole_onnx_scored_like_pytorch(make_cfg, task, overrides):
+    """A fixed-seed model of each classifier-style task: the ONNX file gives PyTorch's metric and outputs."""
+    report = run(make_cfg([f"task={task}", "backbone.alpha=0.25", *overrides, "mode=export", "export.formats=[onnx]",
+                           *QUICK]))["export"]
+    entry = report["formats"]["onnx"]
+    monitor = next(k for k in entry if k.startswith("val/"))
+    assert entry[monitor] == pytest.approx(report["pytorch"][monitor], abs=1e-6)
+    assert entry["agreement"]["max_abs_diff"] < 1e-3
+    props = onnx_props(entry["file"])
+    session = onnxruntime.InferenceSession(entry["file"], providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": np.zeros((3, 3, 32, 32), np.float32)})
+    if task == "face_embedding":
+        assert props["task"] == "embedding" and np.allclose(np.linalg.norm(outputs[0], axis=1), 1, atol=1e-5)
+    if task == "geolocation":  # the file alone gives a location: cell table inside, latitude/longitude out
+        assert props["outputs"][-2:] == ["cell_log_scores", "latlon"] and outputs[-1].shape == (3, 2)
+        assert len(props["cells"]["tokens"]) == outputs[-2].shape[1]
+        assert list(outputs[-1][0]) == pytest.approx(props["cells"]["latlon"][int(outputs[-2][0].argmax())], abs=1e-4)
+    if task == "face_attributes":
+        assert props["task"] == "attributes" and len(props["attribute_names"]) == outputs[0].shape[1]
+
+
+def fixed_seed_detector(make_cfg, task: str, extra: list[str]):
+    cfg = make_cfg([f"task={task}", "data=shapes", "backbone.alpha=0.25", "data.resolution=128", "data.image_size=128",
+                    "data.n_train=8", "data.n_val=4", "data.batch_size=4", *extra])
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    torch.manual_seed(0)
+    detector = build_task(cfg, datamodule).model
+    trunk = detector.features if hasattr(detector, "features") else detector.backbone
+    estimate_batchnorm_statistics(detector, [])
+    detector.train()
+    with torch.no_grad():
+        for _ in range(2):
+            trunk(torch.randn(4, 3, 128, 128))  # inputs are normalised images
+        for name, param in detector.named_parameters():
+            if name.startswith(("head.", "roi_heads.box_predictor", "rpn.head")):
+                param.mul_(0.1)  # random heads saturate: small outputs give distinct scores and unclipped boxes
+    return detector.eval()
+
+
+def onnx_detector(detector, tmp_path: Path, dynamic_size: bool, name: str = "det") -> onnxruntime.InferenceSession:
+    from toolkit.modes.export import export_onnx
+
+    path = export_onnx(WholeDetector(detector).eval(), torch.rand(1, 3, 128, 128), tmp_path / f"{name}.onnx", 17,
+                       ["boxes", "scores", "labels", "count"], "detection", dynamic_size=dynamic_size)
+    assert "NonMaxSuppression" in op_types(onnx.load(str(path)).graph)
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def assert_same_detections(detector, session, image: torch.Tensor) -> int:
+    """The same detections (box, score, label) as PyTorch, as sets: NMS may order equal scores differently."""
+    with torch.no_grad():
+        ref = detector([image])[0]
+    boxes, scores, labels, count = session.run(None, {"image": image[None].numpy()})
+    assert int(count[0]) == len(ref["boxes"]) == len(boxes)
+    for box, score, label in zip(ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy(), strict=True):
+        close = (np.abs(boxes - box).max(1) < 1e-2) & (np.abs(scores - score) < 1e-5) & (labels == label)
+        assert close.any(), f"PyTorch's {label} {score:.4f} {box} is missing from the ONNX output"
+    return len(boxes)
+
+
+def test_ssd_onnx_gives_pytorch_boxes_on_several_image_sizes_and_on_an_empty_image(make_cfg, tmp_path):
+    """Anchor decoding and NMS inside the graph: photos of several sizes (resized by the file's metadata rule, as
+    the predictor does) give PyTorch's boxes; a blank image gives none."""
+    detector = fixed_seed_detector(make_cfg, "detection_ssd", ["task.score_thresh=0.2"])
+    session = onnx_detector(detector, tmp_path, dynamic_size=False)
+    meta = {"resize": {"mode": "square"}, "resolution": 128, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    found = 0
+    for i, (w, h) in enumerate([(128, 128), (200, 90), (70, 160)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        array, orig = preprocess(tmp_path / f"{i}.png", meta)
+        assert array.shape == (3, 128, 128) and orig == (h, w)
+        found += assert_same_detections(detector, session, torch.from_numpy(array))
+    assert found > 0
+    detector.score_thresh = 0.99  # nothing in a blank image is that sure: an empty result through the graph
+    strict = onnx_detector(detector, tmp_path, dynamic_size=False, name="strict")
+    assert assert_same_detections(detector, strict, torch.zeros(3, 128, 128)) == 0
+
+
+def test_faster_rcnn_onnx_gives_pytorch_boxes_at_any_input_size(make_cfg, tmp_path):
+    """RPN, RoIAlign and both NMS stages inside one graph that takes keep-aspect inputs of any size."""
+    detector = fixed_seed_detector(make_cfg, "detection_frcnn", ["task.rcnn.box_score_thresh=0.05"])
+    session = onnx_detector(detector, tmp_path, dynamic_size=True)
+    assert "RoiAlign" in op_types(onnx.load(str(tmp_path / "det.onnx")).graph)
+    found = sum(assert_same_detections(detector, session, torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)))
+                for h, w in [(128, 128), (128, 192), (160, 128)])
+    assert found > 0
+    detector.roi_heads.score_thresh = 0.99  # nothing in a blank image is that sure: an empty result through the graph
+    strict = onnx_detector(detector, tmp_path, dynamic_size=True, name="strict")
+    assert assert_same_detections(detector, strict, torch.zeros(3, 128, 160)) == 0
+
+
+@pytest.mark.slow
+def test_ssd_export_mode_scores_each_file(make_cfg, tmp_path):
+    """mode=export of an SSD: whole-model ONNX and int8, each scored by COCO mAP in ONNX Runtime; the predictor
+    draws boxes from the file."""
+    report = run(make_cfg(["task=detection_ssd", "data=shapes", "backbone.alpha=0.25", "data.resolution=128",
+                           "data.image_size=128", "data.n_train=8", "data.n_val=4", "data.batch_size=4",
+                           "mode=export", "export.formats=[onnx,onnx_int8]", *QUICK]))["export"]
+    entry = report["formats"]["onnx"]
+    assert abs(entry["val/map"] - report["pytorch"]["val/map"]) <= 0.002
+    assert entry["agreement"]["box_match_iou0.9"] == 1.0
+    assert "onnx_int8" in report["formats"] and report["formats"]["onnx_int8"]["images_per_s_batch2"] is None
+    meta = read_metadata(entry["file"])
+    assert meta["task"] == "detection" and meta["input_size"] == [128, 128] and meta["nms"]["in_graph"]
+    Image.fromarray(np.full((90, 140, 3), 128, np.uint8)).save(tmp_path / "photo.jpg")
+    from toolkit.deploy import predict_files
+
+    result = predict_files(entry["file"], [tmp_path / "photo.jpg"], tmp_path / "pred", score_thresh=0.0)
+    assert result["records"][0]["width"] == 140 and any(f.endswith(".png") for f in result["files"])
+    for det in result["records"][0]["detections"]:  # boxes in the original photo's pixels
+        x1, y1, x2, y2 = det["box_xyxy"]
+        assert 0 <= x1 <= x2 <= 140.01 and 0 <= y1 <= y2 <= 90.01
+
+
+@pytest.mark.slow
+def test_executorch_classifier_and_ssd(make_cfg, tmp_path, capsys):
+    """.pte files (XNNPACK) run by ExecuTorch's runtime: fp32 equals PyTorch; int8 is written and scored; SSD
+    ships its NMS as post-processing; Faster R-CNN says in one line why it has no .pte."""
+    pytest.importorskip("executorch")
+    task = build_task(make_cfg(SHAPES + ["task.num_classes=6"]))
+    estimate_batchnorm_statistics(task.model, [torch.rand(8, 3, 64, 64) for _ in range(2)])
+    ckpt = tmp_path / "model.ckpt"
+    import lightning
+
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    report = run(make_cfg(SHAPES + ["data.n_train=16", "data.n_val=16", "mode=export", f"ckpt_path={ckpt}",
+                                    "export.formats=[executorch,executorch_int8]", *QUICK]))["export"]
+    fp32, int8 = report["formats"]["executorch"], report["formats"]["executorch_int8"]
+    assert fp32["val/top1"] == report["pytorch"]["val/top1"] and fp32["agreement"]["top1_agreement"] == 1.0
+    assert int8["size_mb"] < 0.6 * fp32["size_mb"] and 0 <= int8["val/top1"] <= 1
+    assert read_metadata(fp32["file"])["task"] == "classification"  # model.pte.json beside it
+
+    ssd = run(make_cfg(["task=detection_ssd", "data=shapes", "backbone.alpha=0.25", "data.resolution=128",
+                        "data.image_size=128", "data.n_train=4", "data.n_val=4", "data.batch_size=4", "mode=export",
+                        "export.formats=[executorch]", *QUICK]))["export"]
+    assert ssd["formats"]["executorch"]["agreement"]["box_match_iou0.9"] == 1.0
+    assert ssd["formats"]["executorch"]["val/map"] == pytest.approx(ssd["pytorch"]["val/map"], abs=0.002)
+    assert not read_metadata(ssd["formats"]["executorch"]["file"])["nms"]["in_graph"]
+
+    frcnn = run(make_cfg(["task=detection_frcnn", "data=shapes", "backbone.alpha=0.25", "data.resolution=128",
+                          "data.image_size=128", "data.n_train=4", "data.n_val=4", "data.batch_size=4", "mode=export",
+                          "export.formats=[executorch]", "export.verify=false", *QUICK]))["export"]
+    assert "RoIAlign" in frcnn["skipped"]["executorch"] and not frcnn["formats"]
+    assert "executorch skipped" in capsys.readouterr().out
+
+
+def test_missing_runtime_names_the_extra(make_cfg, monkeypatch):
     import toolkit.modes.export as export_mode
 
-    def missing(cfg, task=None):
-        raise DataError("/data/imagenet/val: no such folder; download ImageNet and put it there")
-
-    monkeypatch.setattr(export_mode, "build_datamodule", missing)
-    cfg = make_cfg(SMALL + ["mode=export", "export.formats=[int8]", "task.num_classes=6",
-                            "export.calibration_batches=1", "export.check_batches=1", "export.batch_size=4"])
-    with caplog.at_level(logging.WARNING):
-        report = run(cfg)["export"]
-    assert report["calibration"] == "random" and "onnx" not in report
-    assert "calibrating on random images" in caplog.text and "/data/imagenet/val: no such folder" in caplog.text
-    assert report["outputs_constant"]  # random weights, fresh BN statistics
-    assert "the fp32 outputs are the same for every input" in caplog.text
-    assert Path(report["int8"]["file"]).is_file()
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    with pytest.raises(export_mode.ExportError, match=r"pip install 'mobilenet-toolkit\[mobile\]'"):
+        run(make_cfg(SHAPES + ["mode=export", "export.formats=[executorch]"]))
 
 
-def test_backbone_target_onnx(make_cfg):
-    cfg = make_cfg(SMALL + ["mode=export", "export.formats=[onnx]", "export.target=backbone",
-                            "export.calibration=random", "export.calibration_batches=1", "export.check_batches=1",
-                            "export.batch_size=2"])
-    report = run(cfg)["export"]
-    assert report["onnx"]["onnxruntime"]["top1_agreement"] is None  # feature maps, not logits
-    graph = onnx.load(report["onnx"]["file"]).graph
-    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [256, 2, 2]
+def test_export_settings_are_checked(make_cfg):
+    with pytest.raises(ConfigError, match="export.formats"):
+        run(make_cfg(["mode=export", "export.formats=[int8]"]))
+    with pytest.raises(ConfigError, match="export.calibration"):
+        run(make_cfg(["mode=export", "export.calibration=data"]))
 
 
-def test_int8_agrees_with_fp32(tmp_path):
-    """Static PTQ of the first 8 MobileNet stages + classifier head, calibrated and checked on shapes images."""
-    torch.manual_seed(0)
-    backbone = create_backbone("mobilenet_v1", alpha=0.25)
-    model = nn.Sequential(*list(backbone.stages.children())[:8], ClassifierHead(backbone.feature_info[7].channels, 6))
-    images = shapes_images(tmp_path, 96)
-    estimate_batchnorm_statistics(model, images)
-    calibration, check = images[:3], images[3:]
-    with torch.no_grad():
-        reference = [model(x) for x in check]
-    assert torch.cat(reference).std(0).min() > 0.01  # the decision depends on the image
-    quantized = quantize_int8(model, calibration, "qnnpack")
-    with torch.no_grad():
-        result = agreement(reference, [quantized(x) for x in check])
-    assert result["top1_agreement"] >= 0.9
-    assert result["max_abs_diff"] < 0.5 * result["ref_max_abs"]
+def test_deploy_refuses_a_file_without_metadata(tmp_path):
+    from toolkit.errors import DataError
+
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.rand(1, 3, 8, 8),), str(path), dynamo=False)
+    with pytest.raises(DataError, match="no toolkit metadata"):
+        read_metadata(path)
