@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the exported files (default: a temp dir)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="deploy_bench_"))
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     cpu_start = time.process_time()

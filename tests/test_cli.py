@@ -124,8 +124,8 @@ def test_validation_names_the_key(make_cfg, override, key):
 
 
 def test_export_and_train_settings_are_validated(make_cfg):
-    for override, key in [("export.formats=[onnx,tflite]", "export.formats"), ("export.target=head", "export.target"),
-                          ("export.quant_backend=tensorrt", "export.quant_backend")]:
+    for override, key in [("export.formats=[onnx,tflite]", "export.formats"), ("export.calibration=data", "export.calibration"),
+                          ("export.threads=0", "export.threads")]:
         with pytest.raises(ConfigError) as info:
             validate_config(make_cfg(["mode=export", override]))
         assert info.value.key == key

@@ -61,7 +61,8 @@ def onnx_props(path: str) -> dict:
 @pytest.fixture
 def trained_classifier(make_cfg) -> Path:
     """The shapes classifier after a few epochs (alpha 0.25, 64 px): a model whose decisions mean something."""
-    result = run(make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "trainer.max_epochs=4", "seed=0"]))
+    precise_bn = "+callbacks.precise_bn={_target_: toolkit.precise_bn.PreciseBN, num_batches: 8}"  # short runs: fresh BN stats
+    result = run(make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "trainer.max_epochs=4", "seed=0", precise_bn]))
     return Path(result["best_checkpoint"])
 
 

@@ -270,6 +270,8 @@ def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, cali
     from executorch.exir import to_edge_transform_and_lower
 
     shapes = ({0: torch.export.Dim("batch", min=1, max=256)},) if dynamic_batch else None
+    if dynamic_batch and len(example) < 2:
+        example = example.repeat(2, 1, 1, 1)  # torch.export specialises a dimension of size 1
     with quiet_exporter():
         if calibration is not None:
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
