@@ -129,7 +129,7 @@ def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> l
                               f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for r in records for rank, c in enumerate(r["top_cells"], start=1)))
         return files + [contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
                                       out / "predictions.png")]
-    from toolkit.detection.draw import draw_detections
+    from toolkit.deploy.draw import draw_boxes
 
     folder = out / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> l
     for i, rec in enumerate(records):
         stem = f"{i:05d}_{Path(rec['path']).stem}"
         (folder / f"{stem}.json").write_text(json.dumps(rec, indent=2))
-        files += [folder / f"{stem}.json", draw_detections(rec["path"], rec["detections"], folder / f"{stem}.png")]
+        files += [folder / f"{stem}.json", draw_boxes(rec["path"], rec["detections"], folder / f"{stem}.png")]
     return files
 
 

@@ -51,10 +51,15 @@ class ExecuTorchModel:
             torch.set_num_threads(int(threads))  # XNNPACK's thread pool follows the intra-op setting
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.output_names = list(output_names)
+        # inputs are memory-planned for the largest batch the program was exported for: run bigger ones in parts
+        self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))])
-        return {name: out.detach().numpy() for name, out in zip(self.output_names, outputs, strict=True)}
+        parts = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
+            parts.append([out.detach().numpy() for out in self.method.execute([self._torch.from_numpy(chunk)])])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)}
 
 
 def open_model(path: str | Path, threads: int | None = None) -> tuple[OnnxModel | ExecuTorchModel, dict[str, Any]]:

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 EXPORT_FORMATS = ("onnx", "onnx_int8", "executorch", "executorch_int8", "torchscript", "torchscript_int8")
 FILE_NAMES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "executorch": "model.pte",
               "executorch_int8": "model_int8.pte", "torchscript": "model_fp32.pt", "torchscript_int8": "model_int8.pt"}
+#: the largest batch a .pte takes in one call (its input is memory-planned for it; toolkit.deploy splits larger ones)
+MAX_PTE_BATCH = 32
 EXTRAS = {"onnx": "export", "onnx_int8": "export", "executorch": "mobile", "executorch_int8": "mobile"}
 
 
@@ -269,7 +271,7 @@ def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, cali
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    shapes = ({0: torch.export.Dim("batch", min=1, max=256)},) if dynamic_batch else None
+    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_PTE_BATCH)},) if dynamic_batch else None
     if dynamic_batch and len(example) < 2:
         example = example.repeat(2, 1, 1, 1)  # torch.export specialises a dimension of size 1
     with quiet_exporter():
