@@ -58,9 +58,7 @@ def measure(runner, shape: tuple[int, ...], batch: int, repeats: int, single_onl
     one = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     result: dict[str, float | None] = {"ms_batch1": 1000 * median_seconds(runner.run, one, repeats)}
     result["img_s_batch1"] = 1000 / result["ms_batch1"]
-    if single_only:
-        result[f"img_s_batch{batch}"] = None
-    else:
+    if not single_only:
         many = np.repeat(one, batch, axis=0)
         result[f"img_s_batch{batch}"] = batch / median_seconds(runner.run, many, max(3, repeats // 3))
     return result
@@ -159,7 +157,8 @@ def main() -> None:
             row = {"model": "toolkit SSD300 mobilenet_v1 1.0 (80 classes)", "format": fmt,
                    "nms": "in graph" if fmt.startswith("onnx") else "not timed (numpy after the runtime)",
                    "size_mb": path.stat().st_size / 1e6,
-                   **measure(runner_for(fmt, path, outputs, args.threads), (3, 300, 300), 1, args.repeats, single_only=True),
+                   **measure(runner_for(fmt, path, outputs, args.threads), (3, 300, 300), args.batch, args.repeats,
+                             single_only=True),
                    "map": None}
             ssd_rows.append(row)
             print(row)
