@@ -8,7 +8,7 @@ plain data (dicts, numbers, strings), so `Task.load_from_checkpoint(path)` alone
 from __future__ import annotations
 
 import csv
-import json
+import importlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +21,7 @@ from torch import nn
 
 from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import DataError
+from toolkit.io import atomic_path, files_trusted, load_torch_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,20 @@ class BaseTask(LightningModule):
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
     @classmethod
-    def restore(cls, path: str | Path, *, hparams: dict | None = None, **overrides: Any) -> BaseTask:
+    def restore(cls, path: str | Path, *, hparams: dict | None = None, trust: bool | None = None,
+                **overrides: Any) -> BaseTask:
         """The trained task in a checkpoint this toolkit wrote, on the CPU; `overrides` replace whole top-level
         hyper-parameters (`hparams`: the checkpoint's own, when the caller has read them already). The checkpoint
         holds every trained weight, so the `backbone.pretrained` file that training started from is not asked
-        for again (it may not exist on this machine)."""
+        for again (it may not exist on this machine). The file is read as data (`weights_only`) unless `trust`
+        (None: the run's `trust_file`)."""
+        trust = files_trusted() if trust is None else trust
         if hparams is None:
-            hparams = checkpoint_hparams(path)
+            hparams = checkpoint_hparams(path, trust=trust)
         backbone = overrides.get("backbone", hparams.get("backbone"))
         if isinstance(backbone, dict) and backbone.get("pretrained"):
             overrides["backbone"] = {**backbone, "pretrained": None}
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets tools that only hold a checkpoint (teachers, export) rebuild the right task without guessing
@@ -162,7 +166,7 @@ class BaseTask(LightningModule):
         if not path.is_file():
             raise DataError(f"init_from={str(path)!r}: no such file. Pass a .ckpt written by this toolkit "
                             "or a state-dict file (.pt/.pth/.safetensors).")
-        state = read_state_dict(path)
+        state = read_state_dict(path, what="init_from file")
         source = {_strip_model_prefix(k): v for k, v in state.items()}
         target = self.state_dict()
         loaded, reshaped = {}, []
@@ -185,9 +189,41 @@ class BaseTask(LightningModule):
         return {"loaded": sorted(loaded), "reinitialised": fresh, "shape_mismatch": reshaped}
 
 
-def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's saved hyper-parameters; memory-mapped, so the weights are not read."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+def checkpoint_hparams(path: str | Path, *, trust: bool | None = None) -> dict[str, Any]:
+    """A checkpoint's saved hyper-parameters; memory-mapped, so the weights are not read. The file is read as data
+    (a checkpoint holding other Python objects is refused naming `trust_file=true`, unless `trust`)."""
+    checkpoint = read_checkpoint(path, trust=trust, mmap=True)
+    return checkpoint.get("hyper_parameters") or {}
+
+
+def read_checkpoint(path: str | Path, *, trust: bool | None = None, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint of this toolkit as a dict, read with `toolkit.io.load_torch_file`."""
+    checkpoint = load_torch_file(path, trust=trust, mmap=mmap, what="checkpoint")
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"checkpoint {str(path)!r}: not a Lightning checkpoint of this toolkit (found "
+                        f"{type(checkpoint).__name__}{' without state_dict' if isinstance(checkpoint, dict) else ''})")
+    return checkpoint
+
+
+#: the task classes a checkpoint's `task_class` may name: the toolkit's own, nothing else is imported from a file
+TASK_CLASSES = (
+    "toolkit.tasks.classification.ClassificationTask",
+    "toolkit.tasks.fine_grained.FineGrainedTask",
+    "toolkit.tasks.detection_ssd.SSDTask",
+    "toolkit.tasks.detection_frcnn.FasterRCNNTask",
+    "toolkit.tasks.face_attributes.FaceAttributesTask",
+    "toolkit.tasks.face_embedding.FaceEmbeddingTask",
+    "toolkit.tasks.geolocation.GeolocationTask",
+)
+
+
+def registered_task_class(class_path: str, source: str | Path) -> type[BaseTask]:
+    """The task class a checkpoint names, if it is one of `TASK_CLASSES`; a DataError naming the file otherwise."""
+    if class_path not in TASK_CLASSES:
+        raise DataError(f"checkpoint {str(source)!r} names task class {class_path!r}, which is not one of the "
+                        f"toolkit's tasks ({', '.join(c.rsplit('.', 1)[1] for c in TASK_CLASSES)}); refused")
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -201,10 +237,9 @@ def _strip_model_prefix(key: str) -> str:
 def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],
                            rows: Iterable[list]) -> tuple[Path, Path]:
     """`predictions.json` (the records as they are) and `predictions.csv` (`header`, then `rows`)."""
-    json_path = output_dir / "predictions.json"
-    json_path.write_text(json.dumps(records, indent=2))
+    json_path = write_json_atomic(output_dir / "predictions.json", records)
     csv_path = output_dir / "predictions.csv"
-    with csv_path.open("w", newline="") as f:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)

@@ -52,7 +52,8 @@ class DistillationTask(BaseTask):
         if datamodule is not None and hasattr(datamodule, "mean"):
             teacher.set_input_stats(datamodule.mean, datamodule.std)
         keys = datamodule.distill_keys() if hasattr(datamodule, "distill_keys") else None
-        teacher.verify(keys, self.expected_teacher_dim(), self.accepted_teacher_outputs)
+        teacher.verify(keys, self.expected_teacher_dim(), self.accepted_teacher_outputs,
+                       getattr(datamodule, "resolution", None))
 
     def teacher_outputs(self, batch: dict) -> torch.Tensor:
         """The teacher's outputs for this batch: the same augmented images the student sees."""

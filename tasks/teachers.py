@@ -17,13 +17,14 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import hydra.utils
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from toolkit.distill.cache import CACHE_FORMAT, OUTPUT_KINDS, TeacherCache
 from toolkit.errors import ConfigError, DataError
+from toolkit.io import load_torch_file, require_trust
+from toolkit.tasks.base import registered_task_class
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class FrozenTeacher(nn.Module):
         """The output width (running the teacher once on a blank batch where it is not known otherwise)."""
         return self.dim
 
-    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None) -> None:
-        """Raise if this teacher cannot serve the run (wrong width or kind, images missing from a cache)."""
+    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None,
+               resolution: int | None = None) -> None:
+        """Raise if this teacher cannot serve the run (wrong width or kind; for a cache: images missing, or made
+        from other inputs than this run's `resolution` and `set_input_stats`)."""
 
 
 class OnlineTeacher(FrozenTeacher):
@@ -103,7 +106,8 @@ class OnlineTeacher(FrozenTeacher):
                                             device=device)).shape[1])
         return self.dim
 
-    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None) -> None:
+    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None,
+               resolution: int | None = None) -> None:
         if outputs is not None and self.output is not None and self.output not in outputs:
             raise ConfigError("teacher", self.description, f"it gives {self.output}; this task needs {' or '.join(outputs)}")
         if dim is not None and self.probe_dim() != dim:
@@ -118,14 +122,19 @@ class CachedTeacher(FrozenTeacher):
         self.cache = cache
         self.output, self.dim = cache.output, cache.dim
         self.description = f"teacher cache {cache.path}"
+        self.run_inputs: dict = {}
 
     def forward(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
         if keys is None:
             raise DataError(f"{self.description}: the batch carries no image keys to look outputs up by")
         return self.cache.lookup(keys).to(images.device)
 
-    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None) -> None:
-        self.cache.verify(keys if keys is not None else [], dim, outputs)
+    def set_input_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.run_inputs.update(mean=list(mean), std=list(std))  # compared with what the cache was made with
+
+    def verify(self, keys: Iterable[str] | None, dim: int | None, outputs: Sequence[str] | None,
+               resolution: int | None = None) -> None:
+        self.cache.verify(keys if keys is not None else [], dim, outputs, {**self.run_inputs, "resolution": resolution})
 
 
 class PooledFeatures(nn.Module):
@@ -183,10 +192,7 @@ def _teacher_from_file(spec: dict, outputs: Sequence[str] | None) -> FrozenTeach
         return CachedTeacher(TeacherCache.load(path))
     if path.suffix == ".pt2" or _is_torchscript(path):
         return _torchscript_teacher(path, spec, outputs)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same explanation
-        raise DataError(f"teacher file {path}: cannot be read ({e}). {_FILE_HELP}.") from e
+    obj = load_torch_file(path, what="teacher file")  # as data: a file needing more is refused naming trust_file
     if isinstance(obj, dict) and obj.get("format") == CACHE_FORMAT:
         return CachedTeacher(TeacherCache.from_object(obj, path))
     if isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj:
@@ -215,6 +221,7 @@ def _pick_output(declared: str, native: str | None, outputs: Sequence[str] | Non
 def _torchscript_teacher(path: Path, spec: dict, outputs: Sequence[str] | None) -> OnlineTeacher:
     """TorchScript (`torch.jit.save`), or its successor `torch.export.save` (`.pt2`)."""
     kind = "exported" if path.suffix == ".pt2" else "TorchScript"
+    require_trust(path, "teacher file", f"a {kind} program ({'torch.export' if kind == 'exported' else 'torch.jit.save'})")
     net = (_ExportedGraph(torch.export.load(str(path)).module()) if kind == "exported"
            else torch.jit.load(str(path), map_location="cpu"))
     output = _pick_output(spec.get("output") or "auto", None, outputs, f"{kind} teacher")
@@ -228,7 +235,7 @@ def _checkpoint_teacher(path: Path, ckpt: dict, spec: dict, outputs: Sequence[st
     if class_path is None:
         raise DataError(f"teacher checkpoint {path}: no `task_class` entry, so not a task checkpoint of this toolkit; "
                         f"{_FILE_HELP}.")
-    task = hydra.utils.get_class(class_path).restore(path, hparams=hparams)
+    task = registered_task_class(class_path, path).restore(path, hparams=hparams)
     native = getattr(task, "distill_output", "logits")
     output = _pick_output(spec.get("output") or "auto", native, outputs, "checkpoint")
     name = f"{type(task).__name__} checkpoint {path}"
@@ -263,7 +270,7 @@ def _teacher_from_registry(spec: dict, outputs: Sequence[str] | None) -> OnlineT
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise DataError(f"teacher.weights={path}: no such file (a .ckpt of this toolkit or a state dict)")
-        state = read_state_dict(path)
+        state = read_state_dict(path, what="teacher.weights file")
         for prefix in ("model.backbone.", "backbone."):  # task checkpoints and ImageClassifier state dicts
             if any(k.startswith(prefix) for k in state):
                 state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from toolkit.conf import CONF_DIR
 from toolkit.errors import ConfigError, ToolkitError
+
+
+def unique_dir(path: str) -> str:
+    """`path`, created now; `path_1`, `path_2`... when it exists already (two runs started in the same second).
+
+    Hydra's run and sweep folders are `${unique_dir:<log_dir>/<task>/runs/<time>}`: `mkdir` without `exist_ok`
+    claims a folder atomically, so concurrent runs never share one. Registered with `use_cache`: Hydra resolves the
+    folder more than once per run (and once per sweep job) and must get the same answer each time."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise ToolkitError(f"{base}: 10000 run folders of this name exist already; choose another paths.log_dir")
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://toolkit.conf", config_name="config")
@@ -99,6 +124,7 @@ def main() -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    register_resolvers()
     _hydra_entry()
 
 

@@ -2,34 +2,54 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+import os
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(Callback):
     """Keep one `last.ckpt`, rewritten every `every_n_train_steps` steps and at the end of every epoch.
 
-    Lightning's `save_last=True` only refreshes `last.ckpt` when its own callback saved a checkpoint at
-    that step (for a monitored callback: only when the metric improved), and two callbacks with
-    `save_last` write `last.ckpt` and `last-v1.ckpt`. This one owns `last.ckpt` alone: the best-model
-    callback keeps `save_last: false`. The file is overwritten in place (no version counter), so a
-    run resumed into its own folder keeps writing the same file.
+    Lightning's `save_last=True` only refreshes `last.ckpt` when its own callback saved a checkpoint at that step
+    (for a monitored callback: only when the metric improved), and one ModelCheckpoint cannot save both every N
+    steps and at every epoch end. This callback owns `last.ckpt` alone (the best-model callback keeps
+    `save_last: false`) and writes it through the public `Trainer.save_checkpoint`, to a temporary name renamed
+    over the old file: a run killed while saving still has its previous `last.ckpt` whole.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 50):
-        super().__init__(
-            dirpath=dirpath,
-            save_top_k=0,
-            save_last=True,
-            every_n_train_steps=every_n_train_steps or None,
-            every_n_epochs=None if every_n_train_steps else 1,
-            enable_version_counter=False,
-        )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps or 0
+        self._saved_at_step = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _skip(self, trainer: Trainer) -> bool:
+        return bool(trainer.fast_dev_run) or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and not self._skip(trainer):
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # After the epoch's validation (it runs inside the last training batch), so the file holds a
-        # finished epoch even when a step-triggered save already happened at this very step.
-        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        # After the epoch's validation (it runs inside the last training batch), so the file holds a finished epoch
+        # even when a step-triggered save already happened at this very step.
+        if not self._skip(trainer):
+            self.save(trainer, force=True)
+
+    def save(self, trainer: Trainer, force: bool = False) -> None:
+        if trainer.global_step == self._saved_at_step and not force:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        tmp = self.dirpath / f".last.ckpt.{trainer.global_step}.tmp"
+        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes on rank 0
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("last_checkpoint")
+        self._saved_at_step = trainer.global_step
+        for logger in trainer.loggers:  # metrics.csv on disk then covers every step the checkpoint holds
+            logger.save()

@@ -11,6 +11,8 @@ a half-written report, checkpoint, cache or cell file behind for the next run to
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import json
 import os
 import pickle
@@ -28,6 +30,40 @@ TRUST_OPT_IN = "trust_file=true"
 
 class UnsafeFileError(DataError):
     """A file would need a full (code-running) unpickle to load, and the user did not opt in."""
+
+
+#: whether this run said `trust_file=true`; `run(cfg)` sets it for the job, so loaders deep inside a backbone or a
+#: teacher (which never see the config) honour the one top-level key without it being threaded through every call
+_TRUST_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_files", default=False)
+
+
+@contextmanager
+def trusted_files(trust: bool) -> Iterator[None]:
+    """Within the block, `load_torch_file(trust=None)` and `require_trust` follow `trust` (the run's `trust_file`)."""
+    token = _TRUST_FILES.set(bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST_FILES.reset(token)
+
+
+def files_trusted() -> bool:
+    return _TRUST_FILES.get()
+
+
+def require_trust(path: str | Path, what: str, why: str, opt_in: str = TRUST_OPT_IN) -> None:
+    """Refuse to open a file whose format is code (TorchScript, torch.export `.pt2`) unless the run trusts files."""
+    if not files_trusted():
+        raise UnsafeFileError(f"{what} {str(path)!r} is {why}: loading it runs code from the file; it was not loaded. "
+                              f"If you trust this file, load it with {opt_in} (docs/security.md).")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -71,14 +107,17 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def load_torch_file(path: str | Path, *, trust: bool = False, mmap: bool = False, what: str = "file",
+def load_torch_file(path: str | Path, *, trust: bool | None = None, mmap: bool = False, what: str = "file",
                     opt_in: str = TRUST_OPT_IN) -> Any:
     """`torch.load` of a user-named file: tensors, containers and plain values only, unless `trust`.
 
-    `what` says what the file is for in the error ("teacher checkpoint"), `opt_in` names the setting that sets
-    `trust` for this caller. A file that is not a torch file at all gets a DataError naming it too."""
+    `trust=None`: what the run said (`trust_file`, see `trusted_files`). `what` says what the file is for in the
+    error ("teacher checkpoint"), `opt_in` names the setting that sets `trust` for this caller. A file that is not
+    a torch file at all gets a DataError naming it too."""
     import torch
 
+    if trust is None:
+        trust = files_trusted()
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{what} {str(path)!r}: no such file")

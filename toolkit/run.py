@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from toolkit.backbones import is_backbone, list_backbones
 from toolkit.errors import ConfigError
+from toolkit.io import trusted_files
 from toolkit.modes import MODES, get_mode
 
 log = logging.getLogger(__name__)
@@ -118,4 +119,5 @@ def run(cfg: DictConfig) -> dict:
     validate_config(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
-    return get_mode(cfg.mode)(cfg)
+    with trusted_files(bool(cfg.get("trust_file", False))):  # every file this job loads: as data, unless trusted
+        return get_mode(cfg.mode)(cfg)

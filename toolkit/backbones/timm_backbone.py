@@ -54,7 +54,7 @@ class TimmBackbone(Backbone):
         own_checkpoint = None
         if pretrained:
             path = resolve_timm_pretrained(model_name, pretrained)
-            own_checkpoint = None if str(pretrained).lower() in TIMM_SOURCES else _own_layout(read_state_dict(path))
+            own_checkpoint = None if str(pretrained).lower() in TIMM_SOURCES else _own_layout(read_state_dict(path, what="backbone.pretrained file"))
             if own_checkpoint is None:  # timm's weights: timm's loader adapts them to features_only
                 build.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         self.body = timm.create_model(model_name, **build)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -186,19 +185,19 @@ def is_known_source(source: str) -> bool:
 
 
 # ---- reading and converting state dicts -----------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors, .pth/.pt state dict or a Lightning/timm .ckpt (its `state_dict`)."""
+def read_state_dict(path: str | Path, *, trust: bool | None = None, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors, .pth/.pt state dict or a Lightning/timm .ckpt (its `state_dict`).
+
+    Pickled files are read as data (`toolkit.io.load_torch_file`): one holding other Python objects is refused
+    unless `trust` (None: the run's `trust_file`)."""
+    from toolkit.io import load_torch_file
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle plain Python objects in their hyper-parameters; the file is
-        # one the user named, so a full load is what they asked for
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch_file(path, trust=trust, what=what)
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -342,7 +341,7 @@ def load_pretrained(model: nn.Module, name: str, pretrained: str | Path | bool, 
     Returns the file read, and sets `model.mean/std` to the normalisation the weights expect.
     """
     path, weights = resolve_pretrained(name, pretrained, kwargs.get("alpha", 1.0))
-    state = read_state_dict(path)
+    state = read_state_dict(path, what="backbone.pretrained file")
     for candidate in [weights] if weights else list(_WEIGHTS.get(name, {}).values()):
         if candidate.matches is not None and candidate.matches(state):
             _check_requirements(model, candidate, kwargs)

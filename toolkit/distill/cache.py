@@ -9,6 +9,7 @@ Two on-disk forms are read:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import DataError
+from toolkit.io import atomic_path, file_sha256, load_torch_file, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,11 @@ class TeacherCache:
                             "with `python -m toolkit mode=teacher_cache teacher=... data=...` on this dataset") from None
         return self.outputs[rows]
 
-    def verify(self, keys: Iterable[str], dim: int | None = None, outputs: Sequence[str] | None = None) -> None:
-        """Every image of this run has an output, of the expected width and kind; raise naming mismatches."""
+    def verify(self, keys: Iterable[str], dim: int | None = None, outputs: Sequence[str] | None = None,
+               run: dict | None = None) -> None:
+        """Every image of this run has an output, of the expected width and kind, and the cache was made for this
+        run's inputs: `run` holds what this run feeds the teacher (`resolution`, `mean`, `std`), compared with the
+        cache's meta together with its image list and its teacher file's hash. Raise naming each difference."""
         problems = []
         if outputs is not None and self.output is not None and self.output not in outputs:
             problems.append(f"it holds {self.output} but this task needs {' or '.join(outputs)}")
@@ -88,6 +93,7 @@ class TeacherCache:
         missing = [k for k in keys if k not in self.index and k not in self.skipped]
         if missing:
             problems.append(f"{len(missing)} of the {len(keys)} images of this run are missing from it: {_examples(missing)}")
+        problems += self.stale(keys, run or {})
         if problems:
             raise DataError(f"teacher cache {self.path} does not match this run: " + "; ".join(problems)
                             + ". Regenerate it with `python -m toolkit mode=teacher_cache teacher=<teacher> data=<this data>`.")
@@ -95,16 +101,34 @@ class TeacherCache:
         log.info("teacher cache %s: %d images verified (%d-d %s)%s", self.path, len(keys), self.dim, self.output or "outputs",
                  f", {unused} cached images unused" if unused else "")
 
+    def stale(self, keys: Sequence[str], run: dict) -> list[str]:
+        """How the cache's recorded inputs differ from this run's (empty: none, or nothing recorded to compare)."""
+        meta, differences = self.meta, []
+        for key in ("resolution", "mean", "std"):
+            if key in meta and run.get(key) is not None and _plain(meta[key]) != _plain(run[key]):
+                differences.append(f"{key}: the cache was made with {_plain(meta[key])}, this run uses {_plain(run[key])}")
+        if "images_sha256" in meta and keys and images_digest(keys) != meta["images_sha256"]:
+            cached = set(self.keys) | self.skipped
+            extra = sorted(cached - set(keys))
+            differences.append(f"image list: the cache was made for {meta.get('images', len(cached))} images, this run "
+                               f"has {len(keys)}" + (f"; not in this run: {_examples(extra)}" if extra else ""))
+        teacher_file, recorded = meta.get("teacher_file"), meta.get("teacher_sha256")
+        if teacher_file and recorded and Path(teacher_file).is_file() and file_sha256(teacher_file) != recorded:
+            differences.append(f"teacher file: {teacher_file} has changed since the cache was made (sha256 "
+                               f"{recorded[:12]}... then, {file_sha256(teacher_file)[:12]}... now)")
+        return differences
+
     # ---- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        """Written whole or not at all (a temporary file renamed into place)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npz":
             extra = {"output": np.array(self.output)} if self.output else {}
-            np.savez(path, keys=np.array(self.keys), outputs=self.outputs.numpy(), **extra)
+            with atomic_path(path) as tmp, tmp.open("wb") as f:  # a file object: np.savez would add ".npz" to a name
+                np.savez(f, keys=np.array(self.keys), outputs=self.outputs.numpy(), **extra)
         else:
-            torch.save({"format": CACHE_FORMAT, "version": CACHE_VERSION, "keys": self.keys, "outputs": self.outputs,
-                        "output": self.output, "meta": self.meta, "skipped": sorted(self.skipped)}, path)
+            torch_save_atomic({"format": CACHE_FORMAT, "version": CACHE_VERSION, "keys": self.keys, "outputs": self.outputs,
+                               "output": self.output, "meta": self.meta, "skipped": sorted(self.skipped)}, path)
         self.path = str(path)
         return path
 
@@ -131,4 +155,16 @@ class TeacherCache:
                     raise DataError(f"teacher cache {path}: an .npz cache needs arrays 'keys' and 'outputs', found {list(z.keys())}")
                 output = str(z["output"]) if "output" in z else None  # unspecified: the task's need decides
                 return cls([str(k) for k in z["keys"]], torch.from_numpy(np.asarray(z["outputs"], dtype=np.float32)), output, path)
-        return cls.from_object(torch.load(path, map_location="cpu", weights_only=False), path)
+        return cls.from_object(load_torch_file(path, what="teacher cache"), path)
+
+
+def images_digest(keys: Iterable[str]) -> str:
+    """One hash of an image list, whatever its order: what a cache records of the images it was made for."""
+    return hashlib.sha256("\n".join(sorted(str(k) for k in keys)).encode()).hexdigest()
+
+
+def _plain(value):
+    """Numbers and sequences compared as plain rounded floats (a tuple from the data, a list from the file)."""
+    if isinstance(value, list | tuple):
+        return [round(float(v), 6) for v in value]
+    return round(float(value), 6) if isinstance(value, int | float) else value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import s2sphere
 from s2sphere.sphere import LOOKUP_BITS, LOOKUP_POS, SWAP_MASK
 
 from toolkit.errors import DataError
+from toolkit.io import atomic_path, write_json_atomic
 
 MAX_LEVEL = 30
 _U64 = np.uint64
@@ -205,39 +207,69 @@ def partition_cells(lat, lon, t_max: int, t_min: int, max_level: int = MAX_LEVEL
     return Partition(ids, levels, counts, center_lat, center_lon, mean_lat, mean_lon, meta), photo_cell
 
 
+CELLS_HEADER = "# mobilenet-toolkit cell file: {rows} cells"
+
+
 def write_cells(partition: Partition, path: str | Path) -> Path:
-    """The cell file: CSV `token,level,count,center_lat,center_lon,mean_lat,mean_lon`, plus `<path>.json` (meta)."""
+    """The cell file: a `# ... N cells` line, then CSV `token,level,count,center_lat,center_lon,mean_lat,mean_lon`;
+    plus `<path>.json` (meta). Both written whole or not at all (temporary file, then renamed); the row count in
+    the first line lets `read_cells` tell a file cut short at a line boundary."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        f.write(CELLS_HEADER.format(rows=len(partition)) + "\n")
         writer = csv.writer(f)
         writer.writerow(CELL_COLUMNS)
         for row in zip(partition.tokens, partition.levels, partition.counts, partition.center_lat,
                        partition.center_lon, partition.mean_lat, partition.mean_lon, strict=True):
             writer.writerow([row[0], int(row[1]), int(row[2]), *(f"{v:.7f}" for v in row[3:])])
-    path.with_suffix(path.suffix + ".json").write_text(json.dumps(partition.meta, indent=2))
+    write_json_atomic(path.with_suffix(path.suffix + ".json"), partition.meta)
     return path
 
 
 def read_cells(path: str | Path) -> Partition:
-    """Read a cell file written by `write_cells` (or by hand, with the same columns)."""
+    """Read a cell file written by `write_cells` (or by hand: the same columns, the count line optional).
+
+    Every row is checked (a DataError names the file and line): all columns present, a valid token, level 0-30,
+    a count >= 0, finite centres within [-90, 90] x [-180, 180]; and the row count against the file's count line."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: cell file not found. Write one with `python -m toolkit mode=partition data=geo "
                         "data.train_csv=...` or leave data.cells_file unset to partition the training CSV on the fly.")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CELL_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: cell file lacks columns {missing}; expected header {','.join(CELL_COLUMNS)}")
-        rows = list(reader)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text cell file ({e}); rewrite it with mode=partition") from e
+    expected, first = None, 1
+    if lines and lines[0].startswith("#"):
+        match = re.fullmatch(r"# mobilenet-toolkit cell file: (\d+) cells", lines[0].strip())
+        if match is None:
+            raise DataError(f"{path}: line 1: unrecognised count line {lines[0][:80]!r}; expected "
+                            f"{CELLS_HEADER.format(rows='N')!r}")
+        expected, lines, first = int(match[1]), lines[1:], 2
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    missing = [c for c in CELL_COLUMNS if c not in (header or [])]
+    if missing:
+        raise DataError(f"{path}: cell file lacks columns {missing}; expected header {','.join(CELL_COLUMNS)}")
+    index = {c: header.index(c) for c in CELL_COLUMNS}
+    rows = [(first + 1 + n, row) for n, row in enumerate(reader) if row]
+    if expected is not None and len(rows) != expected:
+        raise DataError(f"{path}: the file says {expected} cells but holds {len(rows)}: it was cut short or edited; "
+                        "rewrite it with mode=partition")
     if not rows:
         raise DataError(f"{path}: cell file has no cells")
+    tokens, values = [], []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line}: {len(row)} fields, the header has {len(header)} (a row cut short?); "
+                            "rewrite the file with mode=partition")
+        tokens.append(row[index["token"]])
+        values.append([_cell_value(path, line, c, row[index[c]]) for c in CELL_COLUMNS[1:]])
     try:
-        ids = tokens_to_ids([r["token"] for r in rows])
-        cols = {c: np.array([float(r[c]) for r in rows]) for c in CELL_COLUMNS[1:]}
+        ids = tokens_to_ids(tokens)
     except ValueError as e:
-        raise DataError(f"{path}: malformed cell row ({e}); rewrite the file with mode=partition") from e
+        raise DataError(f"{path}: malformed cell token ({e}); rewrite the file with mode=partition") from e
+    cols = dict(zip(CELL_COLUMNS[1:], np.array(values, dtype=np.float64).T, strict=True))
     order = np.argsort(ids, kind="stable")
     lo, hi = cell_ranges(ids[order])
     if np.any(lo[1:] <= hi[:-1]):
@@ -249,6 +281,21 @@ def read_cells(path: str | Path) -> Partition:
     return Partition(ids[order], cols["level"][order].astype(np.int64), cols["count"][order].astype(np.int64),
                      cols["center_lat"][order], cols["center_lon"][order], cols["mean_lat"][order],
                      cols["mean_lon"][order], meta)
+
+
+_CELL_RANGES = {"level": (0, MAX_LEVEL), "count": (0, math.inf), "center_lat": (-90, 90), "center_lon": (-180, 180),
+                "mean_lat": (-90, 90), "mean_lon": (-180, 180)}
+
+
+def _cell_value(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}: line {line}: {column} {text!r} is not a number; rewrite the file with mode=partition") from None
+    low, high = _CELL_RANGES[column]
+    if not (math.isfinite(value) and low <= value <= high):
+        raise DataError(f"{path}: line {line}: {column} {text} outside [{low}, {high}]; rewrite the file with mode=partition")
+    return value
 
 
 def level_histogram(partition: Partition) -> dict[int, int]:

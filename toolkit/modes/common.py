@@ -11,10 +11,11 @@ import hydra.utils
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from toolkit.errors import ConfigError
-from toolkit.tasks.base import BaseTask, checkpoint_hparams
+from toolkit.io import write_text_atomic
+from toolkit.tasks.base import BaseTask, read_checkpoint, registered_task_class
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,10 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     (`task.predict_score_thresh=0.1`, `task.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
-    hparams = checkpoint_hparams(path)
+    checkpoint = read_checkpoint(path, mmap=True)
+    if checkpoint.get("task_class"):
+        registered_task_class(checkpoint["task_class"], path)  # a file names no class outside the toolkit's tasks
+    hparams = checkpoint.get("hyper_parameters") or {}
     return task_class(cfg).restore(path, hparams=hparams, **command_line_task_overrides(cfg, hparams))
 
 
@@ -128,23 +132,49 @@ def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any
 
 def resolve_checkpoint(cfg: DictConfig, ckpt_path: str | None, required: bool = False) -> str | None:
     """`ckpt_path=last` means the newest `checkpoints/last.ckpt` of this task's runs under `paths.log_dir`
-    (`<log_dir>/<task>/...`, the Hydra run folders), other runs' folders when the task is not known."""
+    (`<log_dir>/<task>/...`, the Hydra run folders), other runs' folders when the task is not known. It names
+    one run, printed; in a `-m` sweep it is refused (every job would take the same run, or one another's)."""
     if ckpt_path in (None, ""):
         if required:
             raise ConfigError("ckpt_path", ckpt_path, "this mode needs a checkpoint: ckpt_path=/path/to/file.ckpt or ckpt_path=last")
         return None
     if ckpt_path == "last":
-        log_dir = Path(cfg.paths.log_dir)
-        task_dir = log_dir / _task_choice() if _task_choice() else log_dir
-        candidates = sorted(task_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise ConfigError("ckpt_path", "last", f"no checkpoints/last.ckpt under {task_dir}; pass an explicit path")
-        log.info("ckpt_path=last -> %s", candidates[-1])
-        return str(candidates[-1])
+        return str(_newest_last_checkpoint(cfg))
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError("ckpt_path", ckpt_path, "no such checkpoint file")
     return str(path)
+
+
+def _newest_last_checkpoint(cfg: DictConfig) -> Path:
+    if _in_sweep():
+        raise ConfigError("ckpt_path", "last", "is ambiguous in a -m sweep (every job would resume the same run, or "
+                          "another job's); give each job its checkpoint file: ckpt_path=/path/to/run/checkpoints/last.ckpt")
+    log_dir = Path(cfg.paths.log_dir)
+    task_dir = log_dir / _task_choice() if _task_choice() else log_dir
+    this_run = Path(cfg.paths.output_dir).resolve() if cfg.paths.get("output_dir") else None
+    candidates = [p for p in task_dir.glob("**/checkpoints/last.ckpt") if p.parent.parent.resolve() != this_run]
+    if not candidates:
+        raise ConfigError("ckpt_path", "last", f"no checkpoints/last.ckpt under {task_dir}; pass an explicit path")
+    candidates.sort(key=lambda p: p.stat().st_mtime_ns)
+    if len(candidates) > 1 and candidates[-1].stat().st_mtime_ns == candidates[-2].stat().st_mtime_ns:
+        raise ConfigError("ckpt_path", "last", f"two runs' last.ckpt are equally new ({candidates[-2]}, {candidates[-1]}); "
+                          "pass the one you mean")
+    chosen = candidates[-1]
+    message = f"ckpt_path=last -> {chosen} (run {chosen.parent.parent})"
+    print(message)
+    log.info(message)
+    return chosen
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not under Hydra
+        return False
 
 
 def _task_choice() -> str | None:
@@ -157,32 +187,26 @@ def _task_choice() -> str | None:
         return None
 
 
-def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> Path | None:
-    """Point `paths.output_dir` at the run folder a resumed checkpoint came from (`<run>/checkpoints/x.ckpt`),
-    so checkpoints, metrics.csv, TensorBoard events and the log continue there; returns that folder."""
+def record_resume(ckpt_path: str, out: Path) -> dict:
+    """A resumed run trains in its own new folder: refuse the checkpoint's own run folder (its files stay as they
+    are), check the file is plain data before Lightning reads it, and write `resumed_from.json` saying where the
+    run came from."""
     ckpt = Path(ckpt_path).resolve()
-    run_dir = ckpt.parent.parent
-    if ckpt.parent.name != "checkpoints" or run_dir == Path(cfg.paths.output_dir).resolve():
-        return None
-    launched_in = cfg.paths.output_dir
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    for handler in list(logging.getLogger().handlers):  # Hydra's job log file: continue the original run's one
-        if isinstance(handler, logging.FileHandler):
-            resumed = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
-            resumed.setFormatter(handler.formatter)
-            resumed.setLevel(handler.level)
-            logging.getLogger().addHandler(resumed)
-            break
-    log.info("resuming %s into its run folder %s (this launch's folder %s keeps only its own config and log)",
-             ckpt.name, run_dir, launched_in)
-    return run_dir
+    source_run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if source_run == out.resolve():
+        raise ConfigError("ckpt_path", ckpt_path, f"belongs to this run's folder {out}; a resumed run writes a new "
+                          "folder and leaves the original run's files as they are: do not set hydra.run.dir to it")
+    checkpoint = read_checkpoint(ckpt, mmap=True)
+    record = {"checkpoint": str(ckpt), "run_dir": str(source_run), "global_step": checkpoint.get("global_step"),
+              "epoch": checkpoint.get("epoch")}
+    write_json(out / "resumed_from.json", record)
+    log.info("resuming from %s (step %s, epoch %s of run %s) into the new run folder %s", ckpt,
+             record["global_step"], record["epoch"], source_run, out)
+    return record
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=float))
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=float))
 
 
 def plain_metrics(metrics: dict) -> dict[str, float]:
@@ -196,4 +220,4 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
 
 def save_config(cfg: DictConfig, out: Path) -> None:
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -35,8 +35,13 @@ def partition(cfg: DictConfig) -> dict:
     records = datamodule.read_split("train")
     thresholds, settings = datamodule.thresholds(), datamodule.cells
     t_min, max_level = int(settings["t_min"]), int(settings["max_level"])
+    targets = _targets(cfg, out, thresholds, t_min)
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not cfg.get("overwrite", False):
+        raise ConfigError("data.cells_file", cfg.data.get("cells_file"), f"{', '.join(existing)} exists already (a "
+                          "training run may read it); pass overwrite=true to replace it, or name a new file")
     written, metas = [], []
-    for t_max, target in zip(thresholds, _targets(cfg, out, thresholds, t_min), strict=True):
+    for t_max, target in zip(thresholds, targets, strict=True):
         start = time.perf_counter()
         part, _ = partition_cells(records.lat, records.lon, int(t_max), t_min, max_level)
         seconds = time.perf_counter() - start

@@ -8,13 +8,15 @@ no longer pay for the teacher's forward passes, and are verified against it befo
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from toolkit.distill.cache import TeacherCache
+from toolkit.distill.cache import TeacherCache, images_digest
 from toolkit.errors import ConfigError
+from toolkit.io import file_sha256
 from toolkit.modes.common import build_datamodule, output_dir, write_json
 from toolkit.tasks.teachers import CachedTeacher, build_teacher
 
@@ -26,6 +28,15 @@ def _device(cfg: DictConfig) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def teacher_file_meta(spec: DictConfig) -> dict:
+    """The teacher's file and its hash, so a cache used after the file was retrained in place is refused as stale."""
+    raw = spec.get("path") if spec.get("kind") == "path" else spec.get("weights")
+    if not raw or not Path(str(raw)).expanduser().is_file():
+        return {}
+    path = Path(str(raw)).expanduser().resolve()
+    return {"teacher_file": str(path), "teacher_sha256": file_sha256(path)}
 
 
 def teacher_cache(cfg: DictConfig) -> dict:
@@ -52,9 +63,11 @@ def teacher_cache(cfg: DictConfig) -> dict:
             continue
         outputs.append(teacher(batch["image"].to(device)).cpu())
         keys += list(batch["key"])
-    missing = sorted(set(datamodule.distill_keys()) - set(keys))  # the images skipped as corrupt
-    meta = {"teacher": teacher.description, "resolution": teacher.resolution or datamodule.resolution,
-            "data": OmegaConf.to_container(cfg.data, resolve=True), "mean": list(datamodule.mean), "std": list(datamodule.std)}
+    all_keys = datamodule.distill_keys()
+    missing = sorted(set(all_keys) - set(keys))  # the images skipped as corrupt
+    meta = {"teacher": teacher.description, "resolution": datamodule.resolution, "teacher_resolution": teacher.resolution,
+            "data": OmegaConf.to_container(cfg.data, resolve=True), "mean": list(datamodule.mean), "std": list(datamodule.std),
+            "images": len(all_keys), "images_sha256": images_digest(all_keys), **teacher_file_meta(cfg.teacher)}
     cache = TeacherCache(keys, torch.cat(outputs), teacher.output, meta=meta, skipped=missing)
     path = cache.save(out / "teacher_cache.pt")
     summary = {"cache_file": str(path), "images": len(keys), "skipped": skipped, "dim": cache.dim,

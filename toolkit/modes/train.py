@@ -9,14 +9,15 @@ import logging
 
 from omegaconf import DictConfig
 
+from toolkit.io import files_trusted
 from toolkit.modes.common import (
     build_datamodule,
     build_task,
     build_trainer,
-    continue_in_run_folder,
     output_dir,
     plain_metrics,
     print_metrics,
+    record_resume,
     resolve_checkpoint,
     write_json,
 )
@@ -35,9 +36,9 @@ def per_image_counts(task, resolution: int) -> dict[str, int]:
 
 def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg, cfg.get("ckpt_path"))
-    if ckpt_path:  # resuming: continue in the run folder the checkpoint belongs to, so its logs append
-        continue_in_run_folder(cfg, ckpt_path)
     out = output_dir(cfg)
+    if ckpt_path:  # resuming: into this run's new folder, which records where it came from
+        record_resume(ckpt_path, out)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -48,7 +49,7 @@ def train(cfg: DictConfig) -> dict:
         else:
             task.load_init_weights(cfg.init_from)
     trainer = build_trainer(cfg, task)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
     metrics = plain_metrics(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback  # the `best` ModelCheckpoint (the first one configured)
     best = checkpoint.best_model_path if checkpoint else ""
