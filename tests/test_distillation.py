@@ -13,6 +13,7 @@ from toolkit.distill.cache import TeacherCache
 from toolkit.distill.losses import attribute_distillation_loss, embedding_distillation_loss, masked_label_loss
 from toolkit.distill.overrides import expand_teacher_override
 from toolkit.errors import ConfigError, DataError
+from toolkit.io import trusted_files
 from toolkit.tasks.face_attributes import FaceAttributesTask
 from toolkit.tasks.teachers import CachedTeacher, OnlineTeacher, build_teacher
 
@@ -107,6 +108,11 @@ class Flatten(nn.Module):
 def test_torchscript_teacher_is_frozen_and_sees_the_students_view(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.jit.save(torch.jit.script(Flatten()), path)
+    with trusted_files(True):  # TorchScript is code: loading it needs trust_file=true (tests/test_security.py)
+        _check_torchscript_teacher(path)
+
+
+def _check_torchscript_teacher(path):
     teacher = build_teacher({"kind": "path", "path": str(path), "output": "embedding", "resolution": 4})
     assert isinstance(teacher, OnlineTeacher) and teacher.output == "embedding"
     teacher.train()
@@ -159,7 +165,7 @@ def test_checkpoint_teacher_rebuilds_its_task_outside_the_student(tmp_path):
     batch = {"image": x, "key": ["1", "2"]}
     assert torch.allclose(student.teacher_outputs(batch), source(x), atol=1e-6)
     (tmp_path / "junk.pt").write_bytes(b"not a teacher")
-    with pytest.raises(DataError, match="junk.pt: cannot be read"):
+    with pytest.raises(DataError, match="junk.pt.: not a readable torch file"):
         build_teacher({"kind": "path", "path": str(tmp_path / "junk.pt")})
     with pytest.raises(DataError, match="missing.ckpt: not found"):
         build_teacher({"kind": "path", "path": str(tmp_path / "missing.ckpt")})

@@ -140,9 +140,10 @@ def test_cell_file_round_trip_and_overlap_check(tmp_path):
     back = read_cells(path)
     assert back.tokens == part.tokens and back.counts.tolist() == part.counts.tolist()
     assert np.allclose(back.mean_lat, part.mean_lat, atol=1e-6) and back.meta["t_max"] == 200
-    rows = path.read_text().splitlines()
-    parent = ids_to_tokens(parent_ids(part.ids[:1], int(part.levels[0]) - 1))[0]
-    path.write_text("\n".join([*rows, f"{parent},{int(part.levels[0]) - 1},9,0,0,0,0"]) + "\n")
+    rows = path.read_text().splitlines()[1:]  # as written by hand: no "# ... N cells" line, so a row may be added
+    k = int(np.flatnonzero(part.levels > 0)[0])  # a cell that has a parent
+    parent = ids_to_tokens(parent_ids(part.ids[k:k + 1], int(part.levels[k]) - 1))[0]
+    path.write_text("\n".join([*rows, f"{parent},{int(part.levels[k]) - 1},9,0,0,0,0"]) + "\n")
     with pytest.raises(DataError, match="overlap"):
         read_cells(path)
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,12 +125,13 @@ def load_torch_file(path: str | Path, *, trust: bool | None = None, mmap: bool =
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap or None)
     except pickle.UnpicklingError as e:
-        if trust or "weights_only" not in str(e).lower().replace(" ", "_"):
-            raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_first_line(e)})") from e
+        needs = re.search(r"GLOBAL (\S+)", str(e)) if "Unsupported global" in str(e) else None
+        if trust or needs is None:  # not a pickle torch reads (junk, a truncated file): no object to blame
+            raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_weights_only_detail(e)})") from e
         raise UnsafeFileError(
-            f"{what} {str(path)!r} holds Python objects beyond tensors and plain values, and unpickling them can run "
-            f"code; it was not loaded. If you trust this file, load it with {opt_in} (docs/security.md). "
-            f"({_first_line(e)})") from e
+            f"{what} {str(path)!r} holds Python objects beyond tensors and plain values ({needs[1]}), and unpickling "
+            f"them can run code; it was not loaded. If you trust this file, load it with {opt_in} "
+            "(docs/security.md).") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_first_line(e)})") from e
 
@@ -137,3 +139,9 @@ def load_torch_file(path: str | Path, *, trust: bool | None = None, mmap: bool =
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _weights_only_detail(error: BaseException) -> str:
+    """The line of torch's weights-only error that says what was wrong (its first lines are generic advice)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    return match[1].strip()[:200] if match else _first_line(error)
