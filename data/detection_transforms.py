@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from toolkit.data.transforms import SeededCompose
 from toolkit.errors import ConfigError
 
 #: albumentations keeps boxes partially inside a crop, clipped; this drops slivers under 1 pixel
@@ -104,7 +105,7 @@ def _iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 
 def _finish(ops: list, mean, std) -> A.Compose:
-    return A.Compose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
+    return SeededCompose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
 
 
 def ssd_train_transform(resolution: int, mean, std) -> A.Compose:

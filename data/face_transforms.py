@@ -5,6 +5,8 @@ from __future__ import annotations
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
+from toolkit.data.transforms import SeededCompose
+
 
 def face_train_transform(resolution: int, mean, std, crop_scale=(0.8, 1.0), hflip: bool = True,
                          color_jitter: float = 0.2) -> A.Compose:
@@ -17,12 +19,12 @@ def face_train_transform(resolution: int, mean, std, crop_scale=(0.8, 1.0), hfli
         ops.append(A.HorizontalFlip(p=0.5))
     if color_jitter:
         ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=0.8))
-    return A.Compose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()])
+    return SeededCompose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 
 def face_eval_transform(resolution: int, mean, std) -> A.Compose:
     """Shorter side to `resolution`, centre square crop (CelebA's 178x218 -> the central 178x178)."""
-    return A.Compose([
+    return SeededCompose([
         A.SmallestMaxSize(max_size=resolution),
         A.CenterCrop(height=resolution, width=resolution),
         A.Normalize(mean=mean, std=std),
