@@ -164,7 +164,7 @@ def images_digest(keys: Iterable[str]) -> str:
 
 
 def _plain(value):
-    """Numbers and sequences compared as plain rounded floats (a tuple from the data, a list from the file)."""
+    """Values compared as plain lists of rounded numbers (a tuple from the data, a list from the file)."""
     if isinstance(value, list | tuple):
-        return [round(float(v), 6) for v in value]
-    return round(float(value), 6) if isinstance(value, int | float) else value
+        return [_plain(v) for v in value]
+    return round(value, 6) if isinstance(value, float) else value
