@@ -24,6 +24,7 @@ import torch
 from toolkit.data.coco import boxes_to_original
 from toolkit.detection.evaluator import CocoEvaluator, ap_table, results_from_detections, write_results_json
 from toolkit.errors import DataError
+from toolkit.io import write_text_atomic
 from toolkit.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class DetectionTask(BaseTask):
         names = dict(zip(self.category_ids, self.class_names, strict=True))
         det_path = write_results_json(self.evaluator.results, out / "detections_val.json")
         table = out / "ap_table.md"
-        table.write_text(ap_table(stats, self.evaluator.per_class, names) + "\n```\n" + self.evaluator.summary + "```\n")
+        write_text_atomic(table, ap_table(stats, self.evaluator.per_class, names) + "\n```\n" + self.evaluator.summary + "```\n")
         return [det_path, table]
 
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
@@ -156,10 +157,10 @@ class DetectionTask(BaseTask):
         folder = Path(output_dir) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         files = [Path(output_dir) / "predictions.json"]
-        files[0].write_text(json.dumps(records, indent=2))
+        write_text_atomic(files[0], json.dumps(records, indent=2))
         for i, rec in enumerate(records):
             stem = f"{i:05d}_{Path(rec['path']).stem}"
-            (folder / f"{stem}.json").write_text(json.dumps(rec, indent=2))
+            write_text_atomic(folder / f"{stem}.json", json.dumps(rec, indent=2))
             files += [folder / f"{stem}.json", draw_detections(rec["path"], rec["detections"], folder / f"{stem}.png")]
         return files
 

@@ -19,6 +19,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelSt
 from toolkit.distill.losses import attribute_distillation_loss, masked_label_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads import build_classifier
+from toolkit.io import atomic_path, write_text_atomic
 from toolkit.tasks.base import write_prediction_files
 from toolkit.tasks.distillation import DistillationTask
 
@@ -143,7 +144,7 @@ class FaceAttributesTask(DistillationTask):
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
         """`attributes.csv` and `attributes.md`: AP, accuracy and positives per attribute, mean AP last."""
         rows = self.last_table
-        with (output_dir / "attributes.csv").open("w", newline="") as f:
+        with atomic_path(output_dir / "attributes.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["attribute", "ap", "accuracy", "positives", "labelled"])
             writer.writeheader()
             writer.writerows(rows)
@@ -154,7 +155,7 @@ class FaceAttributesTask(DistillationTask):
         lines.append(f"| **mean** | **{100 * metrics.get('val/mAP', float('nan')):.1f}** | "
                      f"**{100 * metrics.get('val/mean_accuracy', float('nan')):.1f}** | "
                      f"{int(metrics.get('val/attributes_scored', 0))} attributes scored |")
-        (output_dir / "attributes.md").write_text("\n".join(lines) + "\n")
+        write_text_atomic(output_dir / "attributes.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
 
     # ---- prediction ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import nn
 from toolkit.backbones import create_backbone
 from toolkit.distill.losses import embedding_distillation_loss
 from toolkit.errors import ConfigError, DataError
+from toolkit.io import atomic_path, write_text_atomic
 from toolkit.tasks.distillation import DistillationTask
 from toolkit.verification import plot_roc, verification_report
 
@@ -151,12 +152,12 @@ class FaceEmbeddingTask(DistillationTask):
         if report is None:
             return
         roc = report["roc"]
-        with (output_dir / "roc.csv").open("w", newline="") as f:
+        with atomic_path(output_dir / "roc.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["threshold", "far", "tar"])
             writer.writerows(zip(roc["threshold"].tolist(), roc["fpr"].tolist(), roc["tpr"].tolist(), strict=True))
         summary = {k: v for k, v in report.items() if k != "roc"}
-        (output_dir / "verification.json").write_text(json.dumps(summary, indent=2, default=float))
+        write_text_atomic(output_dir / "verification.json", json.dumps(summary, indent=2, default=float))
         plot_roc(report, output_dir / "roc.png")
         for point in report["tar_at_far"]:
             if not point["resolvable"]:
@@ -173,6 +174,6 @@ class FaceEmbeddingTask(DistillationTask):
         npy = output_dir / "embeddings.npy"
         np.save(npy, np.asarray([r["embedding"] for r in records], dtype=np.float32))
         paths = output_dir / "embeddings_paths.txt"
-        paths.write_text("\n".join(r["path"] for r in records) + "\n")
+        write_text_atomic(paths, "\n".join(r["path"] for r in records) + "\n")
         return [npy, paths]
 

@@ -11,6 +11,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from toolkit.io import atomic_path, write_text_atomic
 from toolkit.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -111,19 +112,19 @@ class FineGrainedTask(ClassificationTask):
             return
         cm = self.confusion
         names = self.class_names
-        with (output_dir / "confusion_matrix.csv").open("w", newline="") as f:
+        with atomic_path(output_dir / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true \\ predicted", *names])
             writer.writerows([names[i], *map(int, row)] for i, row in enumerate(cm.tolist()))
         support, correct = cm.sum(1), cm.diag()
         per_class = sorted(((names[i], int(support[i]), int(correct[i]), float(correct[i] / support[i]))
                             for i in range(len(names)) if support[i] > 0), key=lambda r: r[3])
-        with (output_dir / "per_class_accuracy.csv").open("w", newline="") as f:
+        with atomic_path(output_dir / "per_class_accuracy.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "images", "correct", "accuracy"])
             writer.writerows([n, s, c, f"{a:.4f}"] for n, s, c, a in per_class)
         pairs = self.confused_pair_rows(cm, self.hparams.confused_pairs)
-        with (output_dir / "confused_pairs.csv").open("w", newline="") as f:
+        with atomic_path(output_dir / "confused_pairs.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["rank", "class_a", "class_b", "a_as_b", "b_as_a", "total", "share_of_pair"])
             writer.writeheader()
             writer.writerows({"rank": i, **r, "share_of_pair": f"{r['share_of_pair']:.4f}"} for i, r in enumerate(pairs, 1))
@@ -136,5 +137,5 @@ class FineGrainedTask(ClassificationTask):
                   for i, r in enumerate(pairs[:10], 1)]
         lines += ["", "Weakest classes: " + ", ".join(f"{n} {100 * a:.0f}%" for n, _, _, a in per_class[:5])]
         summary = "\n".join(lines) + "\n"
-        (output_dir / "fine_grained_summary.md").write_text(summary)
+        write_text_atomic(output_dir / "fine_grained_summary.md", summary)
         print(summary)

@@ -21,6 +21,7 @@ from toolkit.errors import ConfigError
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
+from toolkit.io import atomic_path, write_text_atomic
 from toolkit.tasks.base import BaseTask, write_prediction_files
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
@@ -202,8 +203,8 @@ class GeolocationTask(BaseTask):
         """The Im2GPS table (this run beside the paper's Table 11) as Markdown and CSV."""
         prefix = "val/" if any(k.startswith("val/") for k in metrics) else "test/"
         table = im2gps_table(metrics, prefix=prefix)
-        (output_dir / "im2gps_table.md").write_text(table)
-        with (output_dir / "im2gps_table.csv").open("w", newline="") as f:
+        write_text_atomic(output_dir / "im2gps_table.md", table)
+        with atomic_path(output_dir / "im2gps_table.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["threshold_km", "within_fraction"])
             for _, km in IM2GPS_SCALES:

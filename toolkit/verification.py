@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
+from toolkit.io import atomic_path
+
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The threshold (a midpoint between neighbouring scores) with the highest accuracy, and that accuracy."""
@@ -104,6 +106,7 @@ def plot_roc(report: dict, path: Path, title: str = "verification ROC") -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

@@ -22,6 +22,8 @@ import numpy as np
 import torch.distributed as dist
 from pycocotools.coco import COCO
 
+from toolkit.io import write_text_atomic
+
 #: the order of COCOeval.stats (torchmetrics' names)
 STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -134,7 +136,7 @@ def _coco_from(data: dict) -> COCO:
 def write_results_json(results: list[dict], path: Path) -> Path:
     """COCO results format: a list of {image_id, category_id, bbox [x, y, w, h], score}."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results))
+    write_text_atomic(path, json.dumps(results))
     return path
 
 

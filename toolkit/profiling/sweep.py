@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from toolkit.errors import DataError
+from toolkit.io import atomic_path
 
 PROFILE_FILE = "profile.json"
 CSV_NAME = "profile_sweep.csv"
@@ -102,7 +103,7 @@ def _job_order(name: str) -> tuple[int, str]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -153,7 +154,8 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, score: str = "top1", score
             ax.set_title(f"{title} per model (no {score_label}: {no_score_hint})")
             ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
