@@ -1,5 +1,5 @@
-"""SLOW (subprocesses): a training process killed mid-epoch resumes with ckpt_path=last into its own run
-folder, and `trainer=ddp` runs 2 CPU processes (gloo) whose ranks agree on the validation metrics."""
+"""SLOW (subprocesses): a training process killed mid-epoch resumes with ckpt_path=last into a new run folder
+(the killed run's files untouched), and `trainer=ddp` runs 2 CPU processes (gloo) whose ranks agree on the validation metrics."""
 
 from __future__ import annotations
 
@@ -33,8 +33,13 @@ class PauseAtStep(Callback):
             time.sleep(600)
 
 
+def metric_steps(run_dir: Path) -> Counter:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return Counter(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step"))
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_from_last_into_the_same_folder(tmp_path):
+def test_killed_run_resumes_from_last_into_a_new_folder(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     # 48 images / batch 8 = 6 steps per epoch, 3 epochs = 18 steps; last.ckpt every 4 steps and at epoch ends
     common = CLI_FAST + ["data.n_train=48", "data.n_val=12", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
@@ -54,30 +59,34 @@ def test_killed_run_resumes_from_last_into_the_same_folder(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    (run_dir,) = (tmp_path / "outputs" / "classification" / "runs").iterdir()
-    killed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    runs = tmp_path / "outputs" / "classification" / "runs"
+    (killed_dir,) = runs.iterdir()
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    killed = torch.load(last, map_location="cpu", weights_only=True)
     assert (killed["global_step"], killed["epoch"]) == (8, 1)  # mid-epoch 1: saved after step 8, killed at 9
-    rows_before = (run_dir / "csv" / "metrics.csv").read_text().count("\n")
+    files_before = {p: p.read_bytes() for p in killed_dir.rglob("*") if p.is_file()}
 
     done = run_cli([*common, "ckpt_path=last"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
-    assert f"into its run folder {run_dir}" in output
+    assert f"ckpt_path=last -> {last} (run {killed_dir})" in output
     # Lightning's lines appear once (through Hydra's handlers), and the run ends with its validation numbers
     assert output.count("Restoring states from the checkpoint") == 1 and "💡 Tip" not in output, output[-3000:]
     assert "validation after epoch 2:" in done.stdout and "best val/top1: " in done.stdout
-    assert "Restoring states from the checkpoint" in (run_dir / "toolkit.log").read_text()
-    result = json.loads((run_dir / "train_metrics.json").read_text())
+    (new_dir,) = set(runs.iterdir()) - {killed_dir}
+    assert {p: p.read_bytes() for p in killed_dir.rglob("*") if p.is_file()} == files_before  # untouched
+    assert json.loads((new_dir / "resumed_from.json").read_text())["checkpoint"] == str(last.resolve())
+    assert "Restoring states from the checkpoint" in (new_dir / "toolkit.log").read_text()
+    result = json.loads((new_dir / "train_metrics.json").read_text())
     assert (result["global_step"], result["epoch"]) == (18, 3)
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert final["global_step"] == 18
+    assert torch.load(new_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 18
 
-    with (run_dir / "csv" / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) > rows_before - 1  # appended to, not replaced
-    steps = Counter(int(r["step"]) for r in rows if r.get("train/loss_step"))
-    assert sorted(steps) == list(range(18)) and set(steps.values()) == {1}  # every step once: none lost, none twice
-    assert sorted(int(r["epoch"]) for r in rows if r.get("val/top1")) == [0, 1, 2]
+    # the killed run's metrics file holds the steps before its checkpoint, the new one every step after it, once
+    new_steps = metric_steps(new_dir)
+    assert sorted(new_steps) == list(range(8, 18)) and set(new_steps.values()) == {1}
+    assert set(range(8)) <= set(metric_steps(killed_dir))
+    with (new_dir / "csv" / "metrics.csv").open() as f:
+        assert sorted(int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/top1")) == [1, 2]
 
 
 @pytest.mark.slow
