@@ -27,9 +27,9 @@ from toolkit.io import file_sha256
 from toolkit.modes.common import resolve_checkpoint
 from toolkit.run import run
 
-# 48 images / batch 8 = 6 steps an epoch, 3 epochs; the learning rate decays every step, logged every step
+# 48 images / batch 8 = 6 steps an epoch, 2 epochs; the learning rate decays every step, logged every step
 SHAPES = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=48", "data.n_val=12",
-          "data.image_size=40", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "task.scheduler.interval=step",
+          "data.image_size=40", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "task.scheduler.interval=step",
           "task.scheduler.gamma=0.9", "callbacks.lr_monitor.logging_interval=step",
           "callbacks.last_checkpoint.every_n_train_steps=6"]
 
@@ -90,7 +90,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_killed_run_resumes_into_a_new_folder_like_an_uninterrupted_run(make_cfg, tmp_path):
     whole = run(make_cfg([*SHAPES, f"paths.output_dir={tmp_path / 'whole'}"]))
     killed_dir = tmp_path / "killed"
-    crash = ["+callbacks.crash._target_=test_runs.CrashAtStep", "+callbacks.crash.step=9"]
+    crash = ["+callbacks.crash._target_=test_runs.CrashAtStep", "+callbacks.crash.step=8"]
     with pytest.raises(Killed):
         run(make_cfg([*SHAPES, *crash, f"paths.output_dir={killed_dir}"]))
     last = killed_dir / "checkpoints" / "last.ckpt"
@@ -101,12 +101,12 @@ def test_killed_run_resumes_into_a_new_folder_like_an_uninterrupted_run(make_cfg
     assert snapshot(killed_dir) == before  # the original run's files, byte for byte
     record = json.loads((tmp_path / "resumed" / "resumed_from.json").read_text())
     assert record["checkpoint"] == str(last.resolve()) and record["global_step"] == 6
-    assert resumed["global_step"] == whole["global_step"] == 18
+    assert resumed["global_step"] == whole["global_step"] == 12
 
     # the same learning rate at every step: the killed run's steps before its checkpoint, then the resumed run's
     lrs = {**{s: v for s, v in lr_by_step(killed_dir).items() if s < 6}, **lr_by_step(tmp_path / "resumed")}
     expected = lr_by_step(tmp_path / "whole")
-    assert sorted(lrs) == sorted(expected) == list(range(18))
+    assert sorted(lrs) == sorted(expected) == list(range(12))
     assert all(lrs[s] == pytest.approx(expected[s], rel=1e-6) for s in expected)
     # the final model: trained as long, on the same data (the batch order after the resume differs)
     for key in ("val/top1", "val/loss"):
@@ -127,7 +127,7 @@ def test_resume_refuses_to_write_into_the_checkpoints_own_run_folder(make_cfg, t
 def test_the_same_command_twice_gives_identical_metrics(make_cfg, tmp_path):
     """The first run generates the data, the second reads it from the cache (make demo's case); one data worker,
     so augmentation runs in a worker process as in real runs."""
-    args = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=32", "data.n_val=16",
+    args = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=16", "data.n_val=8",
             "data.image_size=40", "trainer.max_epochs=2", "data.num_workers=1"]
     first = run(make_cfg([*args, f"paths.output_dir={tmp_path / 'a'}"]))
     second = run(make_cfg([*args, f"paths.output_dir={tmp_path / 'b'}"]))
