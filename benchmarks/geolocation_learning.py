@@ -38,7 +38,7 @@ def main() -> None:
     common = ["task=geolocation", "data=geo_synthetic", f"backbone.alpha={args.alpha}", "data.num_workers=1", *QUIET,
               PRECISE_BN]
     train, train_s = run_toolkit([*common, f"trainer.max_epochs={args.epochs}", *args.overrides], out / "train")
-    hparams = torch.load(train["best_checkpoint"], map_location="cpu", weights_only=False)["hyper_parameters"]
+    hparams = torch.load(train["best_checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]
     cells = [len(p["tokens"]) for p in hparams["partitions"]]
     evaluation, eval_s = run_toolkit([*common, "mode=eval", f"ckpt_path={train['best_checkpoint']}", *args.overrides],
                                      out / "eval")
