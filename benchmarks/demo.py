@@ -55,12 +55,13 @@ def figures(run_dir: Path) -> dict:
             "global_step": result["global_step"], "run_dir": str(run_dir)}
 
 
-def record(runs: list[dict], planned: int, command: str) -> None:
+def record(runs: list[dict], planned: int, command: str, note: str = "") -> None:
     """Written after every run, so an interrupted benchmark keeps the runs it finished."""
     keys = ("final_val_top1", "best_val_top1", "final_val_loss")
     identical = all(all(r[k] == runs[0][k] for k in keys) for r in runs) if len(runs) > 1 else None
     write_results("demo", {"runs": runs, "runs_planned": planned, "identical": identical, "shared_machine": True,
-                           "note": "CPU shared with other jobs: wall seconds vary, CPU seconds and metrics do not"},
+                           "note": "CPU shared with other jobs: wall seconds vary, CPU seconds and metrics do not"
+                                   + (f"; {note}" if note else "")},
                   command=command)
     if identical is not None:
         print(f"runs identical: {identical}")
@@ -70,12 +71,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--record", type=Path, help="a finished `python -m toolkit` run folder to record instead")
+    parser.add_argument("--note", default="", help="with --record: how that run was made (commit, time taken)")
     args = parser.parse_args()
     command = "python benchmarks/demo.py " + " ".join(sys.argv[1:])
     if args.record:
         run = figures(args.record)
         print(f"recorded {args.record}: final val/top1 {run['final_val_top1']:.4f}, best {run['best_val_top1']:.4f}")
-        record([run], 1, command)
+        record([run], 1, command, args.note)
         return
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
