@@ -276,7 +276,7 @@ def test_cli_partition_train_eval_predict(tmp_path):
     metrics = json.loads((run_dir / "train" / "train_metrics.json").read_text())["metrics"]
     assert {"val/within_25km", "val/within_2500km", "val/median_km", "val/cell_top1"} <= set(metrics)
 
-    val_csv = next((tmp_path / "cache").glob("geo_*")) / "val.csv"
+    val_csv = next(p for p in (tmp_path / "cache").glob("geo_*") if p.is_dir()) / "val.csv"  # not its .lock file
     ev = run_cli(["task=geolocation", "mode=eval", f"ckpt_path={ckpt}", f"data.val_csv={val_csv}", "data.resolution=32",
                   *FAST, f"hydra.run.dir={run_dir}/eval"], cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr[-3000:]
