@@ -97,6 +97,10 @@ def test_cache_mismatches_are_named(tmp_path):
     np.savez(tmp_path / "bad.npz", paths=np.array(["a.jpg"]), values=np.zeros((1, 2)))
     with pytest.raises(DataError, match=r"needs arrays 'keys' and 'outputs'"):
         TeacherCache.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "cut.npz", keys=np.array(["a.jpg", "b.jpg"]), outputs=np.zeros((2, 2), np.float32))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(DataError, match=r"cut.npz: not a readable .npz file"):
+        TeacherCache.load(tmp_path / "cut.npz")
 
 
 # ---- teachers -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -150,11 +151,17 @@ class TeacherCache:
         if not path.is_file():
             raise DataError(f"teacher cache {path}: no such file; write one with `python -m toolkit mode=teacher_cache ...`")
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "keys" not in z or "outputs" not in z:
-                    raise DataError(f"teacher cache {path}: an .npz cache needs arrays 'keys' and 'outputs', found {list(z.keys())}")
-                output = str(z["output"]) if "output" in z else None  # unspecified: the task's need decides
-                return cls([str(k) for k in z["keys"]], torch.from_numpy(np.asarray(z["outputs"], dtype=np.float32)), output, path)
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if "keys" not in z or "outputs" not in z:
+                        raise DataError(f"teacher cache {path}: an .npz cache needs arrays 'keys' and 'outputs', "
+                                        f"found {list(z.keys())}")
+                    output = str(z["output"]) if "output" in z else None  # unspecified: the task's need decides
+                    keys, outputs = [str(k) for k in z["keys"]], np.asarray(z["outputs"], dtype=np.float32)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:  # truncated, not a zip, object arrays
+                raise DataError(f"teacher cache {path}: not a readable .npz file ({e}); "
+                                "write it again with `python -m toolkit mode=teacher_cache ...`") from e
+            return cls(keys, torch.from_numpy(outputs), output, path)
         return cls.from_object(load_torch_file(path, what="teacher cache"), path)
 
 
