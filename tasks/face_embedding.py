@@ -35,7 +35,8 @@ class EmbeddingNet(nn.Module):
         self.projection = nn.Identity() if backbone.num_features == dim else nn.Linear(backbone.num_features, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.backbone(x).mean(dim=(2, 3))), dim=1)
+        # the norm in fp32: under bf16 autocast the unit vectors would carry only ~3 significant digits
+        return F.normalize(self.projection(self.backbone(x).mean(dim=(2, 3))).float(), dim=1)
 
 
 class FaceEmbeddingTask(DistillationTask):
@@ -100,13 +101,14 @@ class FaceEmbeddingTask(DistillationTask):
             return None
         emb = self(batch["image"])
         if self.has_teacher:
-            target = F.normalize(self.teacher_outputs(batch), dim=1)
+            target = F.normalize(self.teacher_outputs(batch).float(), dim=1)
             loss = embedding_distillation_loss(emb, target)
         else:
             labels = batch["label"]
             if (labels < 0).any():
                 raise DataError(f"teacher=none: {batch['path'][int((labels < 0).nonzero()[0])]} lies outside an identity folder")
-            logits = self.hparams.identity_scale * emb @ F.normalize(self.identity_weights, dim=1).T
+            with torch.autocast(emb.device.type, enabled=False):  # scaled cosines: a bf16 matmul would round them
+                logits = self.hparams.identity_scale * emb @ F.normalize(self.identity_weights.float(), dim=1).T
             loss = F.cross_entropy(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=emb.shape[0])
         return loss

@@ -15,8 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 # Fast defaults for tests: the debug=cpu preset (conf/debug/cpu.yaml: CPU, no progress bar or model summary,
-# CSV logs, data in the main process). Tests add their own overrides after it.
-FAST = ["debug=cpu"]
+# CSV logs, data in the main process), in fp32: the numeric tests were written for it, while the default
+# trainer.precision=auto would pick bf16 on a CPU with AVX-512-BF16 (tests/test_precision.py covers bf16 and auto).
+# Tests add their own overrides after it.
+FAST = ["debug=cpu", "trainer.precision=32-true"]
 
 
 @pytest.fixture(autouse=True)

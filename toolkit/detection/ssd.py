@@ -185,6 +185,7 @@ class MobileNetSSD(SSD):
                 raise ValueError(f"target {index} (image id {target.get('image_id')}) has a box with no area: "
                                  f"{boxes[bad][0].tolist()}; the data pipeline should have dropped it")
             matched_idxs.append(self.proposal_matcher(box_ops.box_iou(boxes, anchors_per_image)))
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}  # box regression and class losses in fp32 under bf16
         return self.compute_loss(targets, head_outputs, anchors, matched_idxs)
 
 

@@ -15,9 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
+from toolkit.precision import resolve_precision
 from toolkit.tasks.base import BaseTask, read_checkpoint, registered_task_class
 
 log = logging.getLogger(__name__)
+
+#: `task.*` keys that configure the run, not the model: not constructor arguments, not stored in checkpoints
+RUN_SETTINGS = ("compile",)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -68,7 +72,8 @@ def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, 
 def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
     """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...)."""
     extra = datamodule.task_kwargs() if datamodule is not None else {}
-    return hydra.utils.instantiate(cfg.task, _convert_="all", _recursive_=False, **extra)
+    task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
+    return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
 
 
 def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
@@ -92,6 +97,8 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
     if "logger" not in overrides:
         loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
         overrides["logger"] = loggers or False
+    if "precision" not in overrides:  # `auto`: decided here, on the machine that runs the job
+        overrides["precision"] = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), **overrides)
 
 
@@ -119,7 +126,8 @@ def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any
     except ValueError:  # not under Hydra (a plain run(cfg)): nothing was given on a command line
         return {}
     keys = [o.split("=", 1)[0].lstrip("+") for o in given]
-    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"]
+    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"
+            and k.removeprefix("task.") not in RUN_SETTINGS]
     if not keys:
         return {}
     merged = OmegaConf.create({k: v for k, v in hparams.items() if k in {key.split(".")[0] for key in keys}})

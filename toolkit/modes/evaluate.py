@@ -6,6 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from toolkit.compilation import compile_task_model
 from toolkit.modes.common import (
     build_datamodule,
     build_trainer,
@@ -25,6 +26,8 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, task)
     datamodule.prepare_data()
     datamodule.setup("validate")
+    val = getattr(datamodule, "val_dataset", None)
+    compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None)
     trainer = build_trainer(cfg, task, logger=False)
     (metrics,) = trainer.validate(task, datamodule=datamodule)
     metrics = plain_metrics(metrics)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from toolkit.compilation import compile_task_model
 from toolkit.data.images import IMAGE_EXTENSIONS
 from toolkit.deploy.metadata import FORMAT_SUFFIXES
 from toolkit.errors import ConfigError
@@ -42,6 +43,7 @@ def predict(cfg: DictConfig) -> dict:
         return {k: result[k] for k in ("records", "files", "output_dir")}
     task = load_task(cfg)
     datamodule = build_datamodule(cfg, task)
+    compile_task_model(cfg, task, "predict", n_images=len(images))
     trainer = build_trainer(cfg, task, logger=False)
     batches = trainer.predict(task, dataloaders=datamodule.predict_loader(images))
     records = [r for batch in batches for r in batch]

@@ -9,6 +9,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from toolkit.compilation import compile_task_model
 from toolkit.io import files_trusted
 from toolkit.modes.common import (
     build_datamodule,
@@ -48,6 +49,7 @@ def train(cfg: DictConfig) -> dict:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
         else:
             task.load_init_weights(cfg.init_from)
+    compile_task_model(cfg, task, "train")
     trainer = build_trainer(cfg, task)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
     metrics = plain_metrics(trainer.callback_metrics)

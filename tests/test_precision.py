@@ -1,0 +1,77 @@
+"""trainer.precision=auto picks bf16 where the hardware runs it fast; every task trains and validates under bf16."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from toolkit.precision import cpu_bf16_flags, fast_bf16, resolve_precision, trainer_device
+from toolkit.run import run
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+def test_cpu_flags_decide_auto(tmp_path, caplog):
+    fast, old = tmp_path / "spr", tmp_path / "skl"
+    fast.write_text(SAPPHIRE_RAPIDS)
+    old.write_text(SKYLAKE)
+    assert cpu_bf16_flags(fast) == ["amx_bf16", "avx512_bf16"] and cpu_bf16_flags(old) == []
+    assert cpu_bf16_flags(tmp_path / "missing") == []  # no /proc (macOS): no bf16 claim
+    with caplog.at_level(logging.INFO, logger="toolkit.precision"):
+        assert resolve_precision("auto", "cpu", cpuinfo=fast) == "bf16-mixed"
+        assert resolve_precision("auto", "cpu", cpuinfo=old) == "32-true"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "trainer.precision=auto -> bf16-mixed on cpu (CPU has amx_bf16, avx512_bf16)"
+    assert lines[1].startswith("trainer.precision=auto -> 32-true on cpu")
+
+
+def test_explicit_precision_is_kept_and_devices_resolve():
+    assert resolve_precision("16-mixed", "gpu") == "16-mixed" and resolve_precision("32-true", "cpu") == "32-true"
+    assert trainer_device("cpu") == "cpu" and trainer_device("gpu") == "cuda"
+    assert fast_bf16("mps")[0] is False
+    if not torch.cuda.is_available():
+        assert trainer_device("auto") in ("cpu", "mps")
+        assert fast_bf16("cuda") == (False, "this GPU has no native bf16")
+
+
+def test_default_trainer_uses_auto(make_cfg):
+    from toolkit.modes.common import build_task, build_trainer
+
+    cfg = make_cfg(["backbone.alpha=0.25", "trainer.accelerator=cpu"], fast=False)
+    assert cfg.trainer.precision == "auto"
+    trainer = build_trainer(cfg, build_task(cfg), logger=False)
+    expected = "bf16-mixed" if fast_bf16("cpu")[0] else "32-true"
+    assert trainer.precision == expected
+
+
+BF16 = ["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "backbone.alpha=0.25", "data.batch_size=4"]
+# one training step and one validation batch of each task, on generated data at tiny sizes
+TASKS = {
+    "classification": ["data.resolution=32", "data.n_train=12", "data.n_val=12", "data.image_size=40"],
+    "detection_ssd": ["task=detection_ssd", "data=shapes", "data.resolution=64", "data.n_train=4", "data.n_val=4",
+                      "data.image_size=64"],
+    "detection_frcnn": ["task=detection_frcnn", "data=shapes", "data.resolution=128", "data.n_train=4",
+                        "data.n_val=4", "data.image_size=64"],
+    "face_attributes": ["task=face_attributes", "data=celeba_synthetic", "teacher=none", "data.n_train=8",
+                        "data.n_val=4", "data.resolution=32"],
+    "face_embedding": ["task=face_embedding", "data=faces_synthetic", "teacher=none", "task.embedding_dim=16",
+                       "data.n_identities=4", "data.n_test_identities=4", "data.images_per_identity=2",
+                       "data.folds=2", "data.pairs_per_fold=4", "data.resolution=32"],
+    "fine_grained": ["task=fine_grained", "data=stanford_dogs_synthetic", "data.n_breeds=4", "data.n_train=8",
+                     "data.n_val=4", "data.image_size=40", "data.resolution=32"],
+    "geolocation": ["task=geolocation", "data=geo_synthetic", "data.n_train=40", "data.n_val=8",
+                    "data.image_size=32", "data.resolution=32", "data.cells.t_max=8", "data.cells.t_min=2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_trains_and_validates_under_bf16(make_cfg, name, one_torch_thread):
+    result = run(make_cfg([*BF16, *TASKS[name]]))
+    assert result["global_step"] == 1
+    validation = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
+    assert validation, f"{name}: no validation metric under bf16"
+    assert all(v == v for v in validation.values()), f"{name}: NaN under bf16: {validation}"  # NaN != NaN
