@@ -1,6 +1,6 @@
 """The paper's 16-model grid (alpha x resolution) as the profiler measures it: params, mult-adds, latency.
 
-    python benchmarks/profile_table.py [--device cpu] [--batch-size 8] [--repeats 20] [--threads N] [--no-latency]
+    python benchmarks/profile_table.py [--device cpu] [--batch-size 8] [--budget-s 6] [--threads N] [--no-latency]
 
 Also measures the baselines (Conv and Shallow MobileNet, Tables 4-5), the other built-in backbones at width
 1.0 and 224 (1000-class ImageNet classifiers, as in the paper), and the two Table 13 detectors as
@@ -64,8 +64,8 @@ RATIOS = (
 def classifier_row(name: str, alpha: float, resolution: int, args) -> dict:
     model = ImageClassifier(create_backbone(name, alpha=alpha), 1000).eval()
     p = profile_model(model, lambda n: torch.randn(n, 3, resolution, resolution), batch_size=args.batch_size,
-                      latency=not args.no_latency, device=args.device, repeats=args.repeats, warmup=args.warmup)
-    lat = p["latency"] or {}
+                      latency=not args.no_latency, device=args.device, budget_s=args.budget_s)
+    lat = ((p["latency"] or {}).get("variants") or {}).get("fp32") or {}  # the fp32 eager path
     return {"name": name, "alpha": alpha, "resolution": resolution, "params": p["params"], "weights": p["weights"],
             "mult_adds": p["mult_adds"], "ms_batch_1": (lat.get("batch_1") or {}).get("median_ms"),
             "ms_batch_n": (lat.get("batch_n") or {}).get("median_ms")}
@@ -88,7 +88,7 @@ def measure(args) -> dict:
         rows.append(classifier_row(*model, args))
         print(f"{model}: {rows[-1]['mult_adds'] / 1e6:.2f} M mult-adds", flush=True)
     detectors = [detector_row(task, resolution) for _, task, resolution, _, _ in DETECTORS]
-    return {"batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
+    return {"batch_size": args.batch_size, "budget_s": args.budget_s, "device": args.device,
             "threads": torch.get_num_threads(), "classifiers": rows, "detectors": detectors}
 
 
@@ -136,8 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=6.0, help="seconds of timing per batch size (fp32, bf16)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--no-latency", action="store_true")
     args = parser.parse_args()

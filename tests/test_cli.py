@@ -18,7 +18,7 @@ from toolkit.errors import ConfigError
 from toolkit.run import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK_PROFILE = ["mode=profile", "profile.repeats=1", "profile.warmup=0", "profile.batch_size=2"]
+QUICK_PROFILE = ["mode=profile", "profile.budget_s=0.2", "profile.batch_size=2"]
 
 
 def test_profile_from_another_folder(tmp_path):
@@ -111,7 +111,8 @@ def test_bad_override_fails_with_one_line(tmp_path, override, key):
         ("data.num_workers=-1", "data.num_workers"),
         ("data.n_train=0", "data.n_train"),
         ("profile.device=tpu", "profile.device"),
-        ("profile.repeats=0", "profile.repeats"),
+        ("profile.budget_s=0", "profile.budget_s"),
+        ("profile.compile=maybe", "profile.compile"),
         ("profile.threads=0", "profile.threads"),
         ("profile.results_file=/no/such.csv", "profile.results_file"),
     ],

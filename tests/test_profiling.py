@@ -186,12 +186,16 @@ def test_backbone_subtotal():
     assert c.subtotal("head.")["weights"] == 1024 * 1000
 
 
-def test_latency_median_with_a_fake_clock():
-    ticks = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.020])  # three runs: 10, 30, 20 ms
-    result = measure_latency(nn.Linear(4, 2), torch.randn(1, 4), torch.device("cpu"), repeats=3, warmup=1,
-                             clock=lambda: next(ticks))
-    assert result["median_ms"] == pytest.approx(20.0)
-    assert result["min_ms"] == pytest.approx(10.0) and result["max_ms"] == pytest.approx(30.0)
+def test_latency_under_a_budget():
+    """adaptive_autorange stops within the budget (a 1 ms call gets many timed calls) and reports per-call ms."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
+    result = measure_latency(model, torch.randn(2, 64), torch.device("cpu"), budget_s=0.2)
+    assert result["calls"] >= 1 and result["blocks"] >= 1 and 0 < result["min_ms"] <= result["median_ms"]
+    assert result["median_ms"] < 200  # a per-call figure, not the whole block
+    bf16 = measure_latency(model, torch.randn(2, 64), torch.device("cpu"), budget_s=0.1, bf16=True)
+    assert bf16["median_ms"] > 0 and model.training  # the model's mode is restored
+    with pytest.raises(ConfigError, match="profile.budget_s"):
+        measure_latency(model, torch.randn(2, 64), torch.device("cpu"), budget_s=0)
 
 
 def test_device_choice_errors():
@@ -204,14 +208,17 @@ def test_device_choice_errors():
 
 
 def test_profile_mode_writes_json(make_cfg, capsys):
-    cfg = make_cfg(["mode=profile", "backbone.alpha=0.5", "data.resolution=160", "profile.repeats=2",
-                    "profile.warmup=0", "profile.batch_size=2"])
+    cfg = make_cfg(["mode=profile", "backbone.alpha=0.5", "data.resolution=160", "profile.budget_s=0.4",
+                    "profile.batch_size=2"])
     result = run(cfg)
     printed = capsys.readouterr().out
     saved = json.loads(Path(result["profile_file"]).read_text())
     assert saved["label"] == "0.5 mobilenet_v1-160"
     assert abs(saved["mult_adds"] / 1e6 - 76) < 1 and round(saved["weights"] / 1e6, 2) == 1.32
-    assert saved["latency"]["batch_size"] == 2 and saved["latency"]["batch_n"]["median_ms"] > 0
+    latency = saved["latency"]
+    assert latency["batch_size"] == 2 and set(latency["variants"]) == {"fp32", "bf16"}  # compiled: profile.compile=true
+    assert all(v[b]["median_ms"] > 0 for v in latency["variants"].values() for b in ("batch_1", "batch_n"))
+    assert "bf16" in printed and "vs fp32" in printed
     assert saved["backbone"]["mult_adds"] == saved["mult_adds"] - 512 * 1000
     assert "Conv 1x1" in printed and f"profile written to {result['profile_file']}" in printed
 
@@ -280,3 +287,15 @@ def test_results_file_errors(tmp_path):
     bad.write_text("model,alpha,resolution,top1\nmobilenet_v1,1.0,224,seventy\n")
     with pytest.raises(DataError, match="line 2"):
         read_results(bad)
+
+
+def test_sweep_rows_have_a_latency_column_per_path(tmp_path):
+    (tmp_path / "0").mkdir()
+    timing = {"batch_1": {"median_ms": 2.0}, "batch_n": {"median_ms": 9.0}}
+    (tmp_path / "0" / "profile.json").write_text(json.dumps({
+        "label": "0.25 mobilenet_v1-128", "model": "mobilenet_v1", "alpha": 0.25, "resolution": 128, "task": "classification",
+        "params": 1, "weights": 1, "mult_adds": 1,
+        "latency": {"device": "cpu (2 threads)", "batch_size": 8, "budget_s": 6, "variants": {"fp32": timing, "bf16": timing}}}))
+    (row,) = collect_rows(tmp_path)
+    assert row["latency_b1_fp32_ms"] == 2.0 and row["latency_bn_bf16_ms"] == 9.0 and row["batch_size"] == 8
+    assert row["latency_b1_fp32_compiled_ms"] is None  # profile.compile=false: not timed

@@ -10,6 +10,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
 from toolkit.backbones import is_backbone, list_backbones
+from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
 from toolkit.io import trusted_files
 from toolkit.modes import MODES, get_mode
@@ -81,8 +82,11 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         from toolkit.profiling.latency import DEVICES
 
         _check_int(settings, "profile", "batch_size", 1)
-        _check_int(settings, "profile", "repeats", 1)
-        _check_int(settings, "profile", "warmup", 0)
+        budget = settings.get("budget_s")
+        if not (_is_number(budget) and budget > 0):
+            raise ConfigError("profile.budget_s", budget, "seconds of timing per batch size: a number > 0 (e.g. 6)")
+        if not isinstance(settings.get("compile"), bool):
+            raise ConfigError("profile.compile", settings.get("compile"), "true or false")
         _check_int(settings, "profile", "threads", 1)
         _check_choice(settings, "profile", "device", DEVICES)
         results = settings.get("results_file")
@@ -112,6 +116,9 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("backbone") is not None:
         validate_backbone(cfg.backbone)
     validate_data(cfg)
+    compile_setting = (cfg.get("task") or {}).get("compile", False)
+    if compile_setting not in COMPILE_SETTINGS:
+        raise ConfigError("task.compile", compile_setting, "allowed: true, false, auto")
     validate_mode_settings(cfg)
 
 

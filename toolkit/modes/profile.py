@@ -37,8 +37,8 @@ def profile(cfg: DictConfig) -> dict:
     if settings.get("threads"):
         torch.set_num_threads(int(settings.threads))  # on a busy machine extra threads spin against each other
     result = profile_model(task.model, lambda n: task.example_input(resolution, n), batch_size=int(settings.batch_size),
-                           latency=bool(settings.latency), device=settings.device, repeats=int(settings.repeats),
-                           warmup=int(settings.warmup))
+                           latency=bool(settings.latency), device=settings.device, budget_s=float(settings.budget_s),
+                           compile=bool(settings.compile))
     payload = {**describe_model(cfg, task), "ckpt_path": cfg.get("ckpt_path"), **result}
     path = write_json(out / "profile.json", payload)
     print(format_report(payload))

@@ -1,14 +1,13 @@
-"""Measured latency: median wall time of inference forward passes on the chosen device, after warm-up."""
+"""Measured latency: median wall time of inference forward passes on the chosen device, under a time budget."""
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from toolkit.errors import ConfigError
 from toolkit.profiling.counting import call
@@ -43,39 +42,49 @@ def to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+def measure_latency(model: nn.Module, example_input: Any, device: torch.device, budget_s: float = 2.0,
+                    bf16: bool = False, min_run_time: float = 0.05) -> dict[str, float]:
+    """Milliseconds per forward pass of `example_input` (eval mode, no autograd; bf16 autocast when `bf16`).
 
-
-def measure_latency(model: nn.Module, example_input: Any, device: torch.device, repeats: int = 20,
-                    warmup: int = 3, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median, min and max milliseconds per forward pass of `example_input` (eval mode, no autograd).
-
-    The model is moved to `device` and back to where it was.
+    `torch.utils.benchmark.Timer.adaptive_autorange` times blocks of calls until the median is stable or
+    `budget_s` has passed (it warms up first, sets the thread count and synchronises CUDA). The model is moved to
+    `device` and back to where it was. Returns the median, interquartile range and fastest block (ms per call), the timed calls and blocks.
     """
-    if repeats < 1:
-        raise ConfigError("profile.repeats", repeats, "must be >= 1")
+    if not budget_s > 0:
+        raise ConfigError("profile.budget_s", budget_s, "must be > 0 seconds")
     original = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
     was_training = model.training
     model.eval().to(device)
     inputs = to_device(example_input, device)
-    times = []
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            call(model, inputs)
+
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
     try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                call(model, inputs)
-            _synchronize(device)
-            for _ in range(repeats):
-                start = clock()
-                call(model, inputs)
-                _synchronize(device)
-                times.append((clock() - start) * 1000.0)
+        measured = timer.adaptive_autorange(threshold=0.1, min_run_time=min(min_run_time, budget_s),
+                                            max_run_time=budget_s)
     finally:
         model.to(original).train(was_training)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": repeats}
+    return {"median_ms": measured.median * 1e3, "iqr_ms": measured.iqr * 1e3, "min_ms": min(measured.times) * 1e3,
+            "calls": len(measured.times) * measured.number_per_run, "blocks": len(measured.times)}
+
+
+def time_first_call(model: nn.Module, example_input: Any, device: torch.device, bf16: bool = False) -> float:
+    """Seconds of one forward pass: for a compiled model, the compilation (`torch.compile` is lazy)."""
+    was_training = model.training
+    model.eval()
+    inputs = to_device(example_input, device)
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            call(model, inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        model.train(was_training)
+    return time.perf_counter() - start
 
 
 def device_description(device: torch.device) -> str:

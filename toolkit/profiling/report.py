@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from toolkit.compilation import compile_module
 from toolkit.profiling.counting import LAYER_TYPES, count_model
-from toolkit.profiling.latency import device_description, measure_latency, resolve_device
+from toolkit.profiling.latency import device_description, measure_latency, resolve_device, time_first_call
+
+
+def latency_variants(compile: bool) -> list[tuple[str, bool, bool]]:
+    """(name, bf16, compiled) of each timed path: fp32 and bf16 eager, and compiled when asked."""
+    variants = [("fp32", False, False), ("bf16", True, False)]
+    if compile:
+        variants += [("fp32_compiled", False, True), ("bf16_compiled", True, True)]
+    return variants
 
 
 def profile_model(model: nn.Module, make_input: Callable[[int], Any], *, batch_size: int = 8, latency: bool = True,
-                  device: str = "auto", repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Counts on `make_input(1)`; latency (median ms) at batch 1 and at `batch_size` on `device`."""
+                  device: str = "auto", budget_s: float = 6.0, compile: bool = False) -> dict[str, Any]:
+    """Counts on `make_input(1)`; latency at batch 1 and at `batch_size` on `device` of each path (fp32, bf16;
+    compiled too when `compile`), each batch size's `budget_s` seconds split evenly over the paths."""
     count = count_model(model, make_input(1))
     result: dict[str, Any] = count.to_dict()
     backbone = getattr(model, "backbone", None)
@@ -21,14 +32,24 @@ def profile_model(model: nn.Module, make_input: Callable[[int], Any], *, batch_s
         sub = count.subtotal("backbone.")
         result["backbone"] = {"params": sum(p.numel() for p in backbone.parameters()), **sub}
     result["latency"] = None
-    if latency:
-        dev = resolve_device(device)
-        result["latency"] = {
-            "device": device_description(dev),
-            "batch_size": batch_size,
-            "batch_1": measure_latency(model, make_input(1), dev, repeats, warmup),
-            "batch_n": measure_latency(model, make_input(batch_size), dev, repeats, warmup),
-        }
+    if not latency:
+        return result
+    dev = resolve_device(device)
+    variants = [v for v in latency_variants(compile) if not (v[1] and dev.type == "mps")]  # no bf16 autocast on MPS
+    share = budget_s / len(variants)
+    timings: dict[str, dict[str, Any]] = {}
+    for name, bf16, compiled in variants:
+        timed = model
+        entry: dict[str, Any] = {}
+        if compiled:
+            timed = compile_module(copy.deepcopy(model).to(dev))
+            entry["compile_s"] = time_first_call(timed, make_input(batch_size), dev, bf16)  # compilation is lazy
+            entry["compile_failed"] = timed.forward.failed
+        entry["batch_1"] = measure_latency(timed, make_input(1), dev, share, bf16)
+        entry["batch_n"] = measure_latency(timed, make_input(batch_size), dev, share, bf16)
+        timings[name] = entry
+    result["latency"] = {"device": device_description(dev), "batch_size": batch_size, "budget_s": budget_s,
+                         "variants": timings}
     return result
 
 
@@ -52,9 +73,15 @@ def format_report(profile: dict[str, Any]) -> str:
     lines.append("")
     if lat:
         n = lat["batch_size"]
-        lines.append(f"  latency on {lat['device']}: median of {lat['batch_1']['repeats']} runs")
-        lines.append(f"    batch 1   {lat['batch_1']['median_ms']:9.2f} ms")
-        lines.append(f"    batch {n:<3d} {lat['batch_n']['median_ms']:9.2f} ms  ({lat['batch_n']['median_ms'] / n:.2f} ms/image)")
+        lines.append(f"  latency on {lat['device']} (median ms per call, {lat['budget_s']:g} s budget per batch size)")
+        lines.append(f"    {'path':<15s} {'batch 1':>9s} {f'batch {n}':>10s} {'ms/image':>9s} {'vs fp32':>8s}")
+        base = lat["variants"]["fp32"]["batch_n"]["median_ms"]
+        for name, entry in lat["variants"].items():
+            b1, bn = entry["batch_1"]["median_ms"], entry["batch_n"]["median_ms"]
+            note = ""
+            if "compile_s" in entry:
+                note = "  (compile failed: eager)" if entry["compile_failed"] else f"  (compile {entry['compile_s']:.0f} s)"
+            lines.append(f"    {name:<15s} {b1:9.2f} {bn:10.2f} {bn / n:9.2f} {base / bn:7.2f}x{note}")
     else:
         lines.append("  latency: not measured (profile.latency=false)")
     return "\n".join(lines)

@@ -28,7 +28,10 @@ CSV_NAME = "profile_sweep.csv"
 PNG_NAME = "profile_sweep.png"
 #: what names a model and what it costs per image: written by profile mode and, under "model", by train mode
 MODEL_COLUMNS = ("label", "model", "alpha", "resolution", "task", "params", "weights", "mult_adds")
-COLUMNS = ("job", *MODEL_COLUMNS, "latency_b1_ms", "batch_size", "latency_bn_ms", "device", "top1")
+#: the timed paths of profile.json (report.latency_variants); compiled ones are empty unless profile.compile=true
+LATENCY_PATHS = ("fp32", "bf16", "fp32_compiled", "bf16_compiled")
+LATENCY_COLUMNS = tuple(f"latency_{b}_{path}_ms" for path in LATENCY_PATHS for b in ("b1", "bn"))
+COLUMNS = ("job", *MODEL_COLUMNS, "batch_size", *LATENCY_COLUMNS, "device", "top1")
 TRAIN_FILE = "train_metrics.json"
 TRAIN_CSV_NAME = "train_sweep.csv"
 TRAIN_PNG_NAME = "train_sweep.png"
@@ -74,14 +77,20 @@ def collect_rows(sweep_dir: Path, results: dict[tuple, float] | None = None) -> 
         latency = p.get("latency") or {}
         row = {
             "job": str(path.parent.relative_to(sweep_dir)), **{k: p.get(k) for k in MODEL_COLUMNS},
-            "latency_b1_ms": (latency.get("batch_1") or {}).get("median_ms"),
             "batch_size": latency.get("batch_size"),
-            "latency_bn_ms": (latency.get("batch_n") or {}).get("median_ms"),
+            **latency_cells(latency),
             "device": latency.get("device"),
             "top1": (results or {}).get(_key(p["model"], p.get("alpha"), p["resolution"])),
         }
         rows.append(row)
     return rows
+
+
+def latency_cells(latency: dict[str, Any]) -> dict[str, float | None]:
+    """{latency_b1_fp32_ms: ..., latency_bn_bf16_ms: ...} from a profile.json's latency block (None: not timed)."""
+    variants = latency.get("variants") or {}
+    return {f"latency_{b}_{path}_ms": ((variants.get(path) or {}).get(key) or {}).get("median_ms")
+            for path in LATENCY_PATHS for b, key in (("b1", "batch_1"), ("bn", "batch_n"))}
 
 
 def collect_train_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -191,7 +200,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     header = f"{'model':<32s} {'params':>9s} {'mult-adds':>11s} {'b1 ms':>8s} {'top1':>6s}"
     print(header)
     for r in rows:
-        b1 = "" if r["latency_b1_ms"] is None else f"{r['latency_b1_ms']:.1f}"
+        b1 = "" if r["latency_b1_fp32_ms"] is None else f"{r['latency_b1_fp32_ms']:.1f}"
         top1 = "" if r["top1"] is None else f"{r['top1']:.1f}"
         print(f"{r['label']:<32s} {r['params'] / 1e6:8.2f}M {r['mult_adds'] / 1e6:10.1f}M {b1:>8s} {top1:>6s}")
 
