@@ -1,33 +1,48 @@
-"""Training and inference images/s: our ClassificationTask through Lightning vs a plain PyTorch loop over timm.
+"""Training and inference images/s: what Lightning costs, what bf16 and torch.compile buy, ours against timm's.
 
-    python benchmarks/throughput.py                                   # mobilenet_v1 1.0 / 224, batch 16
-    python benchmarks/throughput.py --alpha 0.5 --resolution 160 --batch-size 32 --channels-last
+    python benchmarks/throughput.py                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
+    python benchmarks/throughput.py --compile             # also torch.compile'd paths (30-50 s compile each, CPU)
+    python benchmarks/throughput.py --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
 
-Both sides get the same batches (random tensors held in memory, so data loading is not measured), the same
-optimiser (the paper's RMSprop, TF semantics) and the same number of steps. The reference is timm's
-`mobilenetv1_100` (the same network at alpha 1.0; at other widths timm has no V1, so the reference is our
-backbone with a head in the same plain loop). Runs alternate ours/reference `--rounds` times and report the
-median, so a machine shared with other jobs hurts both sides alike. Ratio > 0.9 = overhead under 10%.
+Three comparisons, each measured within one run so a machine shared with other jobs hurts both sides alike:
+
+1. Lightning overhead: our ClassificationTask under `Trainer.fit` / `Trainer.predict` against a plain PyTorch loop
+   over the SAME model (`task.model`) with the SAME optimiser (`task.configure_optimizers()`: the paper's
+   RMSprop with its parameter groups), for fp32 and bf16 (and compiled with --compile).
+2. Precision and compilation: the plain loop's images/s for fp32/bf16 x eager/compiled, training and inference,
+   as multiples of eager fp32.
+3. Our model against timm's `mobilenetv1_100` (the same network at alpha 1.0), both in the plain loop with the
+   same optimiser class and settings.
+
+Batches are random tensors held in memory (data loading is not measured: see benchmarks/loader_speed.py). Each
+measurement runs `--warmup` untimed steps, then `--steps` timed ones; Lightning and plain runs alternate
+`--rounds` times and the median counts. Images per CPU-second (all threads of this process) are recorded too:
+they survive a busy machine better than wall time. Results: benchmarks/results/throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 
 import timm
-import timm.optim
 import torch
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.heads import build_classifier
+from toolkit.compilation import compile_module
 from toolkit.tasks.classification import ClassificationTask
 
 OPTIMIZER = {"_target_": "timm.optim.RMSpropTF", "lr": 0.045, "alpha": 0.9, "momentum": 0.9, "eps": 1.0,
              "weight_decay": 4e-5}
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
+TARGETS = {"lightning_vs_plain": 0.95, "bf16_training_speedup": 1.4, "best_inference_speedup": 3.5}
 
 
 class FixedBatches(Dataset):
@@ -46,110 +61,183 @@ class FixedBatches(Dataset):
         return self.batches[i]
 
 
-class StepTimer(Callback):
-    """Wall time from the end of warm-up batch `warmup` to the end of the last batch."""
+@dataclass
+class Clock:
+    """Wall and CPU seconds from the end of warm-up step `warmup` to the end of the last step."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+    warmup: int
+    wall: float = 0.0
+    cpu: float = 0.0
+    _start: tuple[float, float] | None = None
 
-    def _mark(self, batch_idx: int) -> None:
-        if batch_idx == self.warmup - 1:
-            self.start = time.perf_counter()
-        self.end = time.perf_counter()
+    def step_done(self, index: int) -> None:
+        now = (time.perf_counter(), time.process_time())
+        if index == self.warmup - 1:
+            self._start = now
+        elif self._start is not None:
+            self.wall, self.cpu = now[0] - self._start[0], now[1] - self._start[1]
+
+
+class StepClock(Callback):
+    def __init__(self, clock: Clock):
+        self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._mark(batch_idx)
+        self.clock.step_done(batch_idx)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._mark(batch_idx)
+        self.clock.step_done(batch_idx)
 
 
-def lightning_run(args, data: FixedBatches, train: bool) -> float:
-    """Images/s of ClassificationTask under Trainer.fit (train) or Trainer.predict (inference)."""
-    task = ClassificationTask({"name": "mobilenet_v1", "alpha": args.alpha}, num_classes=args.num_classes,
-                              channels_last=args.channels_last, optimizer=OPTIMIZER, scheduler=None)
-    timer = StepTimer(args.warmup)
-    trainer = Trainer(accelerator=args.device, devices=1, max_steps=len(data), max_epochs=1, logger=False,
+def new_task(args) -> ClassificationTask:
+    torch.manual_seed(0)
+    return ClassificationTask({"name": "mobilenet_v1", "alpha": args.alpha}, num_classes=args.num_classes,
+                              channels_last=True, optimizer=OPTIMIZER, scheduler=None)
+
+
+def rate(args, clock: Clock) -> dict[str, float]:
+    images = args.batch_size * args.steps
+    return {"images_per_s": images / clock.wall, "images_per_cpu_s": images / clock.cpu}
+
+
+def lightning_run(args, data: FixedBatches, train: bool, precision: str, compiled: bool) -> dict[str, float]:
+    """Our ClassificationTask under Trainer.fit (train) or Trainer.predict (inference)."""
+    task = new_task(args)
+    if compiled:
+        compile_module(task.model)
+    clock = Clock(args.warmup)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=len(data), max_epochs=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer], precision=args.precision)
+                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=[StepClock(clock)],
+                      precision=PRECISIONS[precision])
     loader = DataLoader(data, batch_size=None, shuffle=False)
     if train:
         trainer.fit(task, train_dataloaders=loader)
     else:
         trainer.predict(task, dataloaders=loader, return_predictions=False)
-    return args.batch_size * (len(data) - args.warmup) / (timer.end - timer.start)
+    return rate(args, clock)
 
 
-def reference_model(args) -> torch.nn.Module:
-    if args.alpha == 1.0:
-        return timm.create_model("mobilenetv1_100", num_classes=args.num_classes)
-    return build_classifier({"name": "mobilenet_v1", "alpha": args.alpha}, args.num_classes)
-
-
-def plain_run(args, data: FixedBatches, train: bool) -> float:
-    """Images/s of the reference model in a hand-written loop."""
-    device = torch.device("cuda" if args.device == "gpu" else "cpu")
-    model = reference_model(args).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
-                              enabled=args.precision != "32-true")
-    opt_kwargs = {k: v for k, v in OPTIMIZER.items() if k != "_target_"}
-    optimizer = timm.optim.RMSpropTF(model.parameters(), **opt_kwargs)
+def plain_run(args, data: FixedBatches, train: bool, precision: str, compiled: bool,
+              model: torch.nn.Module | None = None) -> dict[str, float]:
+    """A hand-written loop: our task's model and optimiser (or `model` with the same optimiser settings)."""
+    if model is None:
+        task = new_task(args)
+        model, optimizer = task.model, task.configure_optimizers()
+    else:
+        opt_kwargs = {k: v for k, v in OPTIMIZER.items() if k != "_target_"}
+        optimizer = timm.optim.RMSpropTF(model.parameters(), **opt_kwargs)
+        model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        compile_module(model)
     criterion = torch.nn.CrossEntropyLoss()
     model.train(train)
-    start = None
+    clock = Clock(args.warmup)
     for i, batch in enumerate(data):
-        x = batch["image"].to(device).contiguous(memory_format=memory_format)
-        y = batch["label"].to(device)
+        x = batch["image"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if train:
+                loss = criterion(model(x), batch["label"])
+            else:
+                with torch.inference_mode():
+                    model(x).softmax(-1).topk(5)
         if train:
-            with autocast:
-                loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        else:
-            with torch.inference_mode(), autocast:
-                model(x).softmax(-1).topk(5)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i == args.warmup - 1:
-            start = time.perf_counter()
-    return args.batch_size * (len(data) - args.warmup) / (time.perf_counter() - start)
+        clock.step_done(i)
+    return rate(args, clock)
+
+
+def median_rate(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def compare(args, data, train: bool, precision: str, compiled: bool, sides: dict) -> dict:
+    """Alternate the `sides` (name -> run function) `args.rounds` times; the median of each."""
+    runs: dict[str, list] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, side in sides.items():
+            runs[name].append(side(args, data, train, precision, compiled))
+    return {name: {**median_rate(r), "rounds": [round(x["images_per_s"], 2) for x in r]} for name, r in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per run (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating ours/reference runs; the median counts")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating Lightning/plain runs; the median counts")
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed, 16-mixed)")
+    parser.add_argument("--compile", action="store_true", help="also the torch.compile'd paths")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--name", default="throughput", help="results file benchmarks/results/<name>.json")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     data = FixedBatches(args.warmup + args.steps, args.batch_size, args.resolution, args.num_classes)
-    reference = "timm mobilenetv1_100" if args.alpha == 1.0 else f"our mobilenet_v1 {args.alpha} (timm has no V1 at this width)"
-    print(f"mobilenet_v1 alpha {args.alpha} resolution {args.resolution} batch {args.batch_size}, "
-          f"{args.steps} timed steps, {args.rounds} rounds, channels_last={args.channels_last}, device {args.device}, "
-          f"precision {args.precision}, {torch.get_num_threads()} threads; reference: {reference}")
-    print(f"{'phase':<10}{'ours img/s':>12}{'plain img/s':>13}{'ratio':>8}   rounds (ours/plain)")
+    print(f"mobilenet_v1 alpha {args.alpha} resolution {args.resolution} batch {args.batch_size} channels_last, "
+          f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    compiled_options = (False, True) if args.compile else (False,)
+    results: dict = {"settings": vars(args), "lightning_vs_plain": {}, "paths": {}, "ours_vs_timm": {}}
+
+    print(f"\n{'phase':<10}{'path':<16}{'Lightning img/s':>16}{'plain img/s':>13}{'ratio':>8}{'ratio (CPU s)':>15}")
     for phase, train in (("train", True), ("inference", False)):
-        ours, plain = [], []
-        for _ in range(args.rounds):
-            ours.append(lightning_run(args, data, train))
-            plain.append(plain_run(args, data, train))
-        o, p = statistics.median(ours), statistics.median(plain)
-        rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(ours, plain, strict=True))
-        print(f"{phase:<10}{o:>12.1f}{p:>13.1f}{o / p:>8.3f}   {rounds}", flush=True)
+        for compiled in compiled_options:
+            for precision in PRECISIONS:
+                path = precision + ("_compiled" if compiled else "")
+                r = compare(args, data, train, precision, compiled, {"lightning": lightning_run, "plain": plain_run})
+                light, plain = r["lightning"], r["plain"]
+                row = {**r, "ratio": light["images_per_s"] / plain["images_per_s"],
+                       "ratio_cpu": light["images_per_cpu_s"] / plain["images_per_cpu_s"]}
+                results["lightning_vs_plain"][f"{phase}/{path}"] = row
+                results["paths"][f"{phase}/{path}"] = plain
+                print(f"{phase:<10}{path:<16}{light['images_per_s']:>16.1f}{plain['images_per_s']:>13.1f}"
+                      f"{row['ratio']:>8.3f}{row['ratio_cpu']:>15.3f}", flush=True)
+
+    print(f"\n{'phase':<10}{'path (plain loop)':<20}{'img/s':>9}{'vs eager fp32':>15}{'img/CPU-s':>11}")
+    speedups = {}
+    for phase in ("train", "inference"):
+        base = results["paths"][f"{phase}/fp32"]
+        for key, value in results["paths"].items():
+            if key.startswith(phase + "/"):
+                speedup = value["images_per_s"] / base["images_per_s"]
+                speedups[key] = {"wall": speedup, "cpu": value["images_per_cpu_s"] / base["images_per_cpu_s"]}
+                print(f"{phase:<10}{key.split('/')[1]:<20}{value['images_per_s']:>9.1f}{speedup:>14.2f}x"
+                      f"{value['images_per_cpu_s']:>11.1f}", flush=True)
+    results["speedup_vs_eager_fp32"] = speedups
+
+    if args.alpha == 1.0:
+        def timm_run(a, d, train, precision, compiled):
+            torch.manual_seed(0)
+            return plain_run(a, d, train, precision, compiled, timm.create_model("mobilenetv1_100",
+                                                                                 num_classes=a.num_classes))
+
+        print(f"\n{'phase':<10}{'path':<8}{'ours img/s':>12}{'timm img/s':>12}{'ratio':>8}")
+        for phase, train in (("train", True), ("inference", False)):
+            for precision in PRECISIONS:
+                r = compare(args, data, train, precision, False, {"ours": plain_run, "timm": timm_run})
+                row = {**r, "ratio": r["ours"]["images_per_s"] / r["timm"]["images_per_s"]}
+                results["ours_vs_timm"][f"{phase}/{precision}"] = row
+                print(f"{phase:<10}{precision:<8}{r['ours']['images_per_s']:>12.1f}{r['timm']['images_per_s']:>12.1f}"
+                      f"{row['ratio']:>8.3f}", flush=True)
+
+    light = [v["ratio"] for v in results["lightning_vs_plain"].values()]
+    best_inference = max(v["wall"] for k, v in speedups.items() if k.startswith("inference/"))
+    results["targets"] = {
+        "lightning_vs_plain": {"target": TARGETS["lightning_vs_plain"], "worst": min(light)},
+        "bf16_training_speedup": {"target": TARGETS["bf16_training_speedup"], "value": speedups["train/bf16"]["wall"]},
+        "best_inference_speedup": {"target": TARGETS["best_inference_speedup"], "value": best_inference},
+    }
+    print("\ntargets:")
+    for name, t in results["targets"].items():
+        value = t.get("value", t.get("worst"))
+        print(f"  {name:<24s} {value:6.2f} (target >= {t['target']}) {'met' if value >= t['target'] else 'NOT met'}")
+    path = write_results(args.name, results, command="python " + " ".join(sys.argv))
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
