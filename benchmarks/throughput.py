@@ -23,7 +23,6 @@ they survive a busy machine better than wall time. Results: benchmarks/results/t
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import statistics
 import sys

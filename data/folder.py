@@ -10,7 +10,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
-from toolkit.data.images import IMAGE_EXTENSIONS, load_rgb
+from toolkit.data.decode import read_rgb
+from toolkit.data.images import IMAGE_EXTENSIONS
 from toolkit.data.listfiles import Duplicates, read_lines
 from toolkit.data.transforms import classification_eval_transform, classification_train_transform
 from toolkit.errors import DataError
@@ -71,7 +72,7 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
 
 
 class ImageListDataset(Dataset):
-    """(path, label) samples decoded with `load_rgb`; corrupt files raise, or return None when skipped.
+    """(path, label) samples decoded with `read_rgb`; corrupt files raise, or return None when skipped.
 
     `min_side`: the shorter side the transform needs at most; large JPEGs decode reduced to it (`load_rgb`).
     """
@@ -87,7 +88,7 @@ class ImageListDataset(Dataset):
 
     def load_image(self, index: int):
         """The decoded HxWx3 array of sample `index`; subclasses adapt it here (e.g. crop to a box)."""
-        return load_rgb(self.samples[index][0], self.min_side)
+        return read_rgb(self.samples[index][0], self.min_side)  # JPEGs via torchvision's decoder (data/decode.py)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]

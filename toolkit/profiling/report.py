@@ -46,7 +46,11 @@ def profile_model(model: nn.Module, make_input: Callable[[int], Any], *, batch_s
             entry["compile_s"] = time_first_call(timed, make_input(batch_size), dev, bf16)  # compilation is lazy
             entry["compile_failed"] = timed.forward.failed
         entry["batch_1"] = measure_latency(timed, make_input(1), dev, share, bf16)
-        entry["batch_n"] = measure_latency(timed, make_input(batch_size), dev, share, bf16)
+        estimate_s = entry["batch_1"]["median_ms"] * batch_size / 1e3
+        if estimate_s > share:  # keep the budget: a batch this large would take longer than the whole share
+            entry["batch_n"] = {"median_ms": None, "skipped": f"one call ~{estimate_s:.0f} s > {share:.1f} s of budget"}
+        else:
+            entry["batch_n"] = measure_latency(timed, make_input(batch_size), dev, share, bf16)
         timings[name] = entry
     result["latency"] = {"device": device_description(dev), "batch_size": batch_size, "budget_s": budget_s,
                          "variants": timings}
@@ -75,13 +79,19 @@ def format_report(profile: dict[str, Any]) -> str:
         n = lat["batch_size"]
         lines.append(f"  latency on {lat['device']} (median ms per call, {lat['budget_s']:g} s budget per batch size)")
         lines.append(f"    {'path':<15s} {'batch 1':>9s} {f'batch {n}':>10s} {'ms/image':>9s} {'vs fp32':>8s}")
-        base = lat["variants"]["fp32"]["batch_n"]["median_ms"]
+        base = lat["variants"]["fp32"]
         for name, entry in lat["variants"].items():
             b1, bn = entry["batch_1"]["median_ms"], entry["batch_n"]["median_ms"]
-            note = ""
+            # speed-up over fp32 at batch n, or at batch 1 where batch n was over budget
+            key = "batch_n" if bn is not None and base["batch_n"]["median_ms"] is not None else "batch_1"
+            ratio = base[key]["median_ms"] / entry[key]["median_ms"]
+            notes = [entry["batch_n"]["skipped"] + ": raise profile.budget_s"] if bn is None else []
             if "compile_s" in entry:
-                note = "  (compile failed: eager)" if entry["compile_failed"] else f"  (compile {entry['compile_s']:.0f} s)"
-            lines.append(f"    {name:<15s} {b1:9.2f} {bn:10.2f} {bn / n:9.2f} {base / bn:7.2f}x{note}")
+                notes.append("compile failed: eager" if entry["compile_failed"] else f"compile {entry['compile_s']:.0f} s")
+            per_image = f"{bn / n:9.2f}" if bn is not None else f"{b1:9.2f}"
+            bn_text = f"{bn:10.2f}" if bn is not None else f"{'-':>10s}"
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            lines.append(f"    {name:<15s} {b1:9.2f} {bn_text} {per_image} {ratio:7.2f}x{note}")
     else:
         lines.append("  latency: not measured (profile.latency=false)")
     return "\n".join(lines)
