@@ -2,6 +2,7 @@
 
     python benchmarks/classification_learning.py                      # defaults: the settings in docs/classification.md
     python benchmarks/classification_learning.py --alpha 0.5 --resolution 64 --epochs 12 task.optimizer.lr=0.02
+    python benchmarks/classification_learning.py --precision 32-true   # and --precision bf16-mixed: same top-1?
 
 Runs the real `python -m toolkit task=classification data=shapes` path in-process (the paper's optimiser,
 class folders of JPEGs on disk, albumentations, Lightning) and prints, per epoch, val top-1/top-5 and the
@@ -53,13 +54,15 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="trainer.precision: auto, 32-true, bf16-mixed (the "
+                        "learning benchmarks must reach the same top-1 under bf16 as under fp32, within 1 point)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     args, overrides = parser.parse_known_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="classification_learning_"))
     overrides = QUIET + [
         "task=classification", "data=shapes", f"backbone.alpha={args.alpha}", f"data.resolution={args.resolution}",
         f"trainer.max_epochs={args.epochs}", f"data.n_train={args.n_train}", f"data.n_val={args.n_val}",
-        f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}",
+        f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}", f"trainer.precision={args.precision}",
         f"paths.cache_dir={out / 'cache'}", f"paths.log_dir={out}",
         "+callbacks.epoch_report._target_=__main__.get_report", *overrides]
     print(f"mobilenet_v1 alpha {args.alpha} at {args.resolution}px on generated shapes ({args.n_train} train / "

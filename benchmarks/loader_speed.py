@@ -99,6 +99,19 @@ def training_rate(batch_size: int, resolution: int, precision: str, steps: int =
     return batch_size * steps / (time.perf_counter() - start)
 
 
+def tables(results: dict) -> dict[str, str]:
+    """The Markdown tables docs/performance.md quotes, rendered from a results file's `results`."""
+    decode = ["| decoder | decode only, images per CPU-second |", "|---|---|"]
+    decode += [f"| {d} | {r:.0f} |" for d, r in results["decode_images_per_cpu_s"].items()]
+    loader = ["| decoder | workers | training loader images/s |", "|---|---|---|"]
+    for key, rate in results["loader_images_per_s"].items():
+        decoder, workers = key.split("/")
+        loader.append(f"| {decoder} | {workers} | {rate:.1f} |")
+    training = ["| MobileNet V1 1.0 training | images/s |", "|---|---|"]
+    training += [f"| {p} | {r:.1f} |" for p, r in results["training_images_per_s"].items()]
+    return {"decode": "\n".join(decode), "loader": "\n".join(loader), "training": "\n".join(training)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=96, help="distinct JPEG files")
@@ -140,6 +153,8 @@ def main() -> None:
     for decoder, rate in per_worker.items():
         print(f"{decoder}: {rate:.0f} images/s per worker; this machine's fastest training ({fastest:.1f} images/s) "
               f"needs {fastest / rate:.2f} worker(s)")
+    for name, table in tables(results).items():
+        print(f"\n{name}:\n{table}")
     path = write_results("loader_speed", results, command="python " + " ".join(sys.argv))
     print(f"results: {path}")
 
