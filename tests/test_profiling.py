@@ -299,3 +299,27 @@ def test_sweep_rows_have_a_latency_column_per_path(tmp_path):
     (row,) = collect_rows(tmp_path)
     assert row["latency_b1_fp32_ms"] == 2.0 and row["latency_bn_bf16_ms"] == 9.0 and row["batch_size"] == 8
     assert row["latency_b1_fp32_compiled_ms"] is None  # profile.compile=false: not timed
+
+
+def test_profile_compiled_paths_report_a_failed_compile(monkeypatch):
+    """profile.compile=true adds compiled fp32/bf16 rows; where compilation fails they say so and time eager."""
+    import warnings
+
+    from toolkit.profiling.report import format_report, profile_model
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = profile_model(model, lambda n: torch.randn(n, 3, 16, 16), batch_size=2, device="cpu", budget_s=0.4,
+                               compile=True)
+    variants = result["latency"]["variants"]
+    assert list(variants) == ["fp32", "bf16", "fp32_compiled", "bf16_compiled"]
+    assert variants["bf16_compiled"]["compile_failed"] is True and variants["fp32_compiled"]["compile_s"] >= 0
+    report = format_report({"label": "tiny", "task": "classification", "resolution": 16, **result})
+    assert report.count("compile failed: eager") == 2
