@@ -7,7 +7,7 @@
 Runs the real `python -m toolkit task=classification data=shapes` path in-process (the paper's optimiser,
 class folders of JPEGs on disk, albumentations, Lightning) and prints, per epoch, val top-1/top-5 and the
 elapsed wall and CPU time (CPU seconds are the figure to read when other jobs share the machine).
-Extra arguments are Hydra overrides. Writes benchmarks/results/classification_learning.json.
+Extra arguments are Hydra overrides. Writes benchmarks/results/classification_learning.json (`--results NAME`: NAME.json).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--precision", default="auto", help="trainer.precision: auto, 32-true, bf16-mixed (the "
                         "learning benchmarks must reach the same top-1 under bf16 as under fp32, within 1 point)")
+    parser.add_argument("--results", default="classification_learning", help="results file benchmarks/results/<NAME>.json")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     args, overrides = parser.parse_known_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="classification_learning_"))
@@ -76,7 +77,7 @@ def main() -> None:
     print(f">= {TARGET_TOP1:.0%} top-1: " + (f"at epoch {reached[0]} after {reached[3]:.0f} s wall / {reached[4]:.0f} s CPU"
                                           if reached else "not reached"))
     print(f"outputs: {out / 'run'}")
-    write_results("classification_learning", {
+    write_results(args.results, {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "overrides": overrides[len(QUIET):],
         "epochs": [dict(zip(("epoch", "top1", "top5", "wall_s", "cpu_s"), r, strict=True)) for r in rows],
