@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from toolkit.errors import ConfigError
 from toolkit.profiling.counting import call
@@ -52,6 +51,9 @@ def measure_latency(model: nn.Module, example_input: Any, device: torch.device, 
     count and synchronises CUDA). The model is moved to `device` and back to where it was. Returns the median,
     interquartile range and fastest block (ms per call), the timed calls and blocks.
     """
+    # imported here: it loads torch's C++-extension helper, which prints a CUDA_HOME warning on CPU-only machines
+    from torch.utils import benchmark
+
     if not budget_s > 0:
         raise ConfigError("profile.budget_s", budget_s, "must be > 0 seconds")
     original = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
