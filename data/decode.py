@@ -3,7 +3,7 @@
 `read_rgb` returns what `toolkit.data.images.load_rgb` returns (an HxWx3 uint8 array) and leaves every other
 case to it: files that are not JPEGs, JPEGs that `min_side` lets libjpeg decode at a reduced scale (PIL's
 `draft`, far cheaper for a large photo than any full decode), images whose header declares more pixels than
-PIL's decompression-bomb limit (checked from the header, before anything is decoded), and files torchvision
+the decompression-bomb limit (`MAX_IMAGE_PIXELS`) (checked from the header, before anything is decoded), and files torchvision
 cannot decode (load_rgb then decodes them or raises the DataError that names the file).
 
 Measured by benchmarks/loader_speed.py (results/loader_speed.json): on 500x375 JPEGs torchvision's decoder
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from toolkit.data.images import load_rgb
+from toolkit.data.images import MAX_IMAGE_PIXELS, load_rgb
 
 DECODERS = ("torchvision", "pil")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -32,24 +32,19 @@ def read_rgb(path: str | Path, min_side: int | None = None, decoder: str = "torc
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r}: allowed {', '.join(DECODERS)}")
     if decoder == "pil" or Path(path).suffix.lower() not in JPEG_SUFFIXES:
-        return _load_rgb(path, min_side)
+        return load_rgb(path, min_side)
     try:
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as header:  # parses the header only: the size before any decoding
             width, height = header.size
             is_jpeg = header.format == "JPEG"
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError):
-        return _load_rgb(path, min_side)  # load_rgb raises the DataError that names the file and the fix
-    limit = Image.MAX_IMAGE_PIXELS
+        return load_rgb(path, min_side)  # load_rgb raises the DataError that names the file and the fix
     reducible = min_side is not None and min(width, height) >= 2 * min_side
-    if not is_jpeg or reducible or (limit is not None and width * height > limit):
-        return _load_rgb(path, min_side)
+    if not is_jpeg or reducible or width * height > MAX_IMAGE_PIXELS:  # load_rgb reduces, or refuses the bomb
+        return load_rgb(path, min_side)
     try:
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:  # a truncated or corrupt JPEG: PIL decides (it tolerates some) and names the file
-        return _load_rgb(path, min_side)
+        return load_rgb(path, min_side)
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-
-
-def _load_rgb(path: str | Path, min_side: int | None) -> np.ndarray:
-    return load_rgb(path) if min_side is None else load_rgb(path, min_side)
