@@ -28,7 +28,6 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 
 import timm
 import torch
@@ -61,14 +60,12 @@ class FixedBatches(Dataset):
         return self.batches[i]
 
 
-@dataclass
 class Clock:
     """Wall and CPU seconds from the end of warm-up step `warmup` to the end of the last step."""
 
-    warmup: int
-    wall: float = 0.0
-    cpu: float = 0.0
-    _start: tuple[float, float] | None = None
+    def __init__(self, warmup: int):
+        self.warmup, self.wall, self.cpu = warmup, 0.0, 0.0
+        self._start: tuple[float, float] | None = None
 
     def step_done(self, index: int) -> None:
         now = (time.perf_counter(), time.process_time())
