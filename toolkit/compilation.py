@@ -6,10 +6,10 @@ failure there (no C++ compiler, an operator inductor cannot lower) switches the 
 of the run; the same call is then repeated eagerly, so a genuine error in the model still surfaces.
 
 `task.compile=auto` (the default) leaves training eager (compiling costs 30-50 s per model on a CPU and the
-training speed-up measured here was smaller than bf16's) and compiles eval/predict runs over at least
-`COMPILE_PAYS_AFTER_IMAGES` images: on the 2-core Sapphire Rapids machine compiled bf16 inference of
-MobileNet V1 1.0-224 ran at 237 images/s against 114 eager (benchmarks/results/throughput.json), i.e.
-~4.5 ms saved per image, which repays a ~40 s compilation after ~9,000 images.
+training speed-up measured for issue 14 was smaller than bf16's) and compiles eval/predict runs over at least
+`COMPILE_PAYS_AFTER_IMAGES` images: on a quiet 2-core Sapphire Rapids machine (issue 14) compiled bf16
+inference of MobileNet V1 1.0-224 ran at 237 images/s against 114 eager, i.e. ~4.5 ms saved per image, which
+repays a ~40 s compilation after ~9,000 images (docs/performance.md).
 """
 
 from __future__ import annotations
