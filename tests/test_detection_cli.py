@@ -45,7 +45,7 @@ def test_eval_writes_all_twelve_numbers_and_detections(trained):
 
 
 def test_predict_writes_json_and_pictures(trained):
-    images = next((trained["root"] / "cache").glob("shapes_det_*")) / "val"
+    images = next(p for p in (trained["root"] / "cache").glob("shapes_det_*") if p.is_dir()) / "val"
     proc = run_cli(TINY + SHAPES + FAST + ["mode=predict", f"ckpt_path={trained['ckpt']}", f"predict.input={images}",
                                            "task.predict_score_thresh=0.0"], cwd=trained["root"], env=trained["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]

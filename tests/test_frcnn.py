@@ -222,7 +222,7 @@ TINY = ["backbone.alpha=0.25", "data=shapes", "data.resolution=128", "data.image
 
 def coco_layout_from_shapes(cache: Path, root: Path) -> Path:
     """The generated val split laid out as COCO's minival2014 (annotations/instances_minival2014.json + val2014/)."""
-    shapes = next(cache.glob("shapes_det_*"))
+    shapes = next(p for p in cache.glob("shapes_det_*") if p.is_dir())
     (root / "coco" / "annotations").mkdir(parents=True)
     shutil.copy(shapes / "annotations" / "instances_val.json", root / "coco" / "annotations" / "instances_minival2014.json")
     shutil.copytree(shapes / "val", root / "coco" / "val2014")

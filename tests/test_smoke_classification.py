@@ -17,7 +17,7 @@ def test_train_eval_predict_round_trip(make_cfg, tmp_path):
     assert 0.0 <= metrics["val/top1"] <= 1.0
     assert json.loads((Path(result["output_dir"]) / "metrics.json").read_text())["val/top1"] == metrics["val/top1"]
 
-    images = next(Path(tmp_path / "cache").glob("shapes_cls_*")) / "val" / "circle"
+    images = next(p for p in Path(tmp_path / "cache").glob("shapes_cls_*") if p.is_dir()) / "val" / "circle"
     pred = run(make_cfg(common + ["mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
     assert len(pred["records"]) == len(list(images.glob("*.jpg")))
     assert all(Path(f).is_file() for f in pred["files"])
