@@ -6,8 +6,12 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, default_collate
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +74,15 @@ class BaseDataModule(LightningDataModule):
     def collate_fn(self) -> Callable:
         return SkippingCollate()
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -88,10 +94,26 @@ class BaseDataModule(LightningDataModule):
         return self._loader(self.train_dataset, shuffle=True, drop_last=len(self.train_dataset) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        return self._loader(self.val_dataset, shuffle=False, sampler=evaluation_sampler(self.val_dataset, "val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset or self.val_dataset, shuffle=False)
+        dataset = self.test_dataset or self.val_dataset
+        return self._loader(dataset, shuffle=False, sampler=evaluation_sampler(dataset, "test"))
 
     def predict_loader(self, paths: list[Path]) -> DataLoader:
         return self._loader(self.predict_dataset(paths), shuffle=False)
+
+
+def evaluation_sampler(dataset: Dataset | None, split: str) -> Sampler | None:
+    """Under torch.distributed, each rank's disjoint, unpadded share of an evaluation set (None otherwise).
+
+    Lightning's default DistributedSampler pads the set to a multiple of the world size by repeating
+    images, and every metric would count those repeats; Lightning leaves a DistributedSampler it finds
+    in place. Ranks then run different numbers of batches, which evaluation allows: metrics sync once
+    at epoch end. Each rank needs at least one sample, or it would miss that sync."""
+    if dataset is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    if len(dataset) < dist.get_world_size():
+        raise DataError(f"the {split} set has {len(dataset)} samples, fewer than the {dist.get_world_size()} "
+                        "processes evaluating it: give it at least one sample per process, or run fewer devices")
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)

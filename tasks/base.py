@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra.utils
 import torch
+import torchmetrics
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -147,6 +148,14 @@ class BaseTask(LightningModule):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+    def updated_on_any_rank(self, metric: torchmetrics.Metric) -> bool:
+        """Whether any rank updated `metric` this epoch. Collective: every rank asks, so a rank whose batches were
+        all skipped still joins the metric's sync at `compute` instead of leaving the others waiting in it."""
+        count = torch.tensor(float(metric.update_count), device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(count)
+        return bool(count > 0)
 
     def log_skipped(self, batch: dict, stage: str) -> None:
         """Count the samples the loader skipped (data.skip_corrupt=true) into the metrics file."""

@@ -8,7 +8,9 @@ a `.backbone` (the registry Backbone, so `init_from` of a classification checkpo
 Subclass constructors take their own typed arguments, then call `DetectionTask.__init__` with the shared ones.
 
 Data comes from `toolkit.data.coco` (batches documented there). Validation maps detections back to
-original pixels and file category ids, runs `CocoEvaluator` over every rank's results at epoch end and
+original pixels and file category ids, runs `CocoEvaluator` (faster-coco-eval or pycocotools against the
+annotation file) over every rank's images at epoch end -- each image once: under DDP every rank evaluates a
+disjoint, unpadded share (`toolkit.data.base.evaluation_sampler`) and results are merged by image id -- and
 logs `val/map`, `val/map_50`, ... (all 12 COCO numbers; `val/map` picks the best checkpoint). The
 latest detections and AP table are written to the run folder; `mode=eval` writes them next to metrics.json.
 """
@@ -42,7 +44,7 @@ class DetectionTask(BaseTask):
         num_classes: int = 80,
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
-        eval_backend: str = "pycocotools",
+        eval_backend: str = "auto",
         predict_score_thresh: float = 0.3,
         optimizer: dict | None = None,
         scheduler: dict | None = None,

@@ -42,7 +42,7 @@ class FasterRCNNTask(DetectionTask):
         rcnn: dict | None = None,
         batch_size: int | None = None,
         lr_reference_batch: int | None = 16,
-        eval_backend: str = "pycocotools",
+        eval_backend: str = "auto",
         predict_score_thresh: float = 0.3,
         optimizer: dict | None = None,
         scheduler: dict | None = None,

@@ -30,7 +30,7 @@ class SSDTask(DetectionTask):
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
         topk_candidates: int = 100,
-        eval_backend: str = "pycocotools",
+        eval_backend: str = "auto",
         predict_score_thresh: float = 0.3,
         optimizer: dict | None = None,
         scheduler: dict | None = None,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from toolkit.backbones import create_backbone
 from toolkit.distill.losses import embedding_distillation_loss
@@ -122,14 +123,17 @@ class FaceEmbeddingTask(DistillationTask):
 
     def on_validation_epoch_end(self) -> None:
         dataset = self.trainer.val_dataloaders.dataset
-        if not self._val_embeddings:
+        parts, self._val_embeddings = self._val_embeddings, []
+        if parts:
+            index, emb = torch.cat([i for i, _ in parts]), torch.cat([e for _, e in parts])
+        else:  # every batch of this rank was skipped: it still takes part in the gather below
+            index = torch.zeros(0, dtype=torch.long, device=self.device)
+            emb = torch.zeros(0, self.hparams.embedding_dim, device=self.device)
+        if self.trainer.world_size > 1:  # every rank scored its own, unpadded shard (sizes differ): gather before pairing
+            index = torch.cat(gather_all_tensors(index))
+            emb = torch.cat(gather_all_tensors(emb))
+        if not len(index):
             return
-        index = torch.cat([i for i, _ in self._val_embeddings])
-        emb = torch.cat([e for _, e in self._val_embeddings])
-        self._val_embeddings.clear()
-        if self.trainer.world_size > 1:  # every rank scored a shard: gather before pairing
-            index = self.all_gather(index).flatten()
-            emb = self.all_gather(emb).flatten(0, 1)
         table = torch.full((len(dataset), emb.shape[1]), float("nan"), device=emb.device)
         table[index] = emb
         table = table.cpu().numpy()

@@ -63,7 +63,7 @@ class FineGrainedTask(ClassificationTask):
             self.test_confusion.update(self._last_logits, batch["label"])
 
     def _keep_confusion(self, metric: torchmetrics.Metric) -> None:
-        if metric.update_count:
+        if self.updated_on_any_rank(metric):
             self.confusion = metric.compute().cpu()
         metric.reset()
 

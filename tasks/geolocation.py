@@ -160,7 +160,7 @@ class GeolocationTask(BaseTask):
 
     def _log_distances(self, stage: str) -> None:
         metric = getattr(self, f"{stage}_distance")
-        if metric.update_count:
+        if self.updated_on_any_rank(metric):
             results = metric.compute()
             self.log(f"{stage}/within_25km", results.pop("within_25km"), prog_bar=True)
             self.log_dict({f"{stage}/{k}": v for k, v in results.items()})

@@ -22,7 +22,7 @@ from toolkit.data.coco import (
     read_coco_json,
 )
 from toolkit.data.detection_transforms import SSDRandomCrop, detection_transforms
-from toolkit.detection.evaluator import STAT_NAMES, CocoEvaluator, results_from_detections
+from toolkit.detection.evaluator import STAT_NAMES, CocoEvaluator, resolve_backend, results_from_detections
 from toolkit.detection.ssd import SSDAnchorGenerator, build_ssd
 from toolkit.errors import DataError
 
@@ -228,15 +228,32 @@ def test_evaluator_reproduces_pycocotools_exactly(tmp_path):
 
     from toolkit.data.coco import load_coco
 
-    ours = CocoEvaluator(load_coco(ann))
-    ours.update(dets[:5], [11, 12])  # as two ranks/batches would deliver them
-    ours.update(dets[5:], [12, 13])
+    ours = CocoEvaluator(load_coco(ann), backend="pycocotools")
+    for image_id in (11, 12, 13):  # one image per batch, as batches deliver them
+        ours.update([d for d in dets if d["image_id"] == image_id], [image_id])
     assert ours.compute() == expected
     assert ours.per_class and set(ours.per_class) == {7, 90}
     faster = CocoEvaluator(load_coco(ann), backend="faster_coco_eval")
     faster.update(dets, [11, 12, 13])
     assert faster.compute() == expected
     assert 0 < expected["map"] < 1
+    # an image delivered twice (a re-batched repeat) counts once, and two identical real detections both count
+    repeated = CocoEvaluator(load_coco(ann))
+    repeated.update(dets, [11, 12, 13])
+    repeated.update([d for d in dets if d["image_id"] == 12], [12])
+    assert repeated.compute() == expected and len(repeated.results) == len(dets)
+    twin = [*dets, dict(dets[0])]
+    doubled = CocoEvaluator(load_coco(ann))
+    doubled.update(twin, [11, 12, 13])
+    doubled.compute()
+    assert len(doubled.results) == len(dets) + 1
+
+
+def test_default_backend_is_faster_coco_eval_when_installed():
+    assert resolve_backend("auto") == "faster_coco_eval"
+    assert resolve_backend("pycocotools") == "pycocotools"
+    with pytest.raises(ValueError, match="unknown COCO evaluation backend"):
+        resolve_backend("cocoapi")
 
 
 def test_evaluator_without_detections_scores_zero(tmp_path):

@@ -1,20 +1,29 @@
-"""COCO box evaluation (all 12 AP/AR numbers) with pycocotools or faster-coco-eval, gathered across DDP ranks.
+"""COCO box evaluation (all 12 AP/AR numbers) with faster-coco-eval or pycocotools, gathered across DDP ranks.
 
 Usage: `ev = CocoEvaluator(coco_gt)`; per batch `ev.update(results, image_ids)` with COCO-format results
 (`{"image_id", "category_id", "bbox": [x, y, w, h] in original pixels, "score"}`) and the ids of every
 image seen (so images with no detection still count); at epoch end `ev.compute()` gathers every rank's
-results, evaluates the images seen (the whole val set in a full pass) and returns `STAT_NAMES -> float`.
-After `compute`, `ev.results` holds the merged detections, `ev.per_class` AP per category id and
-`ev.summary` pycocotools' printed table. `backend="faster_coco_eval"` gives the same numbers faster
-(tests check they match on a fixture).
+images, evaluates them against the original annotation file (the whole val set in a full pass) and returns
+`STAT_NAMES -> float`. After `compute`, `ev.results` holds the merged detections, `ev.per_class` AP per
+category id and `ev.summary` the COCO printout.
+
+Backends: `faster_coco_eval` (the default when installed: the same numbers, several times faster; see
+benchmarks/coco_eval_speed.py) or `pycocotools`; `auto` picks the first available.
+
+Why not `torchmetrics.detection.MeanAveragePrecision`: its DDP sync gathers its per-image list states one
+tensor at a time, so ranks holding different numbers of images issue different numbers of collectives and
+hang or crash (torchmetrics issues #2170, #3336). Evaluation here shards the val set without padding
+(`toolkit.data.base.evaluation_sampler`), so ranks do hold different numbers of images; padding them equal
+would make every metric count the repeated images. One `all_gather_object` of the per-image results keyed by
+image id has neither problem, and COCOeval then scores against the annotation file itself (no float32 copy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,14 +31,23 @@ import numpy as np
 import torch.distributed as dist
 from pycocotools.coco import COCO
 
-from toolkit.io import write_text_atomic
+from toolkit.io import write_json_atomic
 
 #: the order of COCOeval.stats (torchmetrics' names)
 STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
 STAT_TITLES = ("AP @[.50:.95] all", "AP @.50 all", "AP @.75 all", "AP small", "AP medium", "AP large",
                "AR maxDets=1", "AR maxDets=10", "AR maxDets=100", "AR small", "AR medium", "AR large")
-BACKENDS = ("pycocotools", "faster_coco_eval")
+BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> faster_coco_eval when it is installed, else pycocotools; other names are checked and kept."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose from {BACKENDS}")
+    if backend == "auto":
+        return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
+    return backend
 
 
 def gather_objects(obj):
@@ -49,44 +67,45 @@ def _quiet(fn, *args, **kwargs):
 
 
 class CocoEvaluator:
-    def __init__(self, coco_gt: COCO, backend: str = "pycocotools"):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose from {BACKENDS}")
-        self.coco_gt, self.backend = coco_gt, backend
+    def __init__(self, coco_gt: COCO, backend: str = "auto"):
+        self.coco_gt, self.backend = coco_gt, resolve_backend(backend)
         self.reset()
 
     def reset(self) -> None:
-        self._results: list[dict] = []
-        self._image_ids: set[int] = set()
+        self._by_image: dict[int, list[dict]] = {}
+        self.image_ids: list[int] = []
         self.results: list[dict] = []
         self.per_class: dict[int, float] = {}
         self.summary = ""
 
     def update(self, results: Iterable[dict], image_ids: Iterable[int]) -> None:
-        self._results.extend(results)
-        self._image_ids.update(int(i) for i in image_ids)
+        """An image's detections replace any earlier ones of the same image: an image counts once."""
+        ids = [int(i) for i in image_ids]
+        by_image: dict[int, list[dict]] = {i: [] for i in ids}
+        for r in results:
+            by_image[int(r["image_id"])].append(r)
+        self._by_image.update(by_image)
 
     def compute(self, evaluate: bool = True) -> dict[str, float]:
-        """Merge all ranks (duplicates from padded distributed samplers removed) and evaluate.
+        """Merge every rank's images (keyed by image id) and evaluate them.
 
         Every rank must call it (the gather is collective); `evaluate=False` (ranks other than 0) skips
         COCOeval and returns {} -- broadcast rank 0's numbers instead."""
-        merged_ids: set[int] = set()
-        merged: dict[tuple, dict] = {}
-        for results, ids in gather_objects((self._results, sorted(self._image_ids))):
-            merged_ids.update(ids)
-            for r in results:  # a padded sampler evaluates some images twice: keep one copy
-                merged.setdefault((r["image_id"], r["category_id"], tuple(r["bbox"]), r["score"]), r)
-        self.results = list(merged.values())
+        merged: dict[int, list[dict]] = {}
+        for by_image in gather_objects(self._by_image):
+            merged.update(by_image)
+        self.image_ids = sorted(merged)
+        self.results = [r for image_id in self.image_ids for r in merged[image_id]]
         if not evaluate:
             return {}
-        return evaluate_coco(self.coco_gt, self.results, sorted(merged_ids), self.backend, into=self)
+        return evaluate_coco(self.coco_gt, self.results, self.image_ids, self.backend, into=self)
 
 
 def evaluate_coco(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None,
-                  backend: str = "pycocotools", into: CocoEvaluator | None = None) -> dict[str, float]:
+                  backend: str = "auto", into: CocoEvaluator | None = None) -> dict[str, float]:
     """COCOeval(bbox) over `image_ids` (default: every GT image); the 12 summary numbers by name."""
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else list(image_ids)
+    backend = resolve_backend(backend)
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO as FasterCOCO
         from faster_coco_eval import COCOeval_faster as Eval
@@ -135,9 +154,7 @@ def _coco_from(data: dict) -> COCO:
 
 def write_results_json(results: list[dict], path: Path) -> Path:
     """COCO results format: a list of {image_id, category_id, bbox [x, y, w, h], score}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(results))
-    return path
+    return write_json_atomic(path, results, indent=None)
 
 
 def ap_table(stats: dict[str, float], per_class: dict[int, float] | None = None,
