@@ -56,6 +56,9 @@ class ClassificationTask(BaseTask):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # a torchmetrics mean (float sums, summed across ranks) is exact when ranks score different numbers of
+        # images; self.log(sync_dist=True) averages its integer sample counts across ranks and rounds them
+        self.val_loss, self.test_loss = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -70,7 +73,12 @@ class ClassificationTask(BaseTask):
         loss = self.criterion(logits, batch["label"])
         metrics(logits, batch["label"])
         bs = batch["label"].shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, sync_dist=stage != "train", batch_size=bs)
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        else:
+            mean_loss = getattr(self, f"{stage}_loss")
+            mean_loss.update(loss.detach().float(), weight=bs)
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=bs)
         return loss
 

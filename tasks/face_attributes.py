@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelStatScores
 
 from toolkit.distill.losses import attribute_distillation_loss, masked_label_loss
@@ -70,6 +71,8 @@ class FaceAttributesTask(DistillationTask):
         n = self.num_attributes
         self.val_ap = MultilabelAveragePrecision(num_labels=n, average=None, ignore_index=-1)
         self.val_stats = MultilabelStatScores(num_labels=n, average=None, ignore_index=-1)
+        # exact across ranks that score different numbers of images (self.log(sync_dist=True) rounds the counts)
+        self.val_loss = MeanMetric()
         self.last_table: list[dict] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,8 @@ class FaceAttributesTask(DistillationTask):
             return
         logits = self(batch["image"])
         labels = batch["labels"].long()
-        self.log("val/loss", masked_label_loss(logits, labels), on_epoch=True, sync_dist=True, batch_size=logits.shape[0])
+        self.val_loss.update(masked_label_loss(logits, labels).detach().float(), weight=logits.shape[0])
+        self.log("val/loss", self.val_loss, on_epoch=True, batch_size=logits.shape[0])
         probs = torch.sigmoid(logits.float())
         self.val_ap.update(probs, labels)
         self.val_stats.update(probs, labels)

@@ -85,6 +85,8 @@ class GeolocationTask(BaseTask):
         cell_top1 = torchmetrics.classification.MulticlassAccuracy(finest, ignore_index=-1, average="micro")
         self.train_cell_top1, self.val_cell_top1, self.test_cell_top1 = (cell_top1.clone() for _ in range(3))
         self.val_distance, self.test_distance = GeoDistanceAccuracy(), GeoDistanceAccuracy()
+        # exact across ranks that score different numbers of photos (self.log(sync_dist=True) rounds the counts)
+        self.val_loss, self.test_loss = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
 
     def _register_cell_tables(self) -> None:
         """Cell ids, prediction coordinates and ancestor maps as tensors, derived from the plain-data partitions."""
@@ -149,8 +151,12 @@ class GeolocationTask(BaseTask):
         labels = self.cell_labels(batch["latlon"])
         loss = self._loss(logits, labels)
         bs = len(labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 sync_dist=stage != "train", batch_size=bs)
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        else:
+            mean_loss = getattr(self, f"{stage}_loss")
+            mean_loss.update(loss.detach().float(), weight=bs)
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         cell_top1 = getattr(self, f"{stage}_cell_top1")
         cell_top1(logits[-1], labels[:, -1])
         self.log(f"{stage}/cell_top1", cell_top1, on_step=False, on_epoch=True, batch_size=bs)

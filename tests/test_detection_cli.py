@@ -97,8 +97,9 @@ def test_missing_coco_stops_at_once_with_the_files_and_data_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_eval_with_two_ddp_processes_gathers_every_rank(trained, tmp_path):
-    """mode=eval over two CPU processes (gloo): rank 0 scores every image's detections, the one image the
-    distributed sampler repeats to pad 5 images to 2 x 3 counted once: the same numbers as one process."""
+    """mode=eval over two CPU processes (gloo) on 5 val images: the ranks score 3 and 2 images (no image repeated
+    to pad them equal, as Lightning's default sampler would), rank 0 scores every image's detections once: the
+    same numbers as one process."""
     data = ["data=shapes", "data.n_train=8", "data.n_val=5", "data.image_size=64"]
     args = TINY + data + FAST + ["mode=eval", f"ckpt_path={trained['ckpt']}"]
     single = run_cli(args + [f"hydra.run.dir={tmp_path}/single"], cwd=trained["root"], env=trained["env"])
