@@ -1,0 +1,95 @@
+"""Learning guards: every task, trained for a few seconds from a fixed seed on generated data, beats chance by a
+clear margin. A change that silently breaks learning -- a precision switch, a loss or transform change, a
+refactor -- fails here instead of waiting for someone to run a benchmark by hand.
+
+Each guard overfits a small generated set (the validation split is generated like the training one) with settings
+that learn fast on a CPU: a small backbone, low resolution, AdamW, and BatchNorm statistics re-estimated before
+validation (toolkit/precise_bn.py; a few steps leave BN's running averages far behind). Every threshold sits well
+below what the guard reaches and well above chance; with `task.optimizer.lr=0` every guard fails (checked by hand
+when the thresholds were set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from toolkit.run import run
+
+pytestmark = pytest.mark.slow
+
+PRECISE_BN = "+callbacks.precise_bn={_target_: toolkit.precise_bn.PreciseBN, num_batches: 8}"
+COMMON = ["backbone.alpha=0.25", "callbacks.lr_monitor=null", "seed=0", PRECISE_BN]
+ADAMW = ["task.optimizer._target_=torch.optim.AdamW", "~task.optimizer.alpha", "~task.optimizer.momentum",
+         "~task.optimizer.eps", "task.scheduler=null"]
+
+
+@dataclass(frozen=True)
+class Guard:
+    overrides: list[str]
+    metric: str
+    threshold: float  # the guard's pass mark
+    chance: float  # what a model that learned nothing scores (documentation, and a sanity check of the mark)
+    extra: list[str] = field(default_factory=list)
+    #: writes data into the test's folder and returns the overrides that read it
+    setup: Callable[[Path], list[str]] | None = None
+
+
+def detection_overfit_set(root: Path) -> list[str]:
+    """8 generated shapes images as a COCO custom dataset that validates on its own training images."""
+    from toolkit.data.shapes_detection import generate_shapes_detection
+
+    generate_shapes_detection(root, n_train=8, n_val=1, image_size=96, seed=0, empty_fraction=0.0)
+    ann, images = root / "annotations" / "instances_train.json", root / "train"
+    return ["data=coco_custom", f"data.train_ann={ann}", f"data.train_images={images}", f"data.val_ann={ann}",
+            f"data.val_images={images}"]
+
+
+GUARDS: dict[str, Guard] = {
+    # 6 shape classes: chance 1/6
+    "classification": Guard(["task=classification", "data=shapes", "data.resolution=32", "data.image_size=40",
+                             "data.n_train=240", "data.n_val=60", "data.batch_size=16", "trainer.max_epochs=3",
+                             *ADAMW, "task.optimizer.lr=0.003"], "val/top1", 0.5, 1 / 6),
+    # 12 breeds (pairs differ only in coat colour), trained from scratch: chance 1/12
+    "fine_grained": Guard(["task=fine_grained", "data=stanford_dogs_synthetic", "data.resolution=32",
+                           "data.image_size=40", "data.n_train=240", "data.n_val=96", "data.batch_size=16",
+                           "trainer.max_epochs=6", "task.optimizer.lr=0.01", "task.backbone_lr_scale=1.0"],
+                          "val/top1", 0.3, 1 / 12),
+    # photos around 6 cities: answering one city for every photo puts about 1/6 within 25 km
+    "geolocation": Guard(["task=geolocation", "data=geo_synthetic", "data.resolution=32", "data.image_size=40",
+                          "data.n_train=300", "data.n_val=60", "data.batch_size=16", "trainer.max_epochs=6",
+                          "task.optimizer.lr=0.01"], "val/within_25km", 0.5, 1 / 6),
+    # mean AP of 40 attributes; a model that learned nothing scores about the positive rate
+    "face_attributes": Guard(["task=face_attributes", "data=celeba_synthetic", "teacher=none", "data.resolution=32",
+                              "data.width=36", "data.height=44", "data.n_train=240", "data.n_val=80",
+                              "data.batch_size=16", "trainer.max_epochs=6", "task.optimizer.lr=0.01"],
+                             "val/mAP", 0.5, 0.3),
+    # same/different pairs of unseen identities: chance 0.5
+    "face_embedding": Guard(["task=face_embedding", "data=faces_synthetic", "teacher=none", "data.resolution=32",
+                             "data.width=36", "data.height=36", "data.n_identities=20", "data.n_test_identities=10",
+                             "data.images_per_identity=6", "data.folds=4", "data.pairs_per_fold=20",
+                             "data.batch_size=16", "trainer.max_epochs=6", "task.optimizer.lr=0.01"],
+                            "val/accuracy", 0.7, 0.5),
+    # mAP@0.5 of a detector that learned nothing is about 0
+    "detection_ssd": Guard(["task=detection_ssd", "data.resolution=160", "data.batch_size=4", "trainer.max_epochs=15",
+                            *ADAMW, "task.optimizer.lr=0.004"], "val/map_50", 0.3, 0.0, setup=detection_overfit_set),
+    "detection_frcnn": Guard(["task=detection_frcnn", "data.resolution=160", "data.batch_size=4",
+                              "trainer.max_epochs=15", "data.aspect_ratio_group_factor=null",
+                              "task.lr_reference_batch=null", "task.optimizer._target_=torch.optim.AdamW",
+                              "~task.optimizer.momentum", "task.optimizer.lr=0.002", "task.scheduler=null",
+                              "task.anchor_sizes=[16,32,64,128]", "task.rcnn.box_batch_size_per_image=32"],
+                             "val/map_50", 0.3, 0.0, setup=detection_overfit_set),
+}
+
+
+@pytest.mark.parametrize("name", list(GUARDS))
+def test_task_learns(name, make_cfg, tmp_path, one_torch_thread):
+    guard = GUARDS[name]
+    assert guard.threshold > guard.chance + 0.15
+    data = guard.setup(tmp_path / "data") if guard.setup else []
+    result = run(make_cfg([*COMMON, *guard.overrides, *data, *guard.extra]))
+    score = result["metrics"][guard.metric]
+    assert score >= guard.threshold, f"{name}: {guard.metric} {score:.3f} < {guard.threshold} (chance {guard.chance:.3f})"
