@@ -19,8 +19,8 @@ import sys
 import time
 
 import numpy as np
-
 from _results import write_results
+
 from toolkit.detection.evaluator import STAT_NAMES, evaluate_coco
 
 
