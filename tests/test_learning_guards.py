@@ -80,9 +80,10 @@ GUARDS: dict[str, Guard] = {
                               "task.optimizer.lr=0.005"], "val/ap/Black_Hair", 0.6, 0.3),
     # same/different pairs of the training identities: chance 0.5
     "face_embedding": Guard(["task=face_embedding", "teacher=none", "data.resolution=64", "data.batch_size=16",
-                             "trainer.max_epochs=20", "task.optimizer.lr=0.005"], "val/accuracy", 0.6, 0.5,
+                             "trainer.max_epochs=20", "task.optimizer.lr=0.01"], "val/accuracy", 0.6, 0.5,
                             setup=face_identity_set),
-    # mAP@0.5 of a detector that learned nothing is about 0
+    # mAP@0.5 of a detector that learned nothing is about 0 (0.0002 for Faster R-CNN with lr=0); these reached
+    # 0.19 (SSD) and 0.09-0.23 (Faster R-CNN) on 8 and 4 images they train and validate on
     "detection_ssd": Guard(["task=detection_ssd", "data.resolution=160", "data.batch_size=4", "trainer.max_epochs=60",
                             *ADAMW, "task.optimizer.lr=0.01"], "val/map_50", 0.08, 0.0, setup=detection_overfit_set),
     "detection_frcnn": Guard(["task=detection_frcnn", "data.resolution=128", "data.batch_size=4",
@@ -92,7 +93,7 @@ GUARDS: dict[str, Guard] = {
                               "task.anchor_sizes=[16,32,64,128]", "task.rcnn.box_batch_size_per_image=16",
                               "task.rcnn.rpn_pre_nms_top_n_test=1000", "task.rcnn.rpn_post_nms_top_n_test=100",
                               "task.rcnn.rpn_pre_nms_top_n_train=1000", "task.rcnn.rpn_post_nms_top_n_train=100"],
-                             "val/map_50", 0.1, 0.0, setup=partial(detection_overfit_set, images=4)),
+                             "val/map_50", 0.04, 0.0, setup=partial(detection_overfit_set, images=4)),
 }
 
 
