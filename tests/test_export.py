@@ -3,6 +3,9 @@ its runtime; the torch-free predictor and `mode=predict ckpt_path=model.onnx`.""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -58,54 +61,112 @@ def onnx_props(path: str) -> dict:
     return {p.key: json.loads(p.value) for p in onnx.load(path).metadata_props}
 
 
-@pytest.fixture
-def trained_classifier(make_cfg) -> Path:
-    """The shapes classifier after a few epochs (alpha 0.25, 64 px): a model whose decisions mean something."""
+def compose_in(run_dir: Path, overrides: list[str]):
+    """The config `python -m toolkit debug=cpu OVERRIDES` runs, with outputs in `run_dir` (make_cfg for fixtures
+    wider than one test)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["debug=cpu", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+# 6 shape classes (chance 0.17); AdamW and fresh BatchNorm statistics learn them in seconds (top-1 about 0.7)
+LEARNS = SHAPES[:-1] + ["data.batch_size=32", "data.n_train=600", "data.n_val=120", "seed=0", "callbacks.lr_monitor=null",
+                        "task.optimizer._target_=torch.optim.AdamW", "~task.optimizer.alpha", "~task.optimizer.momentum",
+                        "~task.optimizer.eps", "task.scheduler=null", "task.optimizer.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory) -> dict:
+    """The shapes classifier trained once per session (alpha 0.25, 64 px, 10 epochs: a model whose decisions
+    mean something), exported by mode=export to every classifier format; the tests below share its files."""
+    root = tmp_path_factory.mktemp("trained")
     precise_bn = "+callbacks.precise_bn={_target_: toolkit.precise_bn.PreciseBN, num_batches: 8}"  # short runs: fresh BN stats
-    result = run(make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "trainer.max_epochs=4", "seed=0", precise_bn]))
-    return Path(result["best_checkpoint"])
+    formats = ["onnx", "onnx_int8"] + (["executorch", "executorch_int8"] if importlib.util.find_spec("executorch") else [])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("TOOLKIT_CACHE_DIR", str(root / "cache"))
+            env.setenv("TOOLKIT_LOG_DIR", str(root / "outputs"))
+            trained = run(compose_in(root / "train", LEARNS + ["trainer.max_epochs=10", precise_bn]))
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                exported = run(compose_in(root / "export", LEARNS + [
+                    "mode=export", f"ckpt_path={trained['best_checkpoint']}", f"export.formats=[{','.join(formats)}]",
+                    *QUICK]))
+    finally:
+        torch.set_num_threads(threads)
+    return {**exported, "printed": output.getvalue()}
 
 
 @pytest.mark.slow
-def test_classifier_formats_match_pytorch_and_predict_from_file(make_cfg, trained_classifier, tmp_path, capsys):
-    """fp32 ONNX scores exactly PyTorch's top-1; int8 (calibrated on the training split) within 1 point; the file
-    carries its preprocessing; mode=predict and the torch-free predictor give the same predictions from it."""
-    cfg = make_cfg(SHAPES + ["data.n_train=120", "data.n_val=100", "mode=export", f"ckpt_path={trained_classifier}",
-                             *QUICK])
-    report = run(cfg)["export"]
+def test_trained_classifier_formats_score_like_pytorch(trained_export):
+    """fp32 files score exactly PyTorch's top-1; int8 files (calibrated on the training split) lose at most 1 point
+    of it (the issue's target) and are under 0.6 of the fp32 size; the report is printed and complete."""
+    report = trained_export["export"]
     torch_top1 = report["pytorch"]["val/top1"]
-    assert torch_top1 > 0.25  # learned something (6 classes: chance is 0.17)
-    onnx_entry, int8 = report["formats"]["onnx"], report["formats"]["onnx_int8"]
-    assert onnx_entry["val/top1"] == torch_top1 and onnx_entry["agreement"]["top1_agreement"] == 1.0
-    # a barely trained model (logit margins near zero) is the hard case for int8; the 1-point target on the demo
-    # model is measured by benchmarks/export_accuracy.py
-    assert int8["agreement"]["top1_agreement"] >= 0.75 and int8["val/top1"] >= torch_top1 - 0.06
-    assert int8["size_mb"] < 0.6 * onnx_entry["size_mb"]
-    assert report["calibration"].endswith("train split")
+    assert torch_top1 > 0.6  # learned (6 classes: chance is 0.17)
+    for fp32_name in ("onnx", "executorch"):
+        if fp32_name in report["formats"]:
+            entry = report["formats"][fp32_name]
+            assert entry["val/top1"] == torch_top1 and entry["agreement"]["top1_agreement"] == 1.0, fp32_name
+    for name in ("onnx_int8", "executorch_int8"):
+        if name in report["formats"]:
+            int8, fp32 = report["formats"][name], report["formats"][name.removesuffix("_int8")]
+            assert int8["val/top1"] >= torch_top1 - 0.01, f"{name} loses more than 1 point: {int8['val/top1']}"
+            assert int8["agreement"]["top1_agreement"] >= 0.9, name
+            assert int8["size_mb"] < 0.6 * fp32["size_mb"], name
+    assert report["calibration"].endswith("train split") and report["calibration_images"] == 2 * 32
+    onnx_entry = report["formats"]["onnx"]
     assert onnx_entry["latency_ms_batch1"] > 0 and onnx_entry["images_per_s_batch2"] > 0
-    assert "onnx_int8" in capsys.readouterr().out
+    assert "onnx_int8" in trained_export["printed"]
+    if "executorch" in report["formats"]:
+        assert read_metadata(report["formats"]["executorch"]["file"])["task"] == "classification"  # model.pte.json
 
+
+def test_classifier_file_carries_its_preprocessing(trained_export):
+    onnx_entry = trained_export["export"]["formats"]["onnx"]
     model = onnx.load(onnx_entry["file"])
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
     props = onnx_props(onnx_entry["file"])
     assert props["task"] == "classification" and props["resolution"] == 64 and props["alpha"] == 0.25
-    assert props["mean"] == [0.5, 0.5, 0.5] or len(props["mean"]) == 3
+    assert len(props["mean"]) == 3 and len(props["std"]) == 3
     assert len(props["class_names"]) == 6 and props["channel_order"] == "RGB"
-    assert any(op.op_type == "QuantizeLinear" for op in onnx.load(int8["file"]).graph.node)
+    int8 = trained_export["export"]["formats"]["onnx_int8"]["file"]
+    assert any(op.op_type == "QuantizeLinear" for op in onnx.load(int8).graph.node)
+    assert "percentile" in onnx_props(int8)["quantization"]
 
+
+@pytest.mark.slow
+def test_predict_from_exported_file_with_and_without_torch(make_cfg, trained_export, tmp_path):
+    """mode=predict and the torch-free predictor give the same predictions from the exported file."""
+    onnx_file = trained_export["export"]["formats"]["onnx"]["file"]
     images = tmp_path / "photos"
     images.mkdir()
     for i, size in enumerate([(64, 64), (90, 50), (40, 120)]):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(images / f"{i}.png")
-    from_file = run(make_cfg(SHAPES + ["mode=predict", f"ckpt_path={onnx_entry['file']}", f"predict.input={images}"]))
+    from_file = run(make_cfg(SHAPES + ["mode=predict", f"ckpt_path={onnx_file}", f"predict.input={images}"]))
     assert len(from_file["records"]) == 3 and len(from_file["records"][0]["top_k"]) == 5
     assert {Path(f).name for f in from_file["files"]} == {"predictions.json", "predictions.csv", "predictions.png"}
 
     # the torch-free predictor: torch cannot even be imported in that process
     out = tmp_path / "deployed"
     code = ("import sys; sys.modules['torch'] = None; from toolkit.deploy.__main__ import main; "
-            f"code = main([{onnx_entry['file']!r}, {str(images)!r}, '--out', {str(out)!r}]); "
+            f"code = main([{onnx_file!r}, {str(images)!r}, '--out', {str(out)!r}]); "
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None; sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -238,17 +299,23 @@ def test_faster_rcnn_onnx_gives_pytorch_boxes_at_any_input_size(make_cfg, tmp_pa
 
 @pytest.mark.slow
 def test_ssd_export_mode_scores_each_file(make_cfg, tmp_path):
-    """mode=export of an SSD: whole-model ONNX and int8, each scored by COCO mAP in ONNX Runtime; the predictor
-    draws boxes from the file."""
+    """mode=export of an SSD: whole-model ONNX and int8, each scored by COCO mAP in ONNX Runtime, and a .pte whose
+    NMS runs after ExecuTorch's runtime; the predictor draws boxes from the file."""
+    formats = ["onnx", "onnx_int8"] + (["executorch"] if importlib.util.find_spec("executorch") else [])
     ckpt = save_checkpoint(fixed_seed_detector_task(make_cfg, "detection_ssd", []), tmp_path / "ssd.ckpt")
     report = run(make_cfg(["task=detection_ssd", *DETECTION_DATA, "mode=export", f"ckpt_path={ckpt}",
-                           "export.formats=[onnx,onnx_int8]", *QUICK]))["export"]
+                           f"export.formats=[{','.join(formats)}]", *QUICK]))["export"]
     entry = report["formats"]["onnx"]
     assert abs(entry["val/map"] - report["pytorch"]["val/map"]) <= 0.002
     assert entry["agreement"]["box_match_iou0.9"] == 1.0
     assert "onnx_int8" in report["formats"] and report["formats"]["onnx_int8"]["images_per_s_batch2"] is None
     meta = read_metadata(entry["file"])
     assert meta["task"] == "detection" and meta["input_size"] == [128, 128] and meta["nms"]["in_graph"]
+    if "executorch" in formats:
+        pte = report["formats"]["executorch"]
+        assert pte["agreement"]["box_match_iou0.9"] == 1.0
+        assert pte["val/map"] == pytest.approx(report["pytorch"]["val/map"], abs=0.002)
+        assert not read_metadata(pte["file"])["nms"]["in_graph"]
     Image.fromarray(np.full((90, 140, 3), 128, np.uint8)).save(tmp_path / "photo.jpg")
     from toolkit.deploy import predict_files
 
@@ -259,28 +326,8 @@ def test_ssd_export_mode_scores_each_file(make_cfg, tmp_path):
         assert 0 <= x1 <= x2 <= 140.01 and 0 <= y1 <= y2 <= 90.01
 
 
-@pytest.mark.slow
-def test_executorch_classifier_and_ssd(make_cfg, tmp_path, capsys):
-    """.pte files (XNNPACK) run by ExecuTorch's runtime: fp32 equals PyTorch; int8 is written and scored; SSD
-    ships its NMS as post-processing; Faster R-CNN says in one line why it has no .pte."""
+def test_faster_rcnn_says_why_it_has_no_executorch_file(make_cfg, capsys):
     pytest.importorskip("executorch")
-    task = build_task(make_cfg(SHAPES + ["task.num_classes=6"]))
-    estimate_batchnorm_statistics(task.model, [torch.rand(8, 3, 64, 64) for _ in range(2)])
-    ckpt = save_checkpoint(task, tmp_path / "model.ckpt")
-    report = run(make_cfg(SHAPES + ["data.n_train=16", "data.n_val=16", "mode=export", f"ckpt_path={ckpt}",
-                                    "export.formats=[executorch,executorch_int8]", *QUICK]))["export"]
-    fp32, int8 = report["formats"]["executorch"], report["formats"]["executorch_int8"]
-    assert fp32["val/top1"] == report["pytorch"]["val/top1"] and fp32["agreement"]["top1_agreement"] == 1.0
-    assert int8["size_mb"] < 0.6 * fp32["size_mb"] and 0 <= int8["val/top1"] <= 1
-    assert read_metadata(fp32["file"])["task"] == "classification"  # model.pte.json beside it
-
-    ssd_ckpt = save_checkpoint(fixed_seed_detector_task(make_cfg, "detection_ssd", []), tmp_path / "ssd.ckpt")
-    ssd = run(make_cfg(["task=detection_ssd", *DETECTION_DATA, "mode=export", f"ckpt_path={ssd_ckpt}",
-                        "export.formats=[executorch]", *QUICK]))["export"]
-    assert ssd["formats"]["executorch"]["agreement"]["box_match_iou0.9"] == 1.0
-    assert ssd["formats"]["executorch"]["val/map"] == pytest.approx(ssd["pytorch"]["val/map"], abs=0.002)
-    assert not read_metadata(ssd["formats"]["executorch"]["file"])["nms"]["in_graph"]
-
     frcnn = run(make_cfg(["task=detection_frcnn", *DETECTION_DATA, "mode=export", "export.formats=[executorch]",
                           "export.verify=false", *QUICK]))["export"]
     assert "RoIAlign" in frcnn["skipped"]["executorch"] and not frcnn["formats"]
@@ -300,6 +347,8 @@ def test_export_settings_are_checked(make_cfg):
         run(make_cfg(["mode=export", "export.formats=[int8]"]))
     with pytest.raises(ConfigError, match="export.calibration"):
         run(make_cfg(["mode=export", "export.calibration=data"]))
+    with pytest.raises(ConfigError, match="export.calibration_method"):
+        run(make_cfg(["mode=export", "export.calibration_method=kl"]))
 
 
 def test_deploy_refuses_a_file_without_metadata(tmp_path):

@@ -5,7 +5,8 @@ Formats (`export.formats`):
 - `onnx`: fp32 ONNX with its preprocessing and meaning in `metadata_props`; detectors keep anchor decoding and
   NMS inside the graph. Run with ONNX Runtime.
 - `onnx_int8`: static post-training quantisation of that file with `onnxruntime.quantization` (QDQ, per-channel
-  int8 weights, int8 activations calibrated on `export.calibration` images: the training split by default).
+  int8 weights, int8 activations calibrated on `export.calibration` images: the training split by default, with
+  the eval transform; ranges by `export.calibration_method`, the 99.999th percentile by default).
 - `executorch` / `executorch_int8`: `.pte` files for ExecuTorch (`torch.export` + the XNNPACK delegate; int8 by
   PT2E quantisation with the XNNPACK quantizer), metadata in `<file>.pte.json`. SSD's NMS runs after the
   runtime (`toolkit.deploy.postprocess`); Faster R-CNN has no ExecuTorch form (RoIAlign and NMS have no XNNPACK kernel).
@@ -176,11 +177,26 @@ def load_data(cfg: DictConfig, task) -> tuple[Any, str | None]:
         return None, str(e).splitlines()[0]
 
 
+def calibration_loader(datamodule, split: str):
+    """The `split`'s images with the EVAL transform, in a fixed shuffled order: int8 ranges must come from the
+    images the deployed model sees (random crops, flips and colour jitter widen them), and folder datasets are
+    sorted by class, so their first batches alone would hold one or two classes."""
+    from torch.utils.data import DataLoader
+
+    dataset = datamodule.train_dataset if split == "train" else datamodule.val_dataset
+    evaluated = datamodule.val_dataset
+    if split == "train" and hasattr(dataset, "transform") and hasattr(evaluated, "transform"):
+        dataset = copy.copy(dataset)
+        dataset.transform = evaluated.transform
+    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=True, num_workers=0,
+                      generator=torch.Generator().manual_seed(0), collate_fn=datamodule.collate_fn())
+
+
 def calibration_inputs(cfg: DictConfig, datamodule, kind: str) -> tuple[list[torch.Tensor], str]:
     settings = cfg.export
     count = int(settings.calibration_batches)
     if datamodule is not None and settings.calibration != "random":
-        loader = datamodule.train_dataloader() if settings.calibration == "train" else datamodule.val_dataloader()
+        loader = calibration_loader(datamodule, settings.calibration)
         batches = image_batches(loader, count * (int(cfg.data.batch_size) if kind == "detection" else 1), kind)
         if batches:
             return batches, f"{type(datamodule).__name__} {settings.calibration} split"
@@ -241,10 +257,17 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
     return path
 
 
-def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor]) -> Path:
-    """QDQ static quantisation: per-channel int8 weights, int8 activations with MinMax ranges from `calibration`.
-    Only convolutions and matrix products are quantised: box decoding and NMS stay in float."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "minmax") -> Path:
+    """QDQ static quantisation: per-channel int8 weights, int8 activations with ranges from `calibration` by
+    `method` (ONNX Runtime's MinMax, Percentile or Entropy calibrator). Only convolutions and matrix products are
+    quantised: box decoding and NMS stay in float."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -260,9 +283,14 @@ def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor]) -> Pa
         quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                        calibrate_method=CALIBRATION_METHODS[method](CalibrationMethod),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     prepared.unlink(missing_ok=True)
     return path
+
+
+#: export.calibration_method -> ONNX Runtime's calibrator
+CALIBRATION_METHODS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}
 
 
 def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor] | None,
@@ -348,8 +376,10 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
                         dynamic_size=metadata.get("input_size") is None)
             write_onnx_metadata(fp32, metadata)
         if fmt == "onnx_int8":
-            quantize_onnx(fp32, path, calibration)
-            write_onnx_metadata(path, {**metadata, "quantization": "onnxruntime QDQ static int8, per-channel weights"})
+            method = str(cfg.export.calibration_method)
+            quantize_onnx(fp32, path, calibration, method)
+            write_onnx_metadata(path, {**metadata, "quantization": f"onnxruntime QDQ static int8, per-channel weights, "
+                                                                   f"{method} activation ranges"})
         return path, metadata
     if fmt.startswith("executorch"):
         example = example[:1]
