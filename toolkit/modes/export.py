@@ -257,7 +257,11 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
     return path
 
 
-def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "minmax") -> Path:
+#: export.calibration_method -> the name of ONNX Runtime's calibrator (onnxruntime.quantization.CalibrationMethod)
+CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}
+
+
+def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "percentile") -> Path:
     """QDQ static quantisation: per-channel int8 weights, int8 activations with ranges from `calibration` by
     `method` (ONNX Runtime's MinMax, Percentile or Entropy calibrator). Only convolutions and matrix products are
     quantised: box decoding and NMS stay in float."""
@@ -283,14 +287,10 @@ def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], metho
         quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                        calibrate_method=CALIBRATION_METHODS[method](CalibrationMethod),
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     prepared.unlink(missing_ok=True)
     return path
-
-
-#: export.calibration_method -> ONNX Runtime's calibrator
-CALIBRATION_METHODS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}
 
 
 def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor] | None,
