@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
+from toolkit.modes.export import latency  # noqa: E402  (the export report's own timer)
+
 MULT_ADDS_V1_224 = 569e6
 
 
@@ -43,24 +45,13 @@ def gemm_flops(threads: int, size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def median_seconds(fn, x: np.ndarray, repeats: int) -> float:
-    for _ in range(2):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def measure(runner, shape: tuple[int, ...], batch: int, repeats: int, single_only: bool = False) -> dict[str, float | None]:
     one = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    result: dict[str, float | None] = {"ms_batch1": 1000 * median_seconds(runner.run, one, repeats)}
+    result: dict[str, float | None] = {"ms_batch1": 1000 * latency(runner.run, one, repeats)}
     result["img_s_batch1"] = 1000 / result["ms_batch1"]
     if not single_only:
         many = np.repeat(one, batch, axis=0)
-        result[f"img_s_batch{batch}"] = batch / median_seconds(runner.run, many, max(3, repeats // 3))
+        result[f"img_s_batch{batch}"] = batch / latency(runner.run, many, max(3, repeats // 3))
     return result
 
 
@@ -89,6 +80,29 @@ def runner_for(fmt: str, path: Path, outputs: list[str], threads: int):
     from toolkit.deploy.runtime import ExecuTorchModel, OnnxModel
 
     return OnnxModel(path, threads) if fmt.startswith("onnx") else ExecuTorchModel(path, outputs, threads)
+
+
+def tables(results: dict) -> dict[str, str]:
+    """The tables docs/export.md and README quote (tests/test_docs_figures.py checks them against the file)."""
+    batch, limit = results["batch"], results["gemm_limit_img_s"]
+
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    classifier = [f"| model | format | size MB | ms / image @1 | img/s @1 | img/s @{batch} | of GEMM limit @{batch} |",
+                  "|---|---|---|---|---|---|---|"]
+    for row in results["classifier"]:
+        classifier.append(f"| {row['model']} | {row['format']} | {num(row.get('size_mb'), '.2f')} | "
+                          f"{row['ms_batch1']:.1f} | {row['img_s_batch1']:.1f} | {num(row[f'img_s_batch{batch}'], '.1f')} | "
+                          f"{num(row['fraction_of_gemm_limit'], '.2f')} |")
+    ratios = ["| ratio (same run) | value |", "|---|---|",
+              f"| fp32 GEMM limit, img/s ({results['gemm_gflops']:.1f} GFLOP/s, 2 x 569 M flops per image) | {limit:.1f} |"]
+    ratios += [f"| {name.replace('_', ' ')} | {value:.2f} |" for name, value in results["ratios"].items()]
+    ssd = ["| model | format | NMS | size MB | ms / image @1 | img/s @1 |", "|---|---|---|---|---|---|"]
+    for row in results["ssd300"]:
+        ssd.append(f"| {row['model']} | {row['format']} | {row['nms']} | {row['size_mb']:.2f} | {row['ms_batch1']:.1f} | "
+                   f"{row['img_s_batch1']:.1f} |")
+    return {"classifier": "\n".join(classifier), "ratios": "\n".join(ratios), "ssd300": "\n".join(ssd)}
 
 
 def main() -> None:
@@ -168,13 +182,8 @@ def main() -> None:
                "cpu_seconds": time.process_time() - cpu_start,
                "note": "random weights (speed only); the machine was shared with other jobs: read the ratios"}
     write_results("deploy", results, command="python benchmarks/deploy.py " + " ".join(sys.argv[1:]))
-    print(f"| model | format | ms @1 | img/s @1 | img/s @{args.batch} | of GEMM limit |")
-    for row in rows:
-        frac = row["fraction_of_gemm_limit"]
-        print(f"| {row['model']} | {row['format']} | {row['ms_batch1']:.2f} | {row['img_s_batch1']:.1f} | "
-              f"{row[batch_key]:.1f} | {'-' if frac is None else f'{frac:.2f}'} |")
-    print(ratios)
-
+    for table in tables(results).values():
+        print(table, end="\n\n")
 
 if __name__ == "__main__":
     main()

@@ -157,6 +157,17 @@ class BaseTask(LightningModule):
             torch.distributed.all_reduce(count)
         return bool(count > 0)
 
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        """`<stage>/loss`. Training logs the step's loss; validation and test feed the task's `<stage>_loss`
+        torchmetrics mean, weighted by batch size: exact when DDP ranks score different numbers of images, where
+        Lightning's `sync_dist` mean of per-rank means is not."""
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            return
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach().float(), weight=batch_size)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+
     def log_skipped(self, batch: dict, stage: str) -> None:
         """Count the samples the loader skipped (data.skip_corrupt=true) into the metrics file."""
         skipped = batch.get("skipped", 0) if isinstance(batch, dict) else 0

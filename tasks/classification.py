@@ -73,12 +73,7 @@ class ClassificationTask(BaseTask):
         loss = self.criterion(logits, batch["label"])
         metrics(logits, batch["label"])
         bs = batch["label"].shape[0]
-        if stage == "train":
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        else:
-            mean_loss = getattr(self, f"{stage}_loss")
-            mean_loss.update(loss.detach().float(), weight=bs)
-            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_loss(stage, loss, bs)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=bs)
         return loss
 

@@ -151,12 +151,7 @@ class GeolocationTask(BaseTask):
         labels = self.cell_labels(batch["latlon"])
         loss = self._loss(logits, labels)
         bs = len(labels)
-        if stage == "train":
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        else:
-            mean_loss = getattr(self, f"{stage}_loss")
-            mean_loss.update(loss.detach().float(), weight=bs)
-            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_loss(stage, loss, bs)
         cell_top1 = getattr(self, f"{stage}_cell_top1")
         cell_top1(logits[-1], labels[:, -1])
         self.log(f"{stage}/cell_top1", cell_top1, on_step=False, on_epoch=True, batch_size=bs)
