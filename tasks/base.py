@@ -7,10 +7,8 @@ plain data (dicts, numbers, strings), so `Task.load_from_checkpoint(path)` alone
 
 from __future__ import annotations
 
-import csv
 import importlib
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from torch import nn
 
 from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import DataError
-from toolkit.io import atomic_path, files_trusted, load_torch_file, write_json_atomic
+from toolkit.io import files_trusted, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +71,19 @@ class BaseTask(LightningModule):
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
     @classmethod
-    def restore(cls, path: str | Path, *, hparams: dict | None = None, trust: bool | None = None,
+    def restore(cls, path: str | Path, *, checkpoint: dict | None = None, trust: bool | None = None,
                 **overrides: Any) -> BaseTask:
         """The trained task in a checkpoint this toolkit wrote, on the CPU; `overrides` replace whole top-level
-        hyper-parameters (`hparams`: the checkpoint's own, when the caller has read them already). The checkpoint
-        holds every trained weight, so the `backbone.pretrained` file that training started from is not asked
-        for again (it may not exist on this machine). The file is read as data (`weights_only`) unless `trust`
-        (None: the run's `trust_file`)."""
+        hyper-parameters (`checkpoint`: the file's contents, when the caller has read them already). A `task_class`
+        the file names must be one of the toolkit's tasks. The checkpoint holds every trained weight, so the
+        `backbone.pretrained` file that training started from is not asked for again (it may not exist on this
+        machine). The file is read as data (`weights_only`) unless `trust` (None: the run's `trust_file`)."""
         trust = files_trusted() if trust is None else trust
-        if hparams is None:
-            hparams = checkpoint_hparams(path, trust=trust)
+        if checkpoint is None:
+            checkpoint = read_checkpoint(path, trust=trust, mmap=True)
+        if checkpoint.get("task_class"):
+            registered_task_class(checkpoint["task_class"], path)  # a file names no class outside the toolkit's tasks
+        hparams = checkpoint.get("hyper_parameters") or {}
         backbone = overrides.get("backbone", hparams.get("backbone"))
         if isinstance(backbone, dict) and backbone.get("pretrained"):
             overrides["backbone"] = {**backbone, "pretrained": None}
@@ -209,13 +210,6 @@ class BaseTask(LightningModule):
         return {"loaded": sorted(loaded), "reinitialised": fresh, "shape_mismatch": reshaped}
 
 
-def checkpoint_hparams(path: str | Path, *, trust: bool | None = None) -> dict[str, Any]:
-    """A checkpoint's saved hyper-parameters; memory-mapped, so the weights are not read. The file is read as data
-    (a checkpoint holding other Python objects is refused naming `trust_file=true`, unless `trust`)."""
-    checkpoint = read_checkpoint(path, trust=trust, mmap=True)
-    return checkpoint.get("hyper_parameters") or {}
-
-
 def read_checkpoint(path: str | Path, *, trust: bool | None = None, mmap: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint of this toolkit as a dict, read with `toolkit.io.load_torch_file`."""
     checkpoint = load_torch_file(path, trust=trust, mmap=mmap, what="checkpoint")
@@ -252,15 +246,3 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 def _strip_model_prefix(key: str) -> str:
     return key[len("model."):] if key.startswith("model.") else key
-
-
-def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],
-                           rows: Iterable[list]) -> tuple[Path, Path]:
-    """`predictions.json` (the records as they are) and `predictions.csv` (`header`, then `rows`)."""
-    json_path = write_json_atomic(output_dir / "predictions.json", records)
-    csv_path = output_dir / "predictions.csv"
-    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return json_path, csv_path

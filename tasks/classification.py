@@ -9,7 +9,8 @@ import torchmetrics
 from torch import nn
 
 from toolkit.heads import build_classifier
-from toolkit.tasks.base import BaseTask, write_prediction_files
+from toolkit.io import write_prediction_files
+from toolkit.tasks.base import BaseTask
 
 
 class ClassificationTask(BaseTask):

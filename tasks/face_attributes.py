@@ -20,8 +20,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelSt
 from toolkit.distill.losses import attribute_distillation_loss, masked_label_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads import build_classifier
-from toolkit.io import atomic_path, write_text_atomic
-from toolkit.tasks.base import write_prediction_files
+from toolkit.io import atomic_path, write_prediction_files, write_text_atomic
 from toolkit.tasks.distillation import DistillationTask
 
 

@@ -21,8 +21,8 @@ from toolkit.errors import ConfigError
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
-from toolkit.io import atomic_path, write_text_atomic
-from toolkit.tasks.base import BaseTask, write_prediction_files
+from toolkit.io import atomic_path, write_prediction_files, write_text_atomic
+from toolkit.tasks.base import BaseTask
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
 PREDICT_LOCATIONS = ("mean", "center")

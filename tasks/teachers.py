@@ -230,12 +230,11 @@ def _torchscript_teacher(path: Path, spec: dict, outputs: Sequence[str] | None) 
 
 
 def _checkpoint_teacher(path: Path, ckpt: dict, spec: dict, outputs: Sequence[str] | None) -> OnlineTeacher:
-    hparams = ckpt.get("hyper_parameters") or {}
     class_path = ckpt.get("task_class")  # BaseTask.on_save_checkpoint records it
     if class_path is None:
         raise DataError(f"teacher checkpoint {path}: no `task_class` entry, so not a task checkpoint of this toolkit; "
                         f"{_FILE_HELP}.")
-    task = registered_task_class(class_path, path).restore(path, hparams=hparams)
+    task = registered_task_class(class_path, path).restore(path, checkpoint=ckpt)
     native = getattr(task, "distill_output", "logits")
     output = _pick_output(spec.get("output") or "auto", native, outputs, "checkpoint")
     name = f"{type(task).__name__} checkpoint {path}"

@@ -17,7 +17,7 @@ from toolkit.distill.cache import TeacherCache
 from toolkit.errors import DataError
 from toolkit.io import UnsafeFileError, trusted_files
 from toolkit.run import run
-from toolkit.tasks.base import TASK_CLASSES, checkpoint_hparams
+from toolkit.tasks.base import TASK_CLASSES, read_checkpoint
 from toolkit.tasks.teachers import build_teacher
 
 TINY = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "trainer.max_epochs=1",
@@ -71,7 +71,7 @@ def test_init_from_and_backbone_pretrained_refuse_a_code_running_pickle(make_cfg
     path, marker = evil
     refused(lambda: run(make_cfg([*TINY, f"init_from={path}"])), path, marker)
     refused(lambda: create_backbone("mobilenet_v1", alpha=0.25, pretrained=str(path)), path, marker)
-    refused(lambda: checkpoint_hparams(path), path, marker)
+    refused(lambda: read_checkpoint(path, mmap=True), path, marker)
 
 
 def test_teacher_files_caches_and_weights_refuse_a_code_running_pickle(evil):

@@ -12,13 +12,14 @@ a half-written report, checkpoint, cache or cell file behind for the next run to
 from __future__ import annotations
 
 import contextvars
+import csv
 import hashlib
 import json
 import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,32 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_csv_atomic(path: str | Path, header: list[str], rows: Iterable[list]) -> Path:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
+
+
+def save_image_atomic(image, path: str | Path) -> Path:
+    """Save a PIL image; the format follows `path`'s suffix (the temporary name has none)."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+    return path
+
+
+def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],
+                           rows: Iterable[list]) -> tuple[Path, Path]:
+    """`predictions.json` (the records as they are) and `predictions.csv` (`header`, then `rows`): what mode=predict
+    writes for a checkpoint and the torch-free predictor for an exported file."""
+    return (write_json_atomic(Path(output_dir) / "predictions.json", records),
+            write_csv_atomic(Path(output_dir) / "predictions.csv", header, rows))
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:

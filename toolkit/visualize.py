@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from toolkit.io import save_image_atomic
+
 
 def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thumb: int = 160, columns: int = 6,
                   max_images: int = 60) -> Path:
@@ -25,6 +27,4 @@ def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thum
             img.thumbnail((thumb, thumb))
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         draw.text((x + 3, y + thumb + 2), caption[:28], fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    return save_image_atomic(sheet, out)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from toolkit.io import save_image_atomic
+
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (170, 110, 40))
 
@@ -24,6 +26,4 @@ def draw_boxes(image_path: str | Path, detections: list[dict], out: Path) -> Pat
         left, top, right, bottom = draw.textbbox((x1, max(0, y1 - 11)), text)
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color)
         draw.text((x1, max(0, y1 - 11)), text, fill=(0, 0, 0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
-    return out
+    return save_image_atomic(img, out)

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 from toolkit.deploy.postprocess import ssd_detections
 from toolkit.deploy.preprocess import preprocess
 from toolkit.deploy.runtime import open_model
+from toolkit.io import atomic_path, write_json_atomic, write_prediction_files, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +88,8 @@ def image_records(runner, metadata: dict[str, Any], paths: list[Path], batch_siz
     return records
 
 
-def write_table(records: list[dict], out: Path, header: list[str], rows) -> list[Path]:
-    """`predictions.json` (the records) and `predictions.csv`, as `toolkit.tasks.base.write_prediction_files`."""
-    json_path = out / "predictions.json"
-    json_path.write_text(json.dumps(records, indent=2))
-    csv_path = out / "predictions.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return [json_path, csv_path]
+def write_files(records: list[dict], out: Path, header: list[str], rows) -> list[Path]:
+    return list(write_prediction_files(records, out, header, rows))
 
 
 def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> list[Path]:
@@ -108,23 +99,22 @@ def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> l
     out.mkdir(parents=True, exist_ok=True)
     kind = metadata["task"]
     if kind == "classification":
-        files = write_table(records, out, ["path", "rank", "label", "name", "score"],
+        files = write_files(records, out, ["path", "rank", "label", "name", "score"],
                             ([r["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
                              for r in records for rank, p in enumerate(r["top_k"], start=1)))
         captions = [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records]
         return files + [contact_sheet([r["path"] for r in records], captions, out / "predictions.png")]
     if kind == "attributes":
         names = metadata["attribute_names"]
-        return write_table(records, out, ["path", *names],
+        return write_files(records, out, ["path", *names],
                            ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in names)] for r in records))
     if kind == "embedding":
         npy = out / "embeddings.npy"
-        np.save(npy, np.asarray([r["embedding"] for r in records], dtype=np.float32))
-        paths = out / "embeddings_paths.txt"
-        paths.write_text("\n".join(r["path"] for r in records) + "\n")
-        return [npy, paths]
+        with atomic_path(npy) as tmp, tmp.open("wb") as f:
+            np.save(f, np.asarray([r["embedding"] for r in records], dtype=np.float32))
+        return [npy, write_text_atomic(out / "embeddings_paths.txt", "\n".join(r["path"] for r in records) + "\n")]
     if kind == "geolocation":
-        files = write_table(records, out, ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
+        files = write_files(records, out, ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
                             ([r["path"], f"{r['lat']:.6f}", f"{r['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
                               f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for r in records for rank, c in enumerate(r["top_cells"], start=1)))
         return files + [contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
@@ -133,12 +123,11 @@ def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> l
 
     folder = out / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
-    files = [out / "predictions.json"]
-    files[0].write_text(json.dumps(records, indent=2))
+    files = [write_json_atomic(out / "predictions.json", records)]
     for i, rec in enumerate(records):
         stem = f"{i:05d}_{Path(rec['path']).stem}"
-        (folder / f"{stem}.json").write_text(json.dumps(rec, indent=2))
-        files += [folder / f"{stem}.json", draw_boxes(rec["path"], rec["detections"], folder / f"{stem}.png")]
+        files += [write_json_atomic(folder / f"{stem}.json", rec),
+                  draw_boxes(rec["path"], rec["detections"], folder / f"{stem}.png")]
     return files
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
 from toolkit.precision import resolve_precision
-from toolkit.tasks.base import BaseTask, read_checkpoint, registered_task_class
+from toolkit.tasks.base import BaseTask, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,8 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
     checkpoint = read_checkpoint(path, mmap=True)
-    if checkpoint.get("task_class"):
-        registered_task_class(checkpoint["task_class"], path)  # a file names no class outside the toolkit's tasks
     hparams = checkpoint.get("hyper_parameters") or {}
-    return task_class(cfg).restore(path, hparams=hparams, **command_line_task_overrides(cfg, hparams))
+    return task_class(cfg).restore(path, checkpoint=checkpoint, **command_line_task_overrides(cfg, hparams))
 
 
 def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:

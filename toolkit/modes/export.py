@@ -350,6 +350,7 @@ class TorchScriptModel:
     def __init__(self, path: Path, output_names: list[str], threads: int | None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # TorchScript is code: this opens only the file this export has just written (never a user's file)
             self.module = torch.jit.load(str(path))
         self.output_names = output_names
 
