@@ -1,7 +1,7 @@
 """Training and inference images/s: what Lightning costs, what bf16 and torch.compile buy, ours against timm's.
 
     python benchmarks/throughput.py                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
-    python benchmarks/throughput.py --compile             # also torch.compile'd paths (30-50 s compile each, CPU)
+    python benchmarks/throughput.py --compile             # also torch.compile'd paths and x86 int8 inference
     python benchmarks/throughput.py --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
     python benchmarks/throughput.py --compile --phases inference --no-timm --name throughput_compiled
 
@@ -11,7 +11,8 @@ Three comparisons, each measured within one run so a machine shared with other j
    over the SAME model (`task.model`) with the SAME optimiser (`task.configure_optimizers()`: the paper's
    RMSprop with its parameter groups), for fp32 and bf16 (and compiled with --compile).
 2. Precision and compilation: the plain loop's images/s for fp32/bf16 x eager/compiled, training and inference,
-   as multiples of eager fp32.
+   as multiples of eager fp32; with --compile also inference through `task.compile=int8` (x86 PT2E int8 compiled
+   by inductor with weight freezing: `toolkit.compilation.QuantizedForward`).
 3. Our model against timm's `mobilenetv1_100` (the same network at alpha 1.0), both in the plain loop with the
    same optimiser class and settings.
 
@@ -35,7 +36,7 @@ from _results import write_results  # benchmarks/ is on sys.path when run as a s
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.compilation import compile_module
+from toolkit.compilation import QuantizedForward, compile_module
 from toolkit.tasks.classification import ClassificationTask
 
 OPTIMIZER = {"_target_": "timm.optim.RMSpropTF", "lr": 0.045, "alpha": 0.9, "momentum": 0.9, "eps": 1.0,
@@ -97,16 +98,23 @@ def rate(args, clock: Clock) -> dict[str, float]:
     return {"images_per_s": images / clock.wall, "images_per_cpu_s": images / clock.cpu}
 
 
+def compile_for(model: torch.nn.Module, data: FixedBatches, precision: str, compiled: bool) -> None:
+    """torch.compile `model` in place; int8: quantized as `task.compile=int8` does (calibrated on two batches)."""
+    if precision == "int8":
+        model.forward = QuantizedForward(model.forward, lambda: [b["image"] for b in data.batches[:2]])
+    elif compiled:
+        compile_module(model)
+
+
 def lightning_run(args, data: FixedBatches, train: bool, precision: str, compiled: bool) -> dict[str, float]:
     """Our ClassificationTask under Trainer.fit (train) or Trainer.predict (inference)."""
     task = new_task(args)
-    if compiled:
-        compile_module(task.model)
+    compile_for(task.model, data, precision, compiled)
     clock = Clock(args.warmup)
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=len(data), max_epochs=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_val_batches=0, callbacks=[StepClock(clock)],
-                      precision=PRECISIONS[precision])
+                      precision=PRECISIONS.get(precision, "32-true"))
     loader = DataLoader(data, batch_size=None, shuffle=False)
     if train:
         trainer.fit(task, train_dataloaders=loader)
@@ -125,8 +133,7 @@ def plain_run(args, data: FixedBatches, train: bool, precision: str, compiled: b
         opt_kwargs = {k: v for k, v in OPTIMIZER.items() if k != "_target_"}
         optimizer = timm.optim.RMSpropTF(model.parameters(), **opt_kwargs)
         model = model.to(memory_format=torch.channels_last)
-    if compiled:
-        compile_module(model)
+    compile_for(model, data, precision, compiled)
     criterion = torch.nn.CrossEntropyLoss()
     model.train(train)
     clock = Clock(args.warmup)
@@ -205,22 +212,22 @@ def main() -> None:
     print(f"mobilenet_v1 alpha {args.alpha} resolution {args.resolution} batch {args.batch_size} channels_last, "
           f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds, {torch.get_num_threads()} threads")
     compiled_options = (False, True) if args.compile else (False,)
+    paths = [(precision, compiled) for compiled in compiled_options for precision in PRECISIONS]
     results: dict = {"settings": vars(args), "lightning_vs_plain": {}, "paths": {}, "ours_vs_timm": {}}
 
     print(f"\n{'phase':<10}{'path':<16}{'Lightning img/s':>16}{'plain img/s':>13}{'ratio':>8}{'ratio (CPU s)':>15}")
     phases = [(phase, phase == "train") for phase in args.phases]
     for phase, train in phases:
-        for compiled in compiled_options:
-            for precision in PRECISIONS:
-                path = precision + ("_compiled" if compiled else "")
-                r = compare(args, data, train, precision, compiled, {"lightning": lightning_run, "plain": plain_run})
-                light, plain = r["lightning"], r["plain"]
-                row = {**r, "ratio": light["images_per_s"] / plain["images_per_s"],
-                       "ratio_cpu": light["images_per_cpu_s"] / plain["images_per_cpu_s"]}
-                results["lightning_vs_plain"][f"{phase}/{path}"] = row
-                results["paths"][f"{phase}/{path}"] = plain
-                print(f"{phase:<10}{path:<16}{light['images_per_s']:>16.1f}{plain['images_per_s']:>13.1f}"
-                      f"{row['ratio']:>8.3f}{row['ratio_cpu']:>15.3f}", flush=True)
+        for precision, compiled in paths + ([] if train or not args.compile else [("int8", True)]):
+            path = precision + ("_compiled" if compiled else "")
+            r = compare(args, data, train, precision, compiled, {"lightning": lightning_run, "plain": plain_run})
+            light, plain = r["lightning"], r["plain"]
+            row = {**r, "ratio": light["images_per_s"] / plain["images_per_s"],
+                   "ratio_cpu": light["images_per_cpu_s"] / plain["images_per_cpu_s"]}
+            results["lightning_vs_plain"][f"{phase}/{path}"] = row
+            results["paths"][f"{phase}/{path}"] = plain
+            print(f"{phase:<10}{path:<16}{light['images_per_s']:>16.1f}{plain['images_per_s']:>13.1f}"
+                  f"{row['ratio']:>8.3f}{row['ratio_cpu']:>15.3f}", flush=True)
 
     print(f"\n{'phase':<10}{'path (plain loop)':<20}{'img/s':>9}{'vs eager fp32':>15}{'img/CPU-s':>11}")
     speedups = {}

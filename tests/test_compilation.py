@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.compilation import COMPILE_PAYS_AFTER_IMAGES, compile_module, should_compile
+from toolkit.compilation import COMPILE_PAYS_AFTER_IMAGES, compile_module, quantize_int8, should_compile
 from toolkit.errors import ConfigError
 from toolkit.io import load_torch_file
 from toolkit.run import run
@@ -38,6 +38,9 @@ def test_policy():
     assert not should_compile("auto", "eval", 100) and not should_compile("auto", "predict", None)
     with pytest.raises(ConfigError, match="task.compile"):
         should_compile("yes", "train")
+    assert should_compile("int8", "eval") and should_compile("int8", "predict", 1)
+    with pytest.raises(ConfigError, match="int8 is for mode=eval|predict, not mode=train"):
+        should_compile("int8", "train")
 
 
 def test_fallback_warns_once_and_runs_eagerly(monkeypatch):
@@ -92,6 +95,18 @@ def test_inductor_compile():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TOOLKIT_TEST_INDUCTOR") != "1", reason="inductor C++ build; TOOLKIT_TEST_INDUCTOR=1")
+def test_inductor_int8():
+    """The real x86 int8 path: inductor lowers the frozen quantized graph; outputs stay close to float."""
+    model = tiny_net().eval()
+    g = torch.Generator().manual_seed(0)
+    quantized = quantize_int8(model, [torch.rand(8, 3, 8, 8, generator=g) for _ in range(4)])
+    x = torch.rand(3, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), model(x), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.slow
 def test_training_with_task_compile_falls_back_and_checkpoints_plain_keys(make_cfg, monkeypatch, one_torch_thread):
     monkeypatch.setattr(torch, "compile", failing_compile)
     cfg = make_cfg(["task.compile=true", "backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8",
@@ -107,3 +122,68 @@ def test_training_with_task_compile_falls_back_and_checkpoints_plain_keys(make_c
 def test_task_compile_is_validated(make_cfg):
     with pytest.raises(ConfigError, match="task.compile"):
         run(make_cfg(["task.compile=sometimes"]))
+
+
+def eager_compile(recorded: list):
+    """torch.compile stand-in that records what it was given and returns the module itself (no C++ build)."""
+
+    def compile_(module, **kwargs):
+        recorded.append((module, kwargs))
+        return module
+
+    return compile_
+
+
+def test_quantize_int8_builds_a_calibrated_int8_graph_close_to_float(monkeypatch):
+    """PT2E x86 int8 of a conv net: the graph holds int8 (de)quantize steps, is compiled with weight freezing, takes
+    any batch size, and stays close to the float model on the calibration distribution."""
+    recorded: list = []
+    monkeypatch.setattr(torch, "compile", eager_compile(recorded))
+    model = tiny_net().eval()
+    g = torch.Generator().manual_seed(0)
+    calibration = [torch.rand(8, 3, 8, 8, generator=g) for _ in range(4)]
+    quantized = quantize_int8(model, calibration)
+    (graph, kwargs), = recorded
+    assert kwargs == {} and quantized.compiled is graph  # FrozenCompiled: freezing around each compiled call
+    assert "quantize_per_tensor" in graph.code and "dequantize_per_channel" in graph.code
+    x = torch.rand(3, 3, 8, 8, generator=g)  # another batch size than the calibration's
+    with torch.no_grad():
+        out, reference = quantized(x), model(x)
+    assert out.shape == reference.shape and not model.training
+    torch.testing.assert_close(out, reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.slow
+def test_eval_and_predict_with_int8(make_cfg, monkeypatch, one_torch_thread, tmp_path):
+    """mode=eval|predict task.compile=int8 on a trained checkpoint: the model runs its int8 graph (calibrated on the
+    training split / the images to predict), in float32 around it, and scores as the float model does."""
+    small = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=24", "data.n_val=24",
+             "data.image_size=40"]
+    trained = run(make_cfg([*small, "trainer.max_epochs=1"]))
+    ckpt = trained["best_checkpoint"]
+    reference = run(make_cfg([*small, "mode=eval", f"ckpt_path={ckpt}"]))["metrics"]
+    recorded: list = []
+    monkeypatch.setattr(torch, "compile", eager_compile(recorded))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        metrics = run(make_cfg([*small, "mode=eval", f"ckpt_path={ckpt}", "task.compile=int8",
+                                "trainer.precision=bf16-mixed"]))["metrics"]
+    assert len(recorded) == 1 and "quantize_per_tensor" in recorded[0][0].code
+    assert metrics.keys() == reference.keys()
+    assert abs(metrics["val/top1"] - reference["val/top1"]) <= 0.1  # 24 images: 2 may flip at int8
+    assert abs(metrics["val/loss"] - reference["val/loss"]) <= 0.05 * abs(reference["val/loss"])
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 40, 200 - 60 * i)).save(images / f"{i}.jpg")
+    predicted = run(make_cfg([*small, "mode=predict", f"ckpt_path={ckpt}", "task.compile=int8",
+                              f"predict.input={images}"]))
+    assert len(recorded) == 2 and len(predicted["files"]) >= 2
+
+
+def test_int8_refuses_training_and_detectors(make_cfg):
+    with pytest.raises(ConfigError, match="int8 is for mode=eval"):
+        run(make_cfg(["task.compile=int8"]))

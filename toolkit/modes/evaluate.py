@@ -6,7 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from toolkit.compilation import compile_task_model
+from toolkit.compilation import compile_task_model, int8_trainer_settings
 from toolkit.modes.common import (
     build_datamodule,
     build_trainer,
@@ -27,8 +27,16 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("validate")
     val = getattr(datamodule, "val_dataset", None)
-    compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None)
-    trainer = build_trainer(cfg, task, logger=False)
+
+    def calibration():  # task.compile=int8: ranges from export.calibration (the training split, eval transform)
+        from toolkit.modes.export import calibration_inputs
+
+        if cfg.export.calibration == "train":
+            datamodule.setup("fit")
+        return calibration_inputs(cfg, datamodule, "image")[0]
+
+    compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None, calibration=calibration)
+    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
     (metrics,) = trainer.validate(task, datamodule=datamodule)
     metrics = plain_metrics(metrics)
     write_json(out / "metrics.json", metrics)

@@ -3,12 +3,13 @@ file or folder; write per-image results and pictures."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from toolkit.compilation import compile_task_model
+from toolkit.compilation import compile_task_model, int8_trainer_settings
 from toolkit.data.images import IMAGE_EXTENSIONS
 from toolkit.deploy.metadata import FORMAT_SUFFIXES
 from toolkit.errors import ConfigError
@@ -43,9 +44,15 @@ def predict(cfg: DictConfig) -> dict:
         return {k: result[k] for k in ("records", "files", "output_dir")}
     task = load_task(cfg)
     datamodule = build_datamodule(cfg, task)
-    compile_task_model(cfg, task, "predict", n_images=len(images))
-    trainer = build_trainer(cfg, task, logger=False)
-    batches = trainer.predict(task, dataloaders=datamodule.predict_loader(images))
+    loader = datamodule.predict_loader(images)
+
+    def calibration():  # task.compile=int8: ranges from the first images to predict, as the model sees them
+        return [batch["image"].contiguous() for batch in itertools.islice(loader, cfg.export.calibration_batches)
+                if len(batch.get("image", ()))]
+
+    compile_task_model(cfg, task, "predict", n_images=len(images), calibration=calibration)
+    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
+    batches = trainer.predict(task, dataloaders=loader)
     records = [r for batch in batches for r in batch]
     files = task.write_predictions(records, out)
     for f in files:
