@@ -20,11 +20,12 @@ from lightning.pytorch import Callback
 from omegaconf import open_dict, read_write
 
 from toolkit.__main__ import unique_dir
+from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.distill.cache import TeacherCache, images_digest
 from toolkit.errors import ConfigError, DataError
 from toolkit.geo.s2cells import partition_cells, read_cells, write_cells
 from toolkit.io import file_sha256
-from toolkit.modes.common import resolve_checkpoint
+from toolkit.modes.common import build_trainer, resolve_checkpoint
 from toolkit.run import run
 
 # 48 images / batch 8 = 6 steps an epoch, 2 epochs; the learning rate decays every step, logged every step
@@ -216,3 +217,26 @@ def test_a_stale_teacher_cache_is_refused_naming_each_difference(tmp_path):
     assert "mean: the cache was made with [0.5, 0.5, 0.5]" in message and "std" not in message.split("Regenerate")[0]
     assert "image list: the cache was made for 3 images, this run has 2; not in this run: 'c.jpg'" in message
     assert f"teacher file: {teacher} has changed since the cache was made" in message
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch, make_cfg):
+    """A save that dies mid-write (disk full, SIGKILL) leaves the previous best.ckpt as it was, and no temp file;
+    every trainer the modes build writes checkpoints this way."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "best.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    good = path.read_bytes()
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        Path(f).write_bytes(good[: len(good) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == ["best.ckpt"]
+    monkeypatch.undo()
+    cfg = make_cfg([])
+    from toolkit.modes.common import build_task
+
+    assert isinstance(build_trainer(cfg, build_task(cfg)).strategy.checkpoint_io, AtomicCheckpointIO)

@@ -13,6 +13,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
 from toolkit.precision import resolve_precision
@@ -99,6 +100,8 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
         overrides["logger"] = loggers or False
     if "precision" not in overrides:  # `auto`: decided here, on the machine that runs the job
         overrides["precision"] = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    if not cfg.trainer.get("plugins"):  # checkpoints written whole or not at all (a kill mid-write keeps the old one)
+        overrides.setdefault("plugins", [AtomicCheckpointIO()])
     return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), **overrides)
 
 
