@@ -1,10 +1,11 @@
-"""BaseDataModule: loader settings, the skip-corrupt policy and the task arguments data decides."""
+"""BaseDataModule: loader settings, the skip-corrupt policy and the data side of the data↔task contract."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
@@ -36,7 +37,10 @@ class SkippingCollate:
 
 
 class BaseDataModule(LightningDataModule):
-    """Subclasses set `self.train_dataset`, `self.val_dataset` (and `self.test_dataset`) in `setup`."""
+    """Subclasses set `self.train_dataset`, `self.val_dataset` (and `self.test_dataset`) in `setup`, and declare
+    the `kind` of records they yield (`toolkit.data.contract`: the task that reads them declares the same)."""
+
+    kind: ClassVar[str]
 
     def __init__(
         self,
@@ -64,7 +68,7 @@ class BaseDataModule(LightningDataModule):
         self.test_dataset: Dataset | None = None
 
     def task_kwargs(self) -> dict:
-        """Task constructor arguments the data decides (class count, class names...)."""
+        """Task constructor arguments only the data knows (class count, class names...)."""
         return {}
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:

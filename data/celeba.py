@@ -183,6 +183,8 @@ class AttributeDataModule(BaseDataModule):
     `eval_split` is what validation and `mode=eval` measure (val, or test for final figures).
     """
 
+    kind = "face_attributes"
+
     def __init__(self, eval_split: str = "val", crop_scale: tuple[float, float] = (0.8, 1.0), hflip: bool = True,
                  color_jitter: float = 0.2, **kwargs):
         super().__init__(**kwargs)

@@ -366,6 +366,8 @@ def detection_collate(samples: list[dict]) -> dict:
 class CocoDetectionDataModule(BaseDataModule):
     """COCO (`root` + split names) or any COCO-format files (`train_ann`, `train_images`, `val_ann`, `val_images`)."""
 
+    kind = "detection"
+
     def __init__(
         self,
         root: str | None = None,

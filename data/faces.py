@@ -192,6 +192,8 @@ class FacesFolderDataModule(BaseDataModule):
     Without a pairs file, verification pairs are drawn (seeded) from the identity folders of `root`.
     """
 
+    kind = "face_embedding"
+
     def __init__(self, root: str, pairs: str | None = None, pairs_root: str | None = None, folds: int = 10,
                  pairs_per_fold: int = 300, pairs_seed: int = 0, crop_scale: tuple[float, float] = (0.8, 1.0),
                  hflip: bool = True, color_jitter: float = 0.2, **kwargs):

@@ -111,6 +111,8 @@ class ClassFolderDataModule(BaseDataModule):
     - `root/<class>/*` with `val_fraction`: a seeded random split per class (every class in both splits).
     """
 
+    kind = "classification"
+
     def __init__(
         self,
         root: str,

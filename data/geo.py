@@ -195,6 +195,8 @@ class GeoDataModule(BaseDataModule):
     """Train/val/test geo CSVs; the cells come from `cells_file` (one or a list, coarse to fine) or, when it is
     unset, from partitioning the training CSV with `cells` = {t_max, t_min, max_level} (t_max may be a list)."""
 
+    kind = "geolocation"
+
     def __init__(
         self,
         train_csv: str | None = None,

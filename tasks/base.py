@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import hydra.utils
 import torch
@@ -31,8 +31,8 @@ class BaseTask(LightningModule):
     mode: str = "min"
     #: input resolutions must be a multiple of this (classification heads expect the stride-32 grid)
     resolution_multiple: int = 1
-    #: which generated `data=shapes` variant the task consumes ("classification", "detection", ...)
-    data_kind: str = "classification"
+    #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
+    data_kind: ClassVar[str]
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.checkpoint_io import AtomicCheckpointIO
+from toolkit.data.contract import check_contract
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
 from toolkit.precision import resolve_precision
@@ -36,10 +37,12 @@ def task_class(cfg: DictConfig) -> type[BaseTask]:
 
 
 def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
-    """Instantiate `cfg.data`; `mean`/`std` set to null there mean "what the backbone's weights expect".
+    """Instantiate `cfg.data`, filling what its config leaves to the run: `mean`/`std` set to null mean "what the
+    backbone's weights expect"; `variant: null` (data=shapes) means "the kind of data the task reads".
 
     `task`: a task restored from a checkpoint; its own backbone decides those inputs (eval/predict/export
-    of a MobileNetV2 checkpoint need ImageNet statistics even where the config's backbone is V1).
+    of a MobileNetV2 checkpoint need ImageNet statistics even where the config's backbone is V1), and the data
+    must give the records it reads.
     """
     backbone = cfg.get("backbone")
     stored = task.hparams.get("backbone") if task is not None else None
@@ -52,7 +55,12 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
     if backbone is not None and any(k in cfg.data and cfg.data[k] is None for k in ("mean", "std")):
         mean, std = backbone_input_stats(backbone)
         extra = {k: list(v) for k, v in (("mean", mean), ("std", std)) if k in cfg.data and cfg.data[k] is None}
-    return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    if "variant" in cfg.data and cfg.data.variant is None:
+        extra["variant"] = (type(task) if task is not None else task_class(cfg)).data_kind
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    if task is not None:
+        check_contract(type(task), datamodule, _choice("task"), _choice("data"))
+    return datamodule
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -71,8 +79,12 @@ def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, 
 
 
 def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
-    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...)."""
-    extra = datamodule.task_kwargs() if datamodule is not None else {}
+    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...); a datamodule
+    whose records the task does not read is refused first (toolkit.data.contract)."""
+    extra = {}
+    if datamodule is not None:
+        check_contract(task_class(cfg), datamodule, _choice("task"), _choice("data"))
+        extra = datamodule.task_kwargs()
     task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
     return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
 
@@ -160,7 +172,7 @@ def _newest_last_checkpoint(cfg: DictConfig) -> Path:
         raise ConfigError("ckpt_path", "last", "is ambiguous in a -m sweep (every job would resume the same run, or "
                           "another job's); give each job its checkpoint file: ckpt_path=/path/to/run/checkpoints/last.ckpt")
     log_dir = Path(cfg.paths.log_dir)
-    task_dir = log_dir / _task_choice() if _task_choice() else log_dir
+    task_dir = log_dir / _choice("task") if _choice("task") else log_dir
     this_run = Path(cfg.paths.output_dir).resolve() if cfg.paths.get("output_dir") else None
     candidates = [p for p in task_dir.glob("**/checkpoints/last.ckpt") if p.parent.parent.resolve() != this_run]
     if not candidates:
@@ -186,12 +198,12 @@ def _in_sweep() -> bool:
         return False
 
 
-def _task_choice() -> str | None:
-    """The `task=` option of this run (Hydra's run folders are `<log_dir>/<task>/...`)."""
+def _choice(group: str) -> str | None:
+    """The option of config group `group` this run composed (`task=...`: Hydra's run folders are `<log_dir>/<task>/...`)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        return HydraConfig.get().runtime.choices.get("task")
+        return HydraConfig.get().runtime.choices.get(group)
     except ValueError:  # not under Hydra (a plain run(cfg) with a hand-made config)
         return None
 
