@@ -1,7 +1,8 @@
 """Generated `shapes` data written to disk in real formats, so every path runs without a download.
 
-`data=shapes` picks the variant the task consumes (`task_kind`): class folders of JPEGs for
-classification; other kinds register their generator in `SHAPES_DATAMODULES`.
+`data=shapes` generates the variant of the kind of data the task reads (`data.variant: null` is filled with the
+task's `data_kind` by `toolkit.modes.common.build_datamodule`): class folders of JPEGs for classification; each
+other variant names its generator in `SHAPES_VARIANTS`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from toolkit.data.base import BaseDataModule
 from toolkit.data.folder import ClassFolderDataModule
 from toolkit.data.generated import ensure_generated
+from toolkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SHAPE_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 
-#: task kind -> "module:DataModule" generating that kind of shapes data
-SHAPES_DATAMODULES = {
+#: variant -> "module:DataModule" generating it. A variant is named after the kind of data it gives, except
+#: fine_grained (classification records: dog breeds, which conf/task_data/fine_grained_shapes.yaml picks)
+SHAPES_VARIANTS = {
     "classification": "toolkit.data.shapes:ShapesClassificationDataModule",
     "detection": "toolkit.data.shapes_detection:ShapesDetectionDataModule",
     "fine_grained": "toolkit.data.stanford_dogs_synthetic:StanfordDogsSyntheticDataModule",
@@ -30,12 +34,26 @@ SHAPES_DATAMODULES = {
 }
 
 
-def shapes_datamodule(kind: str, **kwargs):
-    """Hydra target of `data=shapes`: the generated dataset for the task's kind of data."""
-    if kind not in SHAPES_DATAMODULES:
-        raise ValueError(f"no generated shapes data for task kind {kind!r}; kinds: {sorted(SHAPES_DATAMODULES)}")
-    module, name = SHAPES_DATAMODULES[kind].split(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+def shapes_datamodule(variant: str, **kwargs) -> BaseDataModule:
+    """Hydra target of `data=shapes`: the generated dataset of that variant."""
+    if variant not in SHAPES_VARIANTS:
+        from toolkit.data.contract import data_configs_for
+
+        others = [f"data={name}" for name in data_configs_for(variant) if name != "shapes"]
+        raise ConfigError("data.variant", variant, f"data=shapes has no {variant} variant (it generates "
+                          f"{', '.join(SHAPES_VARIANTS)} data)" + (f"; for {variant} data use {', '.join(others)}"
+                                                                    if others else ""))
+    return variant_class(variant)(**kwargs)
+
+
+def variant_class(variant: str) -> type[BaseDataModule]:
+    module, name = SHAPES_VARIANTS[variant].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def shapes_kinds() -> frozenset[str]:
+    """The kinds of records `data=shapes` can give (its variants' datamodules' kinds)."""
+    return frozenset(variant_class(variant).kind for variant in SHAPES_VARIANTS)
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:

@@ -1,6 +1,6 @@
 """Generated detection data: several coloured shapes per JPEG, written as a real COCO instances file.
 
-`data=shapes` with a detection task lands here (`SHAPES_DATAMODULES["detection"]`). Images hold 0-4 shapes
+`data=shapes` with a detection task lands here (`SHAPES_VARIANTS["detection"]`). Images hold 0-4 shapes
 of random size, colour and rotation (about 1 in 10 is empty); categories use deliberately non-contiguous
 ids (`SHAPE_CATEGORY_IDS`) so the id <-> label mapping is exercised on every run. The files are read back
 through `CocoDetectionDataModule`, the same code path as COCO itself.

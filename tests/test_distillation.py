@@ -186,7 +186,7 @@ def test_teacher_file_shorthand_on_the_command_line():
 def test_paper_experiments_compose_and_require_a_teacher(make_cfg, row):
     cfg = make_cfg([f"experiment={row}"])
     task, alpha, res = row.split("_mobilenet_v1_")[0], row.split("_")[-2], row.split("_")[-1]
-    assert cfg.task_kind == task and cfg.backbone.alpha == int(alpha) / 100 and cfg.data.resolution == int(res)
+    assert cfg.task._target_.split(".")[-2] == task and cfg.backbone.alpha == int(alpha) / 100 and cfg.data.resolution == int(res)
     assert cfg.task.teacher.kind == "path" and cfg.task.optimizer.weight_decay == 0.0
     with pytest.raises(ConfigError, match="teacher.path"):
         build_teacher(dict(cfg.task.teacher))
