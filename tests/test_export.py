@@ -201,13 +201,13 @@ def test_every_task_exports_whole_onnx_scored_like_pytorch(make_cfg, task, overr
     session = onnxruntime.InferenceSession(entry["file"], providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"image": np.zeros((3, 3, 32, 32), np.float32)})
     if task == "face_embedding":
-        assert props["task"] == "embedding" and np.allclose(np.linalg.norm(outputs[0], axis=1), 1, atol=1e-5)
+        assert props["task"] == "face_embedding" and np.allclose(np.linalg.norm(outputs[0], axis=1), 1, atol=1e-5)
     if task == "geolocation":  # the file alone gives a location: cell table inside, latitude/longitude out
         assert props["outputs"][-2:] == ["cell_log_scores", "latlon"] and outputs[-1].shape == (3, 2)
         assert len(props["cells"]["tokens"]) == outputs[-2].shape[1]
         assert list(outputs[-1][0]) == pytest.approx(props["cells"]["latlon"][int(outputs[-2][0].argmax())], abs=1e-4)
     if task == "face_attributes":
-        assert props["task"] == "attributes" and len(props["attribute_names"]) == outputs[0].shape[1]
+        assert props["task"] == "face_attributes" and len(props["attribute_names"]) == outputs[0].shape[1]
 
 
 DETECTION_DATA = ["data=shapes", "backbone.alpha=0.25", "data.resolution=128", "data.image_size=128", "data.n_train=8",

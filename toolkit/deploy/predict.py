@@ -68,11 +68,11 @@ def image_records(runner, metadata: dict[str, Any], paths: list[Path], batch_siz
                 top = np.argsort(-p, kind="stable")[:k]
                 records.append({"path": str(path), "top_k": [
                     {"label": int(i), "name": metadata["class_names"][int(i)], "score": float(p[i])} for i in top]})
-        elif kind == "attributes":
+        elif kind == "face_attributes":
             probs = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
             records += [{"path": str(path), "attributes": dict(zip(metadata["attribute_names"], p.tolist(), strict=True))}
                         for path, p in zip(chunk, probs, strict=True)]
-        elif kind == "embedding":
+        elif kind == "face_embedding":
             records += [{"path": str(path), "embedding": e.tolist()} for path, e in zip(chunk, outputs["embedding"], strict=True)]
         elif kind == "geolocation":
             cells = metadata["cells"]
@@ -104,11 +104,11 @@ def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> l
                              for r in records for rank, p in enumerate(r["top_k"], start=1)))
         captions = [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records]
         return files + [contact_sheet([r["path"] for r in records], captions, out / "predictions.png")]
-    if kind == "attributes":
+    if kind == "face_attributes":
         names = metadata["attribute_names"]
         return write_files(records, out, ["path", *names],
                            ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in names)] for r in records))
-    if kind == "embedding":
+    if kind == "face_embedding":
         npy = out / "embeddings.npy"
         with atomic_path(npy) as tmp, tmp.open("wb") as f:
             np.save(f, np.asarray([r["embedding"] for r in records], dtype=np.float32))

@@ -79,19 +79,6 @@ class GeolocationOutputs(nn.Module):
         return (*logits, scores, latlon)
 
 
-def task_kind(task) -> str:
-    from toolkit.tasks.detection import DetectionTask
-    from toolkit.tasks.face_attributes import FaceAttributesTask
-    from toolkit.tasks.face_embedding import FaceEmbeddingTask
-    from toolkit.tasks.geolocation import GeolocationTask
-
-    for cls, kind in ((DetectionTask, "detection"), (FaceAttributesTask, "attributes"),
-                      (FaceEmbeddingTask, "embedding"), (GeolocationTask, "geolocation")):
-        if isinstance(task, cls):
-            return kind
-    return "classification"  # ClassificationTask, FineGrainedTask
-
-
 def inference_module(task, kind: str, fmt: str) -> tuple[nn.Module, list[str]]:
     """(module, output names) of what `task` computes at inference, in the form `fmt` can hold."""
     if kind == "detection":
@@ -107,7 +94,7 @@ def inference_module(task, kind: str, fmt: str) -> tuple[nn.Module, list[str]]:
     if kind == "geolocation":
         names = [f"logits_{k}" for k in range(len(task.partitions))] + ["cell_log_scores", "latlon"]
         return GeolocationOutputs(task).eval(), names
-    return task.model.eval(), ["embedding" if kind == "embedding" else "logits"]
+    return task.model.eval(), ["embedding" if kind == "face_embedding" else "logits"]
 
 
 def export_metadata(task, kind: str, cfg: DictConfig, datamodule, outputs: list[str]) -> dict[str, Any]:
@@ -130,12 +117,12 @@ def export_metadata(task, kind: str, cfg: DictConfig, datamodule, outputs: list[
         meta.update(class_names=list(task.class_names), category_ids=list(task.category_ids),
                     predict_score_thresh=float(task.hparams.predict_score_thresh))
     else:
-        crop = 1.0 if kind in ("attributes", "embedding") else float(getattr(datamodule, "crop_fraction", 0.875))
+        crop = 1.0 if kind in ("face_attributes", "face_embedding") else float(getattr(datamodule, "crop_fraction", 0.875))
         meta["resize"] = {"mode": "center_crop", "crop_fraction": crop}
         meta["input_size"] = [resolution, resolution]
     if kind == "classification":
         meta.update(class_names=list(task.class_names), predict_top_k=int(task.hparams.predict_top_k))
-    elif kind == "attributes":
+    elif kind == "face_attributes":
         meta["attribute_names"] = list(task.attribute_names)
     elif kind == "geolocation":
         fine = task.partitions[-1]
@@ -481,9 +468,9 @@ def agreement(kind: str, reference: list[Any], other: list[Any]) -> dict[str, fl
         return {"box_match_iou0.9": matched / total if total else 1.0, "images": len(reference)}
     ref, out = torch.cat(reference).float(), torch.cat(other).float()
     result = {"max_abs_diff": float((ref - out).abs().max())}
-    if kind == "attributes":
+    if kind == "face_attributes":
         result["attribute_agreement"] = float(((ref > 0) == (out > 0)).float().mean())
-    elif kind == "embedding":
+    elif kind == "face_embedding":
         result["mean_cosine"] = float(torch.nn.functional.cosine_similarity(ref, out, dim=1).mean())
     else:
         result["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).float().mean())
@@ -587,7 +574,7 @@ def export(cfg: DictConfig) -> dict:
         datamodule, reason = load_data(cfg, None)
         task = build_task(cfg, datamodule)
     task.eval()
-    kind = task_kind(task)
+    kind = task.data_kind  # the records it reads decide its inference outputs (toolkit.data.contract)
     if kind == "geolocation" and not task.partitions:
         raise ExportError("a geolocation model built without data has no cells: export a trained checkpoint (ckpt_path=...)")
     if datamodule is None:

@@ -19,12 +19,13 @@ def model_label(backbone: str, alpha, resolution: int) -> str:
 
 
 def describe_model(cfg: DictConfig, task) -> dict:
-    """How profile and training sweeps name a model: label, backbone name, alpha, resolution and task kind."""
+    """How profile and training sweeps name a model: label, backbone name, alpha, resolution and the kind of data
+    its task reads (toolkit.data.contract)."""
     resolution = int(cfg.data.resolution)
     backbone = cfg.get("backbone") or {}
     name, alpha = backbone.get("name", type(task.model).__name__), backbone.get("alpha")
     return {"label": model_label(name, alpha, resolution), "model": name, "alpha": alpha, "resolution": resolution,
-            "task": cfg.get("task_kind")}
+            "task": task.data_kind}
 
 
 def profile(cfg: DictConfig) -> dict:
