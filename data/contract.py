@@ -39,26 +39,38 @@ class TaskData(Protocol):
         ...
 
 
-def check_contract(task_class: type, datamodule: TaskData, task_name: str | None = None,
-                   data_name: str | None = None) -> None:
-    """Refuse a datamodule whose records the task does not read, naming both and the data configs that fit.
+def check_contract(task_class: type, data_kind: str | None, task_name: str, data_name: str) -> None:
+    """Refuse data whose records the task does not read, naming both and the data configs that fit.
 
-    `task_name`, `data_name`: the config options (`task=...`, `data=...`) to name; the class names when None."""
+    `task_name`, `data_name`: how to name them (the config options, `task=...` and `data=...`)."""
+    if data_kind != task_class.data_kind:
+        gives = (f"gives {data_kind} records" if data_kind else
+                 "declares no kind of records (its datamodule needs a `kind` class attribute)")
+        refuse(task_class, task_name, data_name, gives)
+
+
+def check_data_config(task_class: type, target: str, variant: str | None, task_name: str, data_name: str) -> None:
+    """`check_contract` on a data config before it is built, from its `_target_` class (so a task's data keys never
+    reach a datamodule that cannot take them); data=shapes: from its `variant`."""
+    import hydra.utils
+
+    from toolkit.data.shapes import SHAPES_VARIANTS, shapes_datamodule, variant_class
+
+    built = hydra.utils.get_object(target)
+    if built is shapes_datamodule:
+        if variant not in SHAPES_VARIANTS:
+            refuse(task_class, task_name, data_name,
+                   f"has no {variant} variant (it generates {', '.join(SHAPES_VARIANTS)} data)")
+        built = variant_class(variant)
+    check_contract(task_class, getattr(built, "kind", None), task_name, data_name)
+
+
+def refuse(task_class: type, task_name: str, data_name: str, gives: str) -> None:
     wanted = task_class.data_kind
-    given = getattr(datamodule, "kind", None)
-    if wanted == given:
-        return
-    task_label = f"task={task_name}" if task_name else task_class.__name__
-    data_label = f"data={data_name}" if data_name else type(datamodule).__name__
-    if given is None:
-        raise ConfigError("data", data_name or type(datamodule).__name__,
-                          f"{type(datamodule).__name__} declares no `kind` (the records it yields, "
-                          "toolkit.data.contract.DataKind): give the class a `kind` attribute")
     fitting = data_configs_for(wanted)
     hint = (f"data configs that fit: {', '.join(f'data={name}' for name in fitting)}" if fitting
             else f"no config in conf/data/ gives {wanted} records")
-    raise ConfigError("data", data_name or type(datamodule).__name__,
-                      f"{task_label} reads {wanted} records, {data_label} gives {given} records; {hint}")
+    raise ConfigError("data", data_name, f"task={task_name} reads {wanted} records, data={data_name} {gives}; {hint}")
 
 
 def data_configs_for(kind: str) -> list[str]:
@@ -73,7 +85,7 @@ def data_configs_for(kind: str) -> list[str]:
 
 
 def target_kinds(target: Any) -> frozenset[str]:
-    """The kinds of records a data config's `_target_` builds: a datamodule class's `kind`; for `data=shapes`,
+    """The kinds of records a data config's `_target_` can build: a datamodule class's `kind`; for `data=shapes`,
     which generates the variant the task reads, the kinds of all its variants."""
     from toolkit.data.shapes import shapes_datamodule, shapes_kinds
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.checkpoint_io import AtomicCheckpointIO
-from toolkit.data.contract import check_contract
+from toolkit.data.contract import check_contract, check_data_config
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
 from toolkit.precision import resolve_precision
@@ -36,14 +36,16 @@ def task_class(cfg: DictConfig) -> type[BaseTask]:
     return hydra.utils.get_class(cfg.task._target_)
 
 
-def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
+def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_task: bool = True):
     """Instantiate `cfg.data`, filling what its config leaves to the run: `mean`/`std` set to null mean "what the
     backbone's weights expect"; `variant: null` (data=shapes) means "the kind of data the task reads".
 
-    `task`: a task restored from a checkpoint; its own backbone decides those inputs (eval/predict/export
-    of a MobileNetV2 checkpoint need ImageNet statistics even where the config's backbone is V1), and the data
-    must give the records it reads.
+    `task`: a task restored from a checkpoint (else the configured task's class counts); its own backbone decides
+    those inputs (eval/predict/export of a MobileNetV2 checkpoint need ImageNet statistics even where the config's
+    backbone is V1). Data the task does not read is refused before it is built (toolkit.data.contract), unless
+    `check_task` is false: modes that read the data without a task (partition, teacher_cache).
     """
+    reader = type(task) if task is not None else task_class(cfg)
     backbone = cfg.get("backbone")
     stored = task.hparams.get("backbone") if task is not None else None
     if stored:
@@ -56,11 +58,11 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None):
         mean, std = backbone_input_stats(backbone)
         extra = {k: list(v) for k, v in (("mean", mean), ("std", std)) if k in cfg.data and cfg.data[k] is None}
     if "variant" in cfg.data and cfg.data.variant is None:
-        extra["variant"] = (type(task) if task is not None else task_class(cfg)).data_kind
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
-    if task is not None:
-        check_contract(type(task), datamodule, _choice("task"), _choice("data"))
-    return datamodule
+        extra["variant"] = reader.data_kind
+    if check_task:
+        check_data_config(reader, cfg.data._target_, extra.get("variant", cfg.data.get("variant")),
+                          *_pair_names(cfg, reader))
+    return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -83,7 +85,7 @@ def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
     whose records the task does not read is refused first (toolkit.data.contract)."""
     extra = {}
     if datamodule is not None:
-        check_contract(task_class(cfg), datamodule, _choice("task"), _choice("data"))
+        check_contract(task_class(cfg), getattr(datamodule, "kind", None), *_pair_names(cfg, task_class(cfg)))
         extra = datamodule.task_kwargs()
     task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
     return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
@@ -196,6 +198,11 @@ def _in_sweep() -> bool:
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:  # not under Hydra
         return False
+
+
+def _pair_names(cfg: DictConfig, reader: type[BaseTask]) -> tuple[str, str]:
+    """How the contract's errors name the task and the data: their config options, or their classes without Hydra."""
+    return _choice("task") or reader.__name__, _choice("data") or str(cfg.data.get("_target_"))
 
 
 def _choice(group: str) -> str | None:

@@ -28,7 +28,7 @@ def _targets(cfg: DictConfig, out: Path, thresholds: list[int], t_min: int) -> l
 
 def partition(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, check_task=False)  # the data alone: no task reads it here
     if not hasattr(datamodule, "read_split") or not hasattr(datamodule, "thresholds"):
         raise ConfigError("data", cfg.data.get("_target_"), "mode=partition needs geo data: data=geo data.train_csv=... "
                           "(or data=geo_synthetic)")

@@ -41,7 +41,7 @@ def teacher_file_meta(spec: DictConfig) -> dict:
 
 def teacher_cache(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, check_task=False)  # the data alone: no task reads it here
     if not hasattr(datamodule, "distill_dataset"):
         raise ConfigError("data", cfg.data.get("_target_"), "this data has no distillation images to cache teacher "
                           "outputs for; use data=celeba, attributes_csv, faces_folder or their synthetic versions")
