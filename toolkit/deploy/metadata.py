@@ -2,7 +2,7 @@
 
 ONNX files keep it in `metadata_props` (one entry per key, each value JSON-encoded); other formats get a
 `<file>.json` beside them with the same keys. Keys (written by `toolkit.modes.export.export_metadata`):
-`task` (classification | attributes | embedding | geolocation | detection), `task_class`, `backbone`, `alpha`,
+`task` (classification | face_attributes | face_embedding | geolocation | detection), `task_class`, `backbone`, `alpha`,
 `resolution`, `input_size` ([H, W], or null where the graph takes any size), `resize` (how an image becomes
 the input: {"mode": "center_crop", "crop_fraction"} | {"mode": "square"} | {"mode": "shorter_side",
 "max_size"}), `mean`, `std` (of 0-1 RGB values), `channel_order` ("RGB"), `layout` ("NCHW"), `outputs`
