@@ -21,6 +21,7 @@ from torch import nn
 from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import DataError
 from toolkit.io import files_trusted, load_torch_file
+from toolkit.predictions import PredictionFiles
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class BaseTask(LightningModule):
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
         """Write task-specific evaluation files (tables, detections, plots) next to metrics.json."""
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        """Write `predict_step` records (JSON/CSV and pictures); return the files written."""
+    def prediction_files(self, output_dir: Path) -> PredictionFiles:
+        """The files `mode=predict` writes `predict_step`'s records into, a batch at a time (`toolkit.predictions`)."""
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict")
 
     @classmethod

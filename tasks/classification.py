@@ -9,7 +9,7 @@ import torchmetrics
 from torch import nn
 
 from toolkit.heads import build_classifier
-from toolkit.io import write_prediction_files
+from toolkit.predictions import ClassificationFiles
 from toolkit.tasks.base import BaseTask
 
 
@@ -98,15 +98,5 @@ class ClassificationTask(BaseTask):
             for path, ss, ii in zip(batch["path"], scores.tolist(), labels.tolist(), strict=True)
         ]
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        from toolkit.visualize import contact_sheet
-
-        json_path, csv_path = write_prediction_files(
-            records, output_dir, ["path", "rank", "label", "name", "score"],
-            ([rec["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
-             for rec in records for rank, p in enumerate(rec["top_k"], start=1)))
-        sheet = contact_sheet(
-            [r["path"] for r in records], [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records],
-            output_dir / "predictions.png",
-        )
-        return [json_path, csv_path, sheet]
+    def prediction_files(self, output_dir: Path) -> ClassificationFiles:
+        return ClassificationFiles(output_dir)

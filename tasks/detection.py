@@ -17,7 +17,6 @@ latest detections and AP table are written to the run folder; `mode=eval` writes
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from toolkit.data.coco import boxes_to_original
 from toolkit.detection.evaluator import CocoEvaluator, ap_table, results_from_detections, write_results_json
 from toolkit.errors import DataError
 from toolkit.io import write_text_atomic
+from toolkit.predictions import DetectionFiles
 from toolkit.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
@@ -152,19 +152,11 @@ class DetectionTask(BaseTask):
             ]})
         return records
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
+    def prediction_files(self, output_dir: Path) -> DetectionFiles:
         """`predictions.json` (all images) plus, per image, `<n>_<stem>.json` and `<n>_<stem>.png` with boxes drawn."""
         from toolkit.detection.draw import draw_detections
 
-        folder = Path(output_dir) / "predictions"
-        folder.mkdir(parents=True, exist_ok=True)
-        files = [Path(output_dir) / "predictions.json"]
-        write_text_atomic(files[0], json.dumps(records, indent=2))
-        for i, rec in enumerate(records):
-            stem = f"{i:05d}_{Path(rec['path']).stem}"
-            write_text_atomic(folder / f"{stem}.json", json.dumps(rec, indent=2))
-            files += [folder / f"{stem}.json", draw_detections(rec["path"], rec["detections"], folder / f"{stem}.png")]
-        return files
+        return DetectionFiles(output_dir, draw_detections)
 
     # ---- fine-tuning --------------------------------------------------------------------------------------
     def load_init_weights(self, path: str | Path) -> dict[str, list[str]]:

@@ -20,7 +20,8 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelSt
 from toolkit.distill.losses import attribute_distillation_loss, masked_label_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads import build_classifier
-from toolkit.io import atomic_path, write_prediction_files, write_text_atomic
+from toolkit.io import atomic_path, write_text_atomic
+from toolkit.predictions import AttributeFiles
 from toolkit.tasks.distillation import DistillationTask
 
 
@@ -169,8 +170,5 @@ class FaceAttributesTask(DistillationTask):
         return [{"path": path, "attributes": dict(zip(self.attribute_names, p, strict=True))}
                 for path, p in zip(batch["path"], probs.tolist(), strict=True)]
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        json_path, csv_path = write_prediction_files(
-            records, output_dir, ["path", *self.attribute_names],
-            ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in self.attribute_names)] for r in records))
-        return [json_path, csv_path]
+    def prediction_files(self, output_dir: Path) -> AttributeFiles:
+        return AttributeFiles(output_dir, self.attribute_names)

@@ -23,6 +23,7 @@ from toolkit.backbones import create_backbone
 from toolkit.distill.losses import embedding_distillation_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.io import atomic_path, write_text_atomic
+from toolkit.predictions import EmbeddingFiles
 from toolkit.tasks.distillation import DistillationTask
 from toolkit.verification import plot_roc, verification_report
 
@@ -176,10 +177,6 @@ class FaceEmbeddingTask(DistillationTask):
             return []
         return [{"path": p, "embedding": e} for p, e in zip(batch["path"], self(batch["image"]).float().tolist(), strict=True)]
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        npy = output_dir / "embeddings.npy"
-        np.save(npy, np.asarray([r["embedding"] for r in records], dtype=np.float32))
-        paths = output_dir / "embeddings_paths.txt"
-        write_text_atomic(paths, "\n".join(r["path"] for r in records) + "\n")
-        return [npy, paths]
+    def prediction_files(self, output_dir: Path) -> EmbeddingFiles:
+        return EmbeddingFiles(output_dir)
 

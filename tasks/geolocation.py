@@ -21,7 +21,8 @@ from toolkit.errors import ConfigError
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
-from toolkit.io import atomic_path, write_prediction_files, write_text_atomic
+from toolkit.io import atomic_path, write_text_atomic
+from toolkit.predictions import GeolocationFiles
 from toolkit.tasks.base import BaseTask
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
@@ -213,14 +214,5 @@ class GeolocationTask(BaseTask):
             writer.writerow(["median_km", f"{metrics.get(f'{prefix}median_km', float('nan')):.3f}"])
         print(table)
 
-    def write_predictions(self, records: list[dict], output_dir: Path) -> list[Path]:
-        from toolkit.visualize import contact_sheet
-
-        json_path, csv_path = write_prediction_files(
-            records, output_dir,
-            ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
-            ([rec["path"], f"{rec['lat']:.6f}", f"{rec['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
-              f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for rec in records for rank, c in enumerate(rec["top_cells"], start=1)))
-        sheet = contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
-                              output_dir / "predictions.png")
-        return [json_path, csv_path, sheet]
+    def prediction_files(self, output_dir: Path) -> GeolocationFiles:
+        return GeolocationFiles(output_dir)

@@ -163,8 +163,9 @@ def test_predict_from_exported_file_with_and_without_torch(make_cfg, trained_exp
     for i, size in enumerate([(64, 64), (90, 50), (40, 120)]):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(images / f"{i}.png")
     from_file = run(make_cfg(SHAPES + ["mode=predict", f"ckpt_path={onnx_file}", f"predict.input={images}"]))
-    assert len(from_file["records"]) == 3 and len(from_file["records"][0]["top_k"]) == 5
     assert {Path(f).name for f in from_file["files"]} == {"predictions.json", "predictions.csv", "predictions.png"}
+    records = json.loads((Path(from_file["output_dir"]) / "predictions.json").read_text())
+    assert from_file["count"] == len(records) == 3 and len(records[0]["top_k"]) == 5
 
     # the torch-free predictor: torch cannot even be imported in that process
     out = tmp_path / "deployed"
@@ -174,8 +175,8 @@ def test_predict_from_exported_file_with_and_without_torch(make_cfg, trained_exp
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     deployed = json.loads((out / "predictions.json").read_text())
-    assert [r["top_k"][0]["label"] for r in deployed] == [r["top_k"][0]["label"] for r in from_file["records"]]
-    assert deployed[0]["top_k"][0]["score"] == pytest.approx(from_file["records"][0]["top_k"][0]["score"], abs=1e-5)
+    assert [r["top_k"][0]["label"] for r in deployed] == [r["top_k"][0]["label"] for r in records]
+    assert deployed[0]["top_k"][0]["score"] == pytest.approx(records[0]["top_k"][0]["score"], abs=1e-5)
 
 
 @pytest.mark.parametrize("task, overrides", [
@@ -323,8 +324,9 @@ def test_ssd_export_mode_scores_each_file(make_cfg, tmp_path):
     from toolkit.deploy import predict_files
 
     result = predict_files(entry["file"], [tmp_path / "photo.jpg"], tmp_path / "pred", score_thresh=0.0)
-    assert result["records"][0]["width"] == 140 and any(f.endswith(".png") for f in result["files"])
-    for det in result["records"][0]["detections"]:  # boxes in the original photo's pixels
+    (record,) = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert result["count"] == 1 and record["width"] == 140 and any(f.endswith(".png") for f in result["files"])
+    for det in record["detections"]:  # boxes in the original photo's pixels
         x1, y1, x2, y2 = det["box_xyxy"]
         assert 0 <= x1 <= x2 <= 140.01 and 0 <= y1 <= y2 <= 90.01
 

@@ -248,11 +248,12 @@ def test_train_eval_minival_predict_and_fine_tune_from_the_cli(make_cfg, tmp_pat
 
     images = data_dir / "coco" / "val2014"
     pred = run(make_cfg(["task=detection_frcnn", *TINY, "mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
-    assert len(pred["records"]) == len(list(images.glob("*.jpg")))
+    records = json.loads((Path(pred["output_dir"]) / "predictions.json").read_text())
+    assert pred["count"] == len(records) == len(list(images.glob("*.jpg")))
     assert all(set(r) == {"path", "width", "height", "detections"} and (r["width"], r["height"]) == (64, 64)
-               for r in pred["records"])  # boxes (if any pass the score threshold) are in original 64x64 pixels
-    assert all(0 <= v <= 64 for r in pred["records"] for d in r["detections"] for v in d["box_xyxy"])
-    assert sum(f.endswith(".png") for f in pred["files"]) == len(pred["records"])
+               for r in records)  # boxes (if any pass the score threshold) are in original 64x64 pixels
+    assert all(0 <= v <= 64 for r in records for d in r["detections"] for v in d["box_xyxy"])
+    assert sum(f.endswith(".png") for f in pred["files"]) == len(records)
 
     # a custom COCO-format dataset, fine-tuned from the checkpoint (class count from the file)
     ann = data_dir / "coco" / "annotations" / "instances_minival2014.json"

@@ -19,7 +19,8 @@ def test_train_eval_predict_round_trip(make_cfg, tmp_path):
 
     images = next(p for p in Path(tmp_path / "cache").glob("shapes_cls_*") if p.is_dir()) / "val" / "circle"
     pred = run(make_cfg(common + ["mode=predict", f"ckpt_path={best}", f"predict.input={images}"]))
-    assert len(pred["records"]) == len(list(images.glob("*.jpg")))
+    records = json.loads((Path(pred["output_dir"]) / "predictions.json").read_text())
+    assert pred["count"] == len(records) == len(list(images.glob("*.jpg")))
     assert all(Path(f).is_file() for f in pred["files"])
 
 

@@ -101,14 +101,6 @@ def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def write_csv_atomic(path: str | Path, header: list[str], rows: Iterable[list]) -> Path:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return Path(path)
-
-
 def save_image_atomic(image, path: str | Path) -> Path:
     """Save a PIL image; the format follows `path`'s suffix (the temporary name has none)."""
     from PIL import Image
@@ -119,12 +111,140 @@ def save_image_atomic(image, path: str | Path) -> Path:
     return path
 
 
-def write_prediction_files(records: list[dict], output_dir: Path, header: list[str],
-                           rows: Iterable[list]) -> tuple[Path, Path]:
-    """`predictions.json` (the records as they are) and `predictions.csv` (`header`, then `rows`): what mode=predict
-    writes for a checkpoint and the torch-free predictor for an exported file."""
-    return (write_json_atomic(Path(output_dir) / "predictions.json", records),
-            write_csv_atomic(Path(output_dir) / "predictions.csv", header, rows))
+class StreamedFile:
+    """A file written piece by piece under a temporary name beside `path`: `commit()` renames it into place, whole;
+    `discard()` removes it. Until the commit nothing exists under the final name, so a run interrupted midway
+    leaves no partial file for a reader to mistake for a finished one."""
+
+    def __init__(self, path: str | Path, mode: str = "w", **open_kwargs: Any):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp_name)
+        self.file = os.fdopen(fd, mode, **open_kwargs)
+
+    def finish(self) -> None:
+        """Write whatever closes the format (a JSON array's bracket, a header that needs the final count)."""
+
+    def commit(self) -> Path:
+        self.finish()
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class JsonArrayFile(StreamedFile):
+    """A JSON array written one element at a time; the file reads exactly as `json.dumps(items, indent=2)` and a
+    newline, so a streamed file and one written from a list in memory are the same bytes."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, item: Any) -> None:
+        # an element at depth 1: json.dumps(indent=2) lines, each shifted two spaces (strings hold no raw newline)
+        element = "\n".join("  " + line for line in json.dumps(item, indent=2).split("\n"))
+        self.file.write(("[\n" if self.count == 0 else ",\n") + element)
+        self.count += 1
+
+    def finish(self) -> None:
+        self.file.write("\n]\n" if self.count else "[]\n")
+
+
+class JsonLinesFile(StreamedFile):
+    """One JSON value per line (JSON Lines): what each DDP rank writes before rank 0 merges them."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "w", encoding="utf-8")
+
+    def write(self, item: Any) -> None:
+        self.file.write(json.dumps(item) + "\n")
+
+
+class CsvFile(StreamedFile):
+    """A CSV file: `header`, then rows as they come."""
+
+    def __init__(self, path: str | Path, header: list[str]):
+        super().__init__(path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(header)
+
+    def write_rows(self, rows: Iterable[list]) -> None:
+        self.writer.writerows(rows)
+
+
+class TextLinesFile(StreamedFile):
+    """A text file of one line per item."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        self.file.write(line + "\n")
+
+
+class NpyRowsFile(StreamedFile):
+    """A float32 `.npy` matrix written a few rows at a time: the rows go raw to the temporary file and `finish`
+    copies them, in chunks, behind the `.npy` header that needs the final row count, so no more than one chunk of
+    rows is ever in memory. Reads exactly as `np.save` of the whole matrix (shape `(0,)` when no row came)."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "wb")
+        self.rows, self.width = 0, None
+
+    def write(self, rows: Any) -> None:
+        import numpy as np
+
+        rows = np.asarray(rows, dtype=np.float32)
+        if len(rows) == 0:
+            return
+        if self.width is None:
+            self.width = rows.shape[1]
+        elif rows.shape[1] != self.width:
+            raise ValueError(f"{self.path}: rows of width {rows.shape[1]} after rows of width {self.width}")
+        self.file.write(np.ascontiguousarray(rows).tobytes())
+        self.rows += len(rows)
+
+    def commit(self) -> Path:
+        import numpy as np
+
+        self.file.close()
+        shape = (self.rows, self.width) if self.rows else (0,)
+        with atomic_path(self.path) as npy_tmp:
+            matrix = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32, shape=shape)
+            if self.rows:
+                raw = np.memmap(self.tmp, dtype=np.float32, mode="r", shape=shape)
+                for start in range(0, self.rows, self.CHUNK_ROWS):
+                    matrix[start:start + self.CHUNK_ROWS] = raw[start:start + self.CHUNK_ROWS]
+                del raw
+            matrix.flush()
+            del matrix
+        self.tmp.unlink(missing_ok=True)
+        return self.path
+
+
+def merge_json_lines(paths: Iterable[str | Path], key: str = "index") -> Iterator[dict]:
+    """The objects of several JSON Lines files, each already sorted by `key`, as one stream sorted by `key`;
+    an object whose `key` an earlier one had is dropped. One line per file is in memory at a time: how rank 0
+    joins the parts DDP ranks wrote (each rank's share of a dataset is in increasing index order)."""
+    import heapq
+
+    def objects(path: Path) -> Iterator[dict]:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+    last = None
+    for obj in heapq.merge(*(objects(Path(p)) for p in paths), key=lambda o: o[key]):
+        if obj[key] != last:
+            last = obj[key]
+            yield obj
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:

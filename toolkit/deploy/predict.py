@@ -1,4 +1,5 @@
-"""Predictions from an exported file: the records and files `mode=predict` writes for a checkpoint of the same task.
+"""Predictions from an exported file: the records and files `mode=predict` writes for a checkpoint of the same task,
+through the same streaming `toolkit.predictions` files.
 
 `mode=predict ckpt_path=model.onnx` and `python -m toolkit.deploy model.onnx ...` both run `predict_files`.
 """
@@ -12,10 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.deploy.draw import draw_boxes
 from toolkit.deploy.postprocess import ssd_detections
 from toolkit.deploy.preprocess import preprocess
 from toolkit.deploy.runtime import open_model
-from toolkit.io import atomic_path, write_json_atomic, write_prediction_files, write_text_atomic
+from toolkit.predictions import (
+    AttributeFiles,
+    ClassificationFiles,
+    DetectionFiles,
+    EmbeddingFiles,
+    GeolocationFiles,
+    PredictionFiles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,43 +50,44 @@ def detections(outputs: dict[str, np.ndarray], metadata: dict[str, Any]) -> tupl
                           nms["topk_candidates"], nms["detections_per_img"])
 
 
-def image_records(runner, metadata: dict[str, Any], paths: list[Path], batch_size: int = 16,
-                  score_thresh: float | None = None, top_k: int | None = None) -> list[dict]:
-    """One record per image, in the format of the task's `predict_step`."""
+def record_batches(runner, metadata: dict[str, Any], paths: list[Path], batch_size: int = 16,
+                   score_thresh: float | None = None, top_k: int | None = None) -> Iterator[list[dict]]:
+    """One record per image, in the format of the task's `predict_step`, a batch of images at a time."""
     kind = metadata["task"]
-    records: list[dict] = []
     if kind == "detection":
         names, category_ids = metadata["class_names"], metadata["category_ids"]
         thresh = metadata["predict_score_thresh"] if score_thresh is None else score_thresh
-        for path in paths:
+        for path in paths:  # one image per run: detectors export with batch 1
             array, (height, width) = preprocess(path, metadata)
             boxes, scores, labels = detections(runner.run(array[None]), metadata)
             scale = np.asarray([width / array.shape[2], height / array.shape[1]] * 2, dtype=np.float32)
             keep = scores >= thresh
-            records.append({"path": str(path), "width": int(width), "height": int(height), "detections": [
+            yield [{"path": str(path), "width": int(width), "height": int(height), "detections": [
                 {"box_xyxy": [round(float(v), 2) for v in box * scale], "score": round(float(score), 4),
                  "label": int(label), "category_id": category_ids[int(label) - 1], "name": names[int(label) - 1]}
-                for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True)]})
-        return records
+                for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True)]}]
+        return
     for chunk in batches(paths, batch_size):
         outputs = runner.run(np.stack([preprocess(p, metadata)[0] for p in chunk]))
         if kind == "classification":
             probs = softmax(outputs["logits"])
             k = min(top_k or metadata.get("predict_top_k", 5), probs.shape[1])
+            records = []
             for path, p in zip(chunk, probs, strict=True):
                 top = np.argsort(-p, kind="stable")[:k]
                 records.append({"path": str(path), "top_k": [
                     {"label": int(i), "name": metadata["class_names"][int(i)], "score": float(p[i])} for i in top]})
         elif kind == "face_attributes":
             probs = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
-            records += [{"path": str(path), "attributes": dict(zip(metadata["attribute_names"], p.tolist(), strict=True))}
-                        for path, p in zip(chunk, probs, strict=True)]
+            records = [{"path": str(path), "attributes": dict(zip(metadata["attribute_names"], p.tolist(), strict=True))}
+                       for path, p in zip(chunk, probs, strict=True)]
         elif kind == "face_embedding":
-            records += [{"path": str(path), "embedding": e.tolist()} for path, e in zip(chunk, outputs["embedding"], strict=True)]
+            records = [{"path": str(path), "embedding": e.tolist()} for path, e in zip(chunk, outputs["embedding"], strict=True)]
         elif kind == "geolocation":
             cells = metadata["cells"]
             scores = softmax(outputs["cell_log_scores"].astype(np.float64))
             k = min(top_k or metadata.get("predict_top_k", 5), scores.shape[1])
+            records = []
             for path, s, (lat, lon) in zip(chunk, scores, outputs["latlon"].tolist(), strict=True):
                 top = np.argsort(-s, kind="stable")[:k]
                 records.append({"path": str(path), "lat": lat, "lon": lon, "top_cells": [
@@ -85,56 +95,33 @@ def image_records(runner, metadata: dict[str, Any], paths: list[Path], batch_siz
                      "lon": cells["latlon"][c][1]} for c in top]})
         else:
             raise ValueError(f"unknown task {kind!r} in the model's metadata")
-    return records
+        yield records
 
 
-def write_files(records: list[dict], out: Path, header: list[str], rows) -> list[Path]:
-    return list(write_prediction_files(records, out, header, rows))
-
-
-def write_records(records: list[dict], metadata: dict[str, Any], out: Path) -> list[Path]:
-    """The files each task's `write_predictions` writes, from the same records."""
-    from toolkit.visualize import contact_sheet
-
-    out.mkdir(parents=True, exist_ok=True)
+def prediction_files(metadata: dict[str, Any], out: Path) -> PredictionFiles:
+    """The files the task's `prediction_files` picks for a checkpoint of the same task."""
     kind = metadata["task"]
     if kind == "classification":
-        files = write_files(records, out, ["path", "rank", "label", "name", "score"],
-                            ([r["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
-                             for r in records for rank, p in enumerate(r["top_k"], start=1)))
-        captions = [f"{r['top_k'][0]['name']} {r['top_k'][0]['score']:.2f}" for r in records]
-        return files + [contact_sheet([r["path"] for r in records], captions, out / "predictions.png")]
+        return ClassificationFiles(out)
     if kind == "face_attributes":
-        names = metadata["attribute_names"]
-        return write_files(records, out, ["path", *names],
-                           ([r["path"], *(f"{r['attributes'][n]:.4f}" for n in names)] for r in records))
+        return AttributeFiles(out, metadata["attribute_names"])
     if kind == "face_embedding":
-        npy = out / "embeddings.npy"
-        with atomic_path(npy) as tmp, tmp.open("wb") as f:
-            np.save(f, np.asarray([r["embedding"] for r in records], dtype=np.float32))
-        return [npy, write_text_atomic(out / "embeddings_paths.txt", "\n".join(r["path"] for r in records) + "\n")]
+        return EmbeddingFiles(out)
     if kind == "geolocation":
-        files = write_files(records, out, ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"],
-                            ([r["path"], f"{r['lat']:.6f}", f"{r['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
-                              f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for r in records for rank, c in enumerate(r["top_cells"], start=1)))
-        return files + [contact_sheet([r["path"] for r in records], [f"{r['lat']:.2f},{r['lon']:.2f}" for r in records],
-                                      out / "predictions.png")]
-    from toolkit.deploy.draw import draw_boxes
-
-    folder = out / "predictions"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [write_json_atomic(out / "predictions.json", records)]
-    for i, rec in enumerate(records):
-        stem = f"{i:05d}_{Path(rec['path']).stem}"
-        files += [write_json_atomic(folder / f"{stem}.json", rec),
-                  draw_boxes(rec["path"], rec["detections"], folder / f"{stem}.png")]
-    return files
+        return GeolocationFiles(out)
+    if kind == "detection":
+        return DetectionFiles(out, draw_boxes)
+    raise ValueError(f"unknown task {kind!r} in the model's metadata")
 
 
 def predict_files(model_path: str | Path, images: list[Path], out: str | Path, threads: int | None = None,
                   score_thresh: float | None = None, top_k: int | None = None) -> dict[str, Any]:
-    """Run an exported file on image files; write the predictions into `out`. Returns records and files."""
+    """Run an exported file on image files; write the predictions into `out` a batch at a time. Returns the files,
+    how many images they hold (`count`) and the model's metadata."""
     runner, metadata = open_model(model_path, threads)
-    records = image_records(runner, metadata, [Path(p) for p in images], score_thresh=score_thresh, top_k=top_k)
-    files = write_records(records, metadata, Path(out))
-    return {"records": records, "files": [str(f) for f in files], "output_dir": str(out), "metadata": metadata}
+    with prediction_files(metadata, Path(out)) as files:
+        for records in record_batches(runner, metadata, [Path(p) for p in images], score_thresh=score_thresh,
+                                      top_k=top_k):
+            files.add(records)
+        written = files.close()
+    return {"count": files.count, "files": [str(f) for f in written], "output_dir": str(out), "metadata": metadata}

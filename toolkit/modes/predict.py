@@ -33,15 +33,24 @@ def collect_images(spec: str | None) -> list[Path]:
 
 
 def predict(cfg: DictConfig) -> dict:
+    """Write the predictions into the run's folder, batch by batch; return the files and how many images they hold
+    (`count`). Under DDP every rank predicts its share and rank 0 writes the files (`files` is empty elsewhere)."""
     out = output_dir(cfg)
     images = collect_images(cfg.predict.input)
     if Path(str(cfg.get("ckpt_path") or "")).suffix in FORMAT_SUFFIXES:  # an exported file: its runtime, no torch model
         from toolkit.deploy.predict import predict_files
 
         result = predict_files(cfg.ckpt_path, images, out)
-        for f in result["files"]:
-            print(f"wrote {f}")
-        return {k: result[k] for k in ("records", "files", "output_dir")}
+    else:
+        result = predict_checkpoint(cfg, images, out)
+    for f in result["files"]:
+        print(f"wrote {f}")
+    return {k: result[k] for k in ("count", "files", "output_dir")}
+
+
+def predict_checkpoint(cfg: DictConfig, images: list[Path], out: Path) -> dict:
+    from toolkit.prediction_writer import PredictionWriter
+
     task = load_task(cfg)
     datamodule = build_datamodule(cfg, task)
     loader = datamodule.predict_loader(images)
@@ -52,10 +61,7 @@ def predict(cfg: DictConfig) -> dict:
 
     compile_task_model(cfg, task, "predict", n_images=len(images), calibration=calibration)
     trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
-    batches = trainer.predict(task, dataloaders=loader)
-    records = [r for batch in batches for r in batch]
-    files = task.write_predictions(records, out)
-    for f in files:
-        print(f"wrote {f}")
-    return {"records": records, "files": [str(f) for f in files], "output_dir": str(out)}
-
+    writer = PredictionWriter(out, images)
+    trainer.callbacks.append(writer)
+    trainer.predict(task, dataloaders=loader, return_predictions=False)
+    return {"count": writer.count, "files": [str(f) for f in writer.written], "output_dir": str(out)}

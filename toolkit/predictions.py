@@ -1,0 +1,165 @@
+"""What `mode=predict` writes for each kind of task, taken one batch of records at a time.
+
+A task's `predict_step` gives one record (a dict of plain values) per image; its `prediction_files(output_dir)`
+picks one of these classes, and the prediction writer (`toolkit.callbacks.PredictionWriter`, or the torch-free
+predictor of exported files, `toolkit.deploy.predict`) hands it each batch as it comes. Table files stream to
+temporary names (`toolkit.io` streams) and are renamed into place by `close()`; `discard()` drops them after an
+error. Nothing holds more than a batch of records, except the contact sheet's first `CONTACT_SHEET_IMAGES`
+thumbnail paths and captions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.io import CsvFile, JsonArrayFile, NpyRowsFile, StreamedFile, TextLinesFile, write_json_atomic
+from toolkit.visualize import contact_sheet
+
+#: how many images (the first ones, in input order) the contact sheet `predictions.png` shows
+CONTACT_SHEET_IMAGES = 60
+
+
+class PredictionFiles:
+    """`predictions.json` (every record, a JSON array) and, where the task has a table, `predictions.csv`
+    (`csv_header`, then `rows(record)` for each record). Subclasses add their pictures or replace the files."""
+
+    #: the CSV's header, None: no CSV
+    csv_header: list[str] | None = None
+    #: whether the records go to predictions.json
+    writes_json = True
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.written: list[Path] = []  # whole files already in place (per-image pictures)
+        self.streams: list[StreamedFile] = []
+        self.json = self.stream(JsonArrayFile(self.output_dir / "predictions.json")) if self.writes_json else None
+        self.csv = self.stream(CsvFile(self.output_dir / "predictions.csv", self.csv_header)) if self.csv_header else None
+
+    def stream(self, file: StreamedFile) -> StreamedFile:
+        self.streams.append(file)
+        return file
+
+    def rows(self, record: dict) -> list[list]:
+        """The CSV rows of one record."""
+        return []
+
+    def add(self, records: list[dict]) -> None:
+        """One batch of records, in input order."""
+        for record in records:
+            if self.json is not None:
+                self.json.write(record)
+            if self.csv is not None:
+                self.csv.write_rows(self.rows(record))
+            self.count += 1
+
+    def close(self) -> list[Path]:
+        """Put every file in place; return them all."""
+        return [s.commit() for s in self.streams] + self.written
+
+    def discard(self) -> None:
+        for s in self.streams:
+            s.discard()
+
+    def __enter__(self) -> PredictionFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+class ContactSheetFiles(PredictionFiles):
+    """Also `predictions.png`: the first `CONTACT_SHEET_IMAGES` images, each captioned by `caption(record)`."""
+
+    def __init__(self, output_dir: str | Path):
+        super().__init__(output_dir)
+        self.sheet: list[tuple[str, str]] = []
+
+    def caption(self, record: dict) -> str:
+        raise NotImplementedError
+
+    def add(self, records: list[dict]) -> None:
+        room = CONTACT_SHEET_IMAGES - len(self.sheet)
+        self.sheet += [(r["path"], self.caption(r)) for r in records[:max(0, room)]]
+        super().add(records)
+
+    def close(self) -> list[Path]:
+        files = super().close()
+        return files + [contact_sheet([path for path, _ in self.sheet], [caption for _, caption in self.sheet],
+                                      self.output_dir / "predictions.png", max_images=CONTACT_SHEET_IMAGES)]
+
+
+class ClassificationFiles(ContactSheetFiles):
+    """Top-k classes per image; the sheet shows the top class and its score."""
+
+    csv_header = ["path", "rank", "label", "name", "score"]
+
+    def rows(self, record: dict) -> list[list]:
+        return [[record["path"], rank, p["label"], p["name"], f"{p['score']:.6f}"]
+                for rank, p in enumerate(record["top_k"], start=1)]
+
+    def caption(self, record: dict) -> str:
+        return f"{record['top_k'][0]['name']} {record['top_k'][0]['score']:.2f}"
+
+
+class GeolocationFiles(ContactSheetFiles):
+    """The predicted location and the top cells per image; the sheet shows the location."""
+
+    csv_header = ["path", "latitude", "longitude", "rank", "cell_token", "cell_score", "cell_lat", "cell_lon"]
+
+    def rows(self, record: dict) -> list[list]:
+        return [[record["path"], f"{record['lat']:.6f}", f"{record['lon']:.6f}", rank, c["token"], f"{c['score']:.6f}",
+                 f"{c['lat']:.6f}", f"{c['lon']:.6f}"] for rank, c in enumerate(record["top_cells"], start=1)]
+
+    def caption(self, record: dict) -> str:
+        return f"{record['lat']:.2f},{record['lon']:.2f}"
+
+
+class AttributeFiles(PredictionFiles):
+    """One probability per attribute and image."""
+
+    def __init__(self, output_dir: str | Path, attribute_names: list[str]):
+        self.attribute_names = list(attribute_names)
+        self.csv_header = ["path", *self.attribute_names]
+        super().__init__(output_dir)
+
+    def rows(self, record: dict) -> list[list]:
+        return [[record["path"], *(f"{record['attributes'][n]:.4f}" for n in self.attribute_names)]]
+
+
+class EmbeddingFiles(PredictionFiles):
+    """`embeddings.npy` (one float32 row per image) and `embeddings_paths.txt` (the image of each row)."""
+
+    writes_json = False
+
+    def __init__(self, output_dir: str | Path):
+        super().__init__(output_dir)
+        self.matrix = self.stream(NpyRowsFile(self.output_dir / "embeddings.npy"))
+        self.paths = self.stream(TextLinesFile(self.output_dir / "embeddings_paths.txt"))
+
+    def add(self, records: list[dict]) -> None:
+        self.matrix.write([r["embedding"] for r in records])
+        for r in records:
+            self.paths.write(r["path"])
+        self.count += len(records)
+
+
+class DetectionFiles(PredictionFiles):
+    """`predictions.json` plus, per image, `predictions/<n>_<stem>.json` and `.png` with the boxes drawn by
+    `draw(image_path, detections, out_png)` (`n`: the image's place in the input, from 0)."""
+
+    def __init__(self, output_dir: str | Path, draw: Callable[[str, list[dict], Path], Path]):
+        super().__init__(output_dir)
+        self.draw = draw
+        self.folder = self.output_dir / "predictions"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, records: list[dict]) -> None:
+        for i, record in enumerate(records, start=self.count):
+            stem = f"{i:05d}_{Path(record['path']).stem}"
+            self.written += [write_json_atomic(self.folder / f"{stem}.json", record),
+                             self.draw(record["path"], record["detections"], self.folder / f"{stem}.png")]
+        super().add(records)
