@@ -213,14 +213,16 @@ def test_interrupted_predict_leaves_no_file_under_a_final_name(make_cfg, tmp_pat
 
     def fails_on_the_second_batch(self, batch, batch_idx):
         if batch_idx == 1:
+            (streamed,) = out.glob(".predictions.json.*.tmp")
+            assert streamed.read_text().startswith("[\n  {")  # the first batch is on disk, under a temporary name
             raise RuntimeError("interrupted")
         return predict_step(self, batch, batch_idx)
 
     monkeypatch.setattr(ClassificationTask, "predict_step", fails_on_the_second_batch)
     cfg = make_cfg(TINY + ["mode=predict", f"ckpt_path={best}", f"predict.input={images[0].parent}", "data.batch_size=3"])
+    out = Path(cfg.paths.output_dir)
     with pytest.raises(RuntimeError, match="interrupted"):
         run(cfg)
-    out = Path(cfg.paths.output_dir)
     assert not [p.name for p in out.glob("predictions*")]  # the first batch was streamed, then thrown away
     assert not list(out.glob(".*.tmp"))
 
@@ -233,14 +235,16 @@ def test_predict_on_two_ddp_processes_writes_what_one_process_writes(make_cfg, t
     folder = tmp_path / "photos"
     photos(folder, 7)
     (folder / "03.png").write_bytes(b"not a picture")
-    args = TINY + FAST + ["mode=predict", f"ckpt_path={best}", f"predict.input={folder}", "data.batch_size=2",
-                          "data.skip_corrupt=true"]
+    args = TINY + ["mode=predict", f"ckpt_path={best}", f"predict.input={folder}", "data.batch_size=2",
+                   "data.skip_corrupt=true"]
+    single = run(make_cfg(args))
     env = {"TOOLKIT_CACHE_DIR": str(tmp_path / "cache"), "TOOLKIT_LOG_DIR": str(tmp_path / "outputs")}
-    single = run_cli(args + [f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_cli(args + ["trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path, env=env)
+    ddp = run_cli(args + FAST + ["trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path,
+                  env=env)
     assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
-    one, two = (json.loads((tmp_path / run / "predictions.json").read_text()) for run in ("single", "ddp"))
+    assert "MEMBER: 2/2" in ddp.stdout + ddp.stderr  # Lightning started the second process
+    one = json.loads((Path(single["output_dir"]) / "predictions.json").read_text())
+    two = json.loads((tmp_path / "ddp" / "predictions.json").read_text())
     assert [Path(r["path"]).name for r in two] == ["00.png", "01.png", "02.png", "04.png", "05.png", "06.png"]
     assert [r["path"] for r in two] == [r["path"] for r in one]
     for a, b in zip(one, two, strict=True):  # batches of other sizes: the float sums may differ in the last bits

@@ -47,7 +47,12 @@ class PredictionFiles:
         return []
 
     def add(self, records: list[dict]) -> None:
-        """One batch of records, in input order."""
+        """One batch of records, in input order, written through to the (temporary) files."""
+        self.write(records)
+        for s in self.streams:
+            s.file.flush()
+
+    def write(self, records: list[dict]) -> None:
         for record in records:
             if self.json is not None:
                 self.json.write(record)
@@ -81,10 +86,10 @@ class ContactSheetFiles(PredictionFiles):
     def caption(self, record: dict) -> str:
         raise NotImplementedError
 
-    def add(self, records: list[dict]) -> None:
+    def write(self, records: list[dict]) -> None:
         room = CONTACT_SHEET_IMAGES - len(self.sheet)
         self.sheet += [(r["path"], self.caption(r)) for r in records[:max(0, room)]]
-        super().add(records)
+        super().write(records)
 
     def close(self) -> list[Path]:
         files = super().close()
@@ -140,7 +145,7 @@ class EmbeddingFiles(PredictionFiles):
         self.matrix = self.stream(NpyRowsFile(self.output_dir / "embeddings.npy"))
         self.paths = self.stream(TextLinesFile(self.output_dir / "embeddings_paths.txt"))
 
-    def add(self, records: list[dict]) -> None:
+    def write(self, records: list[dict]) -> None:
         self.matrix.write([r["embedding"] for r in records])
         for r in records:
             self.paths.write(r["path"])
@@ -157,9 +162,9 @@ class DetectionFiles(PredictionFiles):
         self.folder = self.output_dir / "predictions"
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, records: list[dict]) -> None:
+    def write(self, records: list[dict]) -> None:
         for i, record in enumerate(records, start=self.count):
             stem = f"{i:05d}_{Path(record['path']).stem}"
             self.written += [write_json_atomic(self.folder / f"{stem}.json", record),
                              self.draw(record["path"], record["detections"], self.folder / f"{stem}.png")]
-        super().add(records)
+        super().write(records)
