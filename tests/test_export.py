@@ -190,8 +190,9 @@ def test_predict_from_exported_file_with_and_without_torch(make_cfg, trained_exp
     ("geolocation", ["data=geo_synthetic", "data.n_train=40", "data.n_val=8", "data.image_size=32",
                      "data.resolution=32", "data.batch_size=8", "data.cells.t_max=8", "data.cells.t_min=2"]),
 ])
-def test_every_task_exports_whole_onnx_scored_like_pytorch(make_cfg, task, overrides):
-    """A fixed-seed model of each classifier-style task: the ONNX file gives PyTorch's metric and outputs."""
+def test_every_task_exports_whole_onnx_scored_like_pytorch(make_cfg, task, overrides, tmp_path):
+    """A fixed-seed model of each classifier-style task: the ONNX file gives PyTorch's metric and outputs, and the
+    predictor of exported files writes that task's prediction files from it."""
     report = run(make_cfg([f"task={task}", "backbone.alpha=0.25", *overrides, "mode=export", "export.formats=[onnx]",
                            *QUICK]))["export"]
     entry = report["formats"]["onnx"]
@@ -209,6 +210,18 @@ def test_every_task_exports_whole_onnx_scored_like_pytorch(make_cfg, task, overr
         assert list(outputs[-1][0]) == pytest.approx(props["cells"]["latlon"][int(outputs[-2][0].argmax())], abs=1e-4)
     if task == "face_attributes":
         assert props["task"] == "face_attributes" and len(props["attribute_names"]) == outputs[0].shape[1]
+
+    from toolkit.deploy import predict_files
+
+    photos = []
+    for i in range(3):
+        photos.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((40, 30 + i, 3), 60 * i, np.uint8)).save(photos[-1])
+    predicted = predict_files(entry["file"], photos, tmp_path / "pred")
+    expected = {"face_attributes": ["predictions.json", "predictions.csv"],
+                "face_embedding": ["embeddings.npy", "embeddings_paths.txt"]}
+    assert [Path(f).name for f in predicted["files"]] == expected.get(
+        task, ["predictions.json", "predictions.csv", "predictions.png"]) and predicted["count"] == 3
 
 
 DETECTION_DATA = ["data=shapes", "backbone.alpha=0.25", "data.resolution=128", "data.image_size=128", "data.n_train=8",
