@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from toolkit.backbones import Backbone, create_backbone, list_backbones, register_backbone, registry
 from toolkit.errors import ConfigError
@@ -62,6 +63,27 @@ def test_unknown_name_and_bad_alpha_are_config_errors():
     for alpha in (0, -0.5):
         with pytest.raises(ConfigError, match="backbone.alpha"):
             create_backbone("mobilenet_v3_small", alpha=alpha)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v1_shallow", "mobilenet_v2", "mobilenet_v3_small",
+                                  "timm/mobilenetv3_small_050"])
+def test_norm_layer_builds_frozen_batchnorm_that_takes_the_same_weights(name):
+    """`norm_layer=FrozenBatchNorm2d` at build time: no BatchNorm left, a BatchNorm model's state dict loads strictly,
+    and the outputs are the BatchNorm model's in eval mode (V3 keeps its eps 0.001)."""
+    width = {} if name.startswith("timm/") else {"alpha": 0.5}
+    torch.manual_seed(0)
+    reference = create_backbone(name, **width).eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    frozen = create_backbone(name, norm_layer=FrozenBatchNorm2d, **width).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    frozen.load_state_dict(reference.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(reference(x), frozen(x), atol=1e-5)
 
 
 # ---- shapes and feature_info ----------------------------------------------------------------------

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import hydra.utils
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from toolkit.backbones import is_backbone, list_backbones
+from toolkit.backbones import create_backbone_skeleton
 from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
 from toolkit.io import trusted_files
@@ -42,22 +42,12 @@ def _check_choice(section: DictConfig | dict, prefix: str, key: str, allowed: tu
 
 
 def validate_backbone(backbone: DictConfig) -> None:
-    name = backbone.get("name")
-    if not isinstance(name, str) or not is_backbone(name):
-        raise ConfigError("backbone.name", name, f"allowed: {', '.join(list_backbones())} or timm/<model_name>")
-    if name.startswith("timm/"):
-        import timm
-
-        if not timm.is_model(name[len("timm/"):]):
-            raise ConfigError("backbone.name", name, "not a timm model; see timm.list_models('*mobilenet*') for names")
-    alpha = backbone.get("alpha")
-    if alpha is not None and not (_is_number(alpha) and alpha > 0):
-        raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
-    if name.startswith("mobilenet_v1"):
-        _check_choice(backbone, "backbone", "act", ("relu", "relu6"))
+    """Build the configured backbone on the meta device (no memory, no weight file read), so the registry and the
+    builders, where each backbone setting is checked once, name a wrong `backbone.*` value before any work."""
     pretrained = backbone.get("pretrained")
     if pretrained not in (None, "") and not isinstance(pretrained, str):
         raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
+    create_backbone_skeleton(**{"name": None, **OmegaConf.to_container(backbone, resolve=True)})
 
 
 def validate_data(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import nn
 
@@ -15,6 +16,7 @@ from toolkit.backbones.weights import (
     timm_mobilenetv1_matches,
     timm_mobilenetv1_to_toolkit,
 )
+from toolkit.errors import ConfigError
 
 # (stride, output channels) of the 13 depthwise-separable blocks; block 13's dw stride is 1 (the
 # paper's "s2" there is a typo: TF-slim's _CONV_DEFS and every implementation use 1).
@@ -37,20 +39,29 @@ def _activation(name: str) -> nn.Module:
         return nn.ReLU(inplace=True)
     if name == "relu6":
         return nn.ReLU6(inplace=True)
-    raise ValueError(f"activation must be 'relu' or 'relu6', got {name!r}")
+    raise ConfigError("backbone.act", name, "relu (the paper) or relu6 (TF-slim)")
+
+
+#: the normalisation layer: called with the channel count (torchvision's `norm_layer` habit)
+NormLayer = Callable[[int], nn.Module]
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv (no bias) + BatchNorm + activation: every layer of the paper's body."""
+    """Conv (no bias) + BatchNorm + activation: every layer of the paper's body.
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: str = "relu"):
+    `norm_layer` replaces the BatchNorm (e.g. torchvision's `FrozenBatchNorm2d`, whose eps is also 1e-5: the
+    same buffers, so the same weights load)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: str = "relu",
+                 norm_layer: NormLayer | None = None):
+        # eps 1e-5 (PyTorch's and timm's) so timm's mobilenetv1_100 weights load exactly; TF-slim's
+        # 1e-3 would only matter for TF checkpoints. Momentum 0.1 (PyTorch's and timm's): TF-slim's
+        # 0.9997 decay suits 100k-step ImageNet runs but leaves short runs evaluating with stale stats.
+        norm = norm_layer(cout) if norm_layer is not None else nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
         super().__init__(
             OrderedDict(
                 conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
-                # eps 1e-5 (PyTorch's and timm's) so timm's mobilenetv1_100 weights load exactly; TF-slim's
-                # 1e-3 would only matter for TF checkpoints. Momentum 0.1 (PyTorch's and timm's): TF-slim's
-                # 0.9997 decay suits 100k-step ImageNet runs but leaves short runs evaluating with stale stats.
-                bn=nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1),
+                bn=norm,
                 act=_activation(act),
             )
         )
@@ -59,11 +70,11 @@ class ConvBNAct(nn.Sequential):
 class DepthwiseSeparable(nn.Sequential):
     """3x3 depthwise conv + 1x1 pointwise conv, each with BN and activation (paper Figure 3)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu"):
+    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu", norm_layer: NormLayer | None = None):
         super().__init__(
             OrderedDict(
-                dw=ConvBNAct(cin, cin, 3, stride, groups=cin, act=act),
-                pw=ConvBNAct(cin, cout, 1, 1, act=act),
+                dw=ConvBNAct(cin, cin, 3, stride, groups=cin, act=act, norm_layer=norm_layer),
+                pw=ConvBNAct(cin, cout, 1, 1, act=act, norm_layer=norm_layer),
             )
         )
 
@@ -72,7 +83,9 @@ class MobileNetV1(Backbone):
     """The MobileNet body without pool and FC. Taps: `conv0` (the stem) and `conv1`...`conv13`.
 
     `separable=False` swaps every depthwise-separable block for a full 3x3 conv (Table 4's
-    "Conv MobileNet"); `skip_blocks` drops blocks (Table 5's shallow variant drops 7-11).
+    "Conv MobileNet"); `skip_blocks` drops blocks (Table 5's shallow variant drops 7-11); `norm_layer` replaces
+    every BatchNorm (None: BatchNorm2d, eps 1e-5, momentum 0.1). `alpha` is checked by the registry
+    (`create_backbone`), the one entry point of the configs.
     """
 
     mean = (0.5, 0.5, 0.5)  # the paper's TF weights take inputs scaled to [-1, 1]
@@ -85,20 +98,20 @@ class MobileNetV1(Backbone):
         min_depth: int = 8,
         separable: bool = True,
         skip_blocks: tuple[int, ...] = (),
+        norm_layer: NormLayer | None = None,
     ):
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = alpha
         cin = scaled_channels(STEM_CHANNELS, alpha, min_depth)
-        stages: OrderedDict[str, nn.Module] = OrderedDict(conv0=ConvBNAct(3, cin, 3, 2, act=act))
+        stages: OrderedDict[str, nn.Module] = OrderedDict(conv0=ConvBNAct(3, cin, 3, 2, act=act, norm_layer=norm_layer))
         taps = [FeatureTap("conv0", cin, 2)]
         reduction = 2
         for index, (stride, channels) in enumerate(V1_BLOCKS, start=1):
             if index in skip_blocks:
                 continue
             cout = scaled_channels(channels, alpha, min_depth)
-            block = DepthwiseSeparable(cin, cout, stride, act) if separable else ConvBNAct(cin, cout, 3, stride, act=act)
+            block = (DepthwiseSeparable(cin, cout, stride, act, norm_layer) if separable
+                     else ConvBNAct(cin, cout, 3, stride, act=act, norm_layer=norm_layer))
             reduction *= stride
             stages[f"conv{index}"] = block
             taps.append(FeatureTap(f"conv{index}", cout, reduction))
@@ -117,21 +130,24 @@ def _init_weights(model: nn.Module) -> None:
 
 
 @register_backbone
-def mobilenet_v1(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+def mobilenet_v1(alpha: float = 1.0, act: str = "relu", min_depth: int = 8,
+                 norm_layer: NormLayer | None = None) -> MobileNetV1:
     """MobileNet V1, Table 1, at width multiplier `alpha`."""
-    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth)
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, norm_layer=norm_layer)
 
 
 @register_backbone
-def mobilenet_v1_conv(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+def mobilenet_v1_conv(alpha: float = 1.0, act: str = "relu", min_depth: int = 8,
+                      norm_layer: NormLayer | None = None) -> MobileNetV1:
     """Table 4's baseline: the same body with full 3x3 convolutions instead of depthwise separable ones."""
-    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, separable=False)
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, separable=False, norm_layer=norm_layer)
 
 
 @register_backbone
-def mobilenet_v1_shallow(alpha: float = 1.0, act: str = "relu", min_depth: int = 8) -> MobileNetV1:
+def mobilenet_v1_shallow(alpha: float = 1.0, act: str = "relu", min_depth: int = 8,
+                         norm_layer: NormLayer | None = None) -> MobileNetV1:
     """Table 5's baseline: blocks 7-11 (the five 14x14x512 layers) removed."""
-    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, skip_blocks=SHALLOW_REMOVED)
+    return MobileNetV1(alpha=alpha, act=act, min_depth=min_depth, skip_blocks=SHALLOW_REMOVED, norm_layer=norm_layer)
 
 
 # Published weights (metadata beside the builder, torchvision's weights-enum habit). timm trained

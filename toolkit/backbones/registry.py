@@ -5,6 +5,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
+import torch
+from torch import nn
+
 from toolkit.backbones.base import Backbone
 from toolkit.errors import ConfigError
 
@@ -36,24 +39,41 @@ def is_backbone(name: str) -> bool:
     return name in _BUILDERS or name.startswith(TIMM_PREFIX)
 
 
-def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> Backbone:
+def create_backbone(name: str, pretrained: str | None = None, norm_layer: Callable[..., nn.Module] | None = None,
+                    **kwargs) -> Backbone:
     """Build backbone `name`. `None` kwargs are dropped so configs can leave options unset.
 
     `pretrained` is a local checkpoint path or a known weight source (see `toolkit.backbones.weights`).
+    `norm_layer` replaces the BatchNorm layers at build time (torchvision's habit), e.g. `FrozenBatchNorm2d`: the
+    same buffers, so pretrained weights load into it. This is the one place `alpha` is checked (the config check
+    in `toolkit.run` builds through here on the meta device).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if norm_layer is not None:
+        kwargs["norm_layer"] = norm_layer
+    if not isinstance(name, str) or not is_backbone(name):
+        raise ConfigError("backbone.name", name, f"allowed: {', '.join(list_backbones())} or timm/<model>")
     if name.startswith(TIMM_PREFIX):
         from toolkit.backbones.timm_backbone import TimmBackbone
 
         return TimmBackbone(name[len(TIMM_PREFIX) :], pretrained=pretrained, **kwargs)
-    if name not in _BUILDERS:
-        raise ConfigError("backbone.name", name, f"known backbones are {', '.join(list_backbones())} or timm/<model>")
     alpha = kwargs.get("alpha")
-    if alpha is not None and not float(alpha) > 0:
-        raise ConfigError("backbone.alpha", alpha, "the width multiplier must be > 0 (the paper uses 1, 0.75, 0.5, 0.25)")
+    if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0):
+        raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
     model = _BUILDERS[name](**kwargs)
     if pretrained:
         from toolkit.backbones.weights import load_pretrained
 
         load_pretrained(model, name, pretrained, **kwargs)
     return model
+
+
+def create_backbone_skeleton(name: str, **kwargs) -> Backbone:
+    """`create_backbone` on the meta device and without `pretrained`: a configured backbone's structure, taps and
+    default input statistics, without allocating weights or reading a file; bad settings raise the same errors."""
+    kwargs.pop("pretrained", None)
+    try:
+        with torch.device("meta"):
+            return create_backbone(name, **kwargs)
+    except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
+        return create_backbone(name, **kwargs)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from toolkit.backbones.base import Backbone
 from toolkit.backbones.features import FeatureInfo, FeatureTap
@@ -27,6 +28,10 @@ class TimmBackbone(Backbone):
     `pretrained="timm"` loads timm's default pretrained tag offline from the Hugging Face/torch cache
     or $TOOLKIT_WEIGHTS_DIR; a path loads a timm or toolkit checkpoint. Width is part of the timm
     model name (`mobilenetv1_125`, `mobilenetv3_large_075`), so there is no `alpha`.
+
+    `norm_layer`: only torchvision's `FrozenBatchNorm2d` (what Faster R-CNN's `frozen_bn` asks for). timm's builders
+    fuse BatchNorm with the activation (`BatchNormAct2d`) and refuse torchvision's norm layers, so the built model's
+    BatchNorms are frozen with timm's own `freeze_batch_norm_2d` (`FrozenBatchNormAct2d`, the same buffers).
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class TimmBackbone(Backbone):
         model_name: str,
         pretrained: str | bool | None = None,
         out_indices: Sequence[int] | None = None,
+        norm_layer: Callable[..., nn.Module] | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -42,6 +48,9 @@ class TimmBackbone(Backbone):
         if "alpha" in kwargs:
             raise ConfigError("backbone.alpha", kwargs["alpha"], f"timm/{model_name} takes its width from the timm model "
                               "name (e.g. timm/mobilenetv1_125, timm/mobilenetv3_large_075); remove backbone.alpha")
+        if norm_layer not in (None, FrozenBatchNorm2d):
+            raise ConfigError("norm_layer", norm_layer, f"timm/{model_name} takes timm's own norm layers; only "
+                              "torchvision's FrozenBatchNorm2d is translated (to timm's FrozenBatchNormAct2d)")
         architecture = model_name.split(".", 1)[0]
         if not timm.is_model(architecture):
             raise ConfigError("backbone.name", f"timm/{model_name}",
@@ -60,6 +69,8 @@ class TimmBackbone(Backbone):
         self.body = timm.create_model(model_name, **build)
         if own_checkpoint is not None:
             load_backbone_state(self.body, {"backbone." + k: v for k, v in own_checkpoint.items()}, str(pretrained))
+        if norm_layer is FrozenBatchNorm2d:
+            self.body = timm.layers.freeze_batch_norm_2d(self.body)
 
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", self.mean))

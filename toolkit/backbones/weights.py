@@ -234,8 +234,10 @@ def to_classifier_state_dict(state: dict[str, torch.Tensor], backbone: nn.Module
 
 def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Strictly load `backbone.*` tensors into `model`, naming what does not fit."""
-    backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     target = model.state_dict()
+    # a FrozenBatchNorm2d (norm_layer at build time) has BatchNorm's buffers but no update counter to load
+    backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+                      and (k.removeprefix("backbone.") in target or not k.endswith(".num_batches_tracked"))}
     missing = [k for k in target if k not in backbone_state]
     unexpected = [k for k in backbone_state if k not in target]
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in backbone_state.items()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra.utils
-import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -67,16 +66,11 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
-    from toolkit.backbones import create_backbone
+    from toolkit.backbones import create_backbone_skeleton
 
     if isinstance(backbone_cfg, DictConfig):
         backbone_cfg = OmegaConf.to_container(backbone_cfg, resolve=True)
-    kwargs = {k: v for k, v in backbone_cfg.items() if k != "pretrained"}
-    try:
-        with torch.device("meta"):
-            backbone = create_backbone(**kwargs)
-    except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
-        backbone = create_backbone(**kwargs)
+    backbone = create_backbone_skeleton(**backbone_cfg)
     return tuple(backbone.mean), tuple(backbone.std)
 
 
@@ -123,7 +117,7 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
     """Restore a task from a checkpoint written by this toolkit (its class is the configured task's).
 
     The task keeps the checkpoint's hyper-parameters, except the `task.*` keys given on this run's command line
-    (`task.predict_score_thresh=0.1`, `task.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
+    (`task.predict_score_thresh=0.1`, `task.model.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
     checkpoint = read_checkpoint(path, mmap=True)
@@ -133,7 +127,7 @@ def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
 
 def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:
     """{top-level task argument: value} for the `task.*` overrides on the command line, each applied to the
-    checkpoint's own value of that argument (so `task.rcnn.box_score_thresh=...` changes that one entry)."""
+    checkpoint's own value of that argument (so `task.model.rcnn.box_score_thresh=...` changes that one entry)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
