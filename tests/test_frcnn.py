@@ -127,16 +127,59 @@ def test_mixed_precision_trains_and_detects():
     assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) > 0
 
 
-def test_frozen_bn_keeps_the_function_and_freezes_statistics():
-    reference = build(resolution=128).eval()
-    frozen = build(resolution=128, frozen_bn=True).eval()
-    frozen.load_state_dict(reference.state_dict(), strict=False)  # BN -> FrozenBN: same keys bar num_batches_tracked
+def trained_looking_backbone_file(path: Path) -> Path:
+    """A backbone state dict whose BatchNorm statistics and affine values are not the initial ones."""
+    torch.manual_seed(3)
+    backbone = create_backbone("mobilenet_v1", alpha=0.25)
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    torch.save({f"backbone.{k}": v for k, v in backbone.state_dict().items()}, path)
+    return path
+
+
+def test_frozen_bn_is_built_in_loads_pretrained_weights_and_keeps_statistics(tmp_path):
+    """`frozen_bn=True` builds the backbone with FrozenBatchNorm2d (no conversion afterwards): a saved backbone loads
+    into it (no `num_batches_tracked` needed), the detector gives the outputs of the BatchNorm model in eval mode (what
+    the conversion gave), and a training step changes no statistic or affine value."""
+    weights = {**V1, "pretrained": str(trained_looking_backbone_file(tmp_path / "backbone.pt"))}
+    torch.manual_seed(0)
+    reference = build_faster_rcnn(weights, 3, resolution=128).eval()
+    torch.manual_seed(0)
+    frozen = build_faster_rcnn(weights, 3, resolution=128, frozen_bn=True).eval()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules()) == sum(
-        isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+        isinstance(m, nn.BatchNorm2d) for m in reference.modules()) == 27
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.allclose(reference.backbone(x)["conv11"], frozen.backbone(x)["conv11"], atol=1e-5)
+        for ours, theirs in zip(reference(list(x)), frozen(list(x)), strict=True):
+            assert torch.allclose(ours["scores"], theirs["scores"], atol=1e-5)
+
+    before = {k: v.clone() for k, v in frozen.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in frozen.parameters() if p.requires_grad], lr=0.1)
+    frozen.train()
+    targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([1])}]
+    sum(frozen(list(x), targets).values()).backward()
+    optimizer.step()
+    after = frozen.backbone.state_dict()
+    norm_keys = [k for k in before if k.endswith(("running_mean", "running_var", ".bn.weight", ".bn.bias"))]
+    assert len(norm_keys) == 4 * 27 and all(torch.equal(before[k], after[k]) for k in norm_keys)
+    assert not torch.equal(before["stages.conv0.conv.weight"], after["stages.conv0.conv.weight"])  # the rest trains
+
+
+def test_frozen_bn_task_takes_init_from_into_frozen_layers(tmp_path):
+    state = torch.load(trained_looking_backbone_file(tmp_path / "backbone.pt"), weights_only=True)
+    task = FasterRCNNTask(backbone=V1, num_classes=3, model={"frozen_bn": True})
+    task.load_init_weights(tmp_path / "backbone.pt")
+    bn = task.model.backbone.stages.conv5.pw.bn
+    assert isinstance(bn, FrozenBatchNorm2d)
+    assert torch.equal(bn.running_var, state["backbone.stages.conv5.pw.bn.running_var"])
+    assert torch.equal(bn.weight, state["backbone.stages.conv5.pw.bn.weight"])
 
 
 def test_loss_decreases_on_a_fixed_batch():

@@ -33,6 +33,7 @@ class ImageClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_classifier(backbone: dict, num_classes: int, dropout: float = 0.0) -> ImageClassifier:
-    """Build from a backbone config dict (`{"name": ..., "alpha": ..., ...}`)."""
+def build_classifier(backbone: dict, num_classes: int, *, dropout: float = 0.0) -> ImageClassifier:
+    """Build from a backbone config dict (`{"name": ..., "alpha": ..., ...}`); `dropout` before the FC layer
+    (the classification tasks' `task.model`)."""
     return ImageClassifier(create_backbone(**backbone), num_classes, dropout)

@@ -174,30 +174,11 @@ class DetectionTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d under `module` by torchvision's FrozenBatchNorm2d with the same statistics
-    and affine values (torchvision's detection recipe for pretrained backbones at small per-GPU batches)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            with torch.no_grad():
-                if child.affine:
-                    frozen.weight.copy_(child.weight)
-                    frozen.bias.copy_(child.bias)
-                if child.track_running_stats:
-                    frozen.running_mean.copy_(child.running_mean)
-                    frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
-
-
 def default_rpn_tap(backbone: Backbone) -> str:
     """The deepest tap of stride 16 (MobileNet V1: `conv11`), else the deepest one finer than 16."""
     taps = [t for t in backbone.feature_info if t.reduction <= 16]
     if not taps:
-        raise ConfigError("task.rpn_tap", None, f"backbone has no tap of stride <= 16: {backbone.feature_info.names()}")
+        raise ConfigError("task.model.rpn_tap", None, f"backbone has no tap of stride <= 16: {backbone.feature_info.names()}")
     exact = [t for t in taps if t.reduction == 16]
     return (exact or taps)[-1].name
 
@@ -211,6 +192,7 @@ def _make_trunk(net: Backbone, taps: Sequence[str], keep_until: str, fpn_channel
 def build_faster_rcnn(
     backbone: dict | Backbone,
     num_classes: int,
+    *,
     resolution: int | None = 600,
     max_size: int | None = None,
     rpn_tap: str | None = None,
@@ -230,24 +212,36 @@ def build_faster_rcnn(
 ) -> FasterRCNN:
     """A torchvision `FasterRCNN` for `num_classes` foreground classes (labels 1..K; 0 is background).
 
+    The keyword arguments but `resolution`, `max_size`, `image_mean`, `image_std` (which the task sets from the data
+    pipeline) are the Faster R-CNN task's `task.model` settings; the defaults are the paper's layout.
     backbone: a registry config dict (`{"name": "mobilenet_v1", "alpha": 1.0}`) or a built Backbone.
     resolution / max_size: the model resizes images to this shorter side, the longer one capped at max_size
       (default 1000/600 x resolution); `resolution=None`: images come resized (the toolkit's data pipeline).
     rpn_tap: the stride-16 tap the RPN and RoIAlign read (default: the deepest stride-16 tap, V1's conv11).
     box_head: "stages" = the backbone's stages after `rpn_tap` (the paper), "mlp" = TwoMLPHead on 7x7 crops,
       "auto" = stages where the backbone can be split there.
-    fpn / fpn_taps: the feature-pyramid variant (default taps: the deepest stride-16 and stride-32 taps).
+    fpn / fpn_taps / fpn_channels: the feature-pyramid variant (default taps: the deepest stride-16 and stride-32
+      taps), with an MLP box head of `representation_size` (also the "mlp" head's).
+    anchor_sizes / aspect_ratios: the RPN's grid anchors (TF's 0.25/0.5/1/2 x 256 pixels, ratios 0.5/1/2).
+    roi_output_size / sampling_ratio: RoIAlign of the "stages" head (14x14, TF's initial_crop_size; sampling_ratio 1
+      is one bilinear sample per cell, as TF's crop_and_resize); the MLP heads take 7x7 crops.
+    frozen_bn: build the backbone with torchvision's FrozenBatchNorm2d (torchvision's detection builders' choice for
+      pretrained backbones at a few images per GPU): statistics and affine values stay as loaded.
     rcnn: torchvision `FasterRCNN` rpn_*/box_* arguments over `PAPER_RCNN_ARGS`.
     """
     if num_classes < 1:
         raise ConfigError("num_classes", num_classes, "need at least one foreground class")
-    net = create_backbone(**backbone) if isinstance(backbone, dict) else backbone
-    if frozen_bn:
-        freeze_batchnorm(net)
+    if isinstance(backbone, dict):
+        net = create_backbone(**backbone, norm_layer=FrozenBatchNorm2d if frozen_bn else None)
+    elif frozen_bn and any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()):
+        raise ConfigError("task.model.frozen_bn", frozen_bn, "a built backbone keeps the norm layers it was built with: "
+                          "pass its config dict, or build it with create_backbone(..., norm_layer=FrozenBatchNorm2d)")
+    else:
+        net = backbone
     rcnn_args = {**PAPER_RCNN_ARGS, **(rcnn or {})}
     unknown = set(rcnn_args) - _RCNN_ARG_NAMES
     if unknown:
-        raise ConfigError("task.rcnn", sorted(unknown), f"allowed keys: {', '.join(sorted(_RCNN_ARG_NAMES))}")
+        raise ConfigError("task.model.rcnn", sorted(unknown), f"allowed keys: {', '.join(sorted(_RCNN_ARG_NAMES))}")
     if rcnn_args.get("bbox_reg_weights") is not None:
         rcnn_args["bbox_reg_weights"] = tuple(rcnn_args["bbox_reg_weights"])
     sizes, ratios = tuple(int(s) for s in anchor_sizes), tuple(float(r) for r in aspect_ratios)
@@ -255,7 +249,7 @@ def build_faster_rcnn(
     if fpn:
         taps = list(fpn_taps or [default_rpn_tap(net), net.feature_info[-1].name])
         if len(set(taps)) != len(taps) or any(t not in net.feature_info.names() for t in taps):
-            raise ConfigError("task.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
+            raise ConfigError("task.model.fpn_taps", taps, f"distinct taps of {net.feature_info.names()}")
         trunk = _make_trunk(net, taps, keep_until=taps[-1], fpn_channels=fpn_channels)
         levels = [*taps, "pool"]
         anchor_generator = AnchorGenerator((sizes,) * len(levels), (ratios,) * len(levels))
@@ -265,13 +259,13 @@ def build_faster_rcnn(
     else:
         tap = rpn_tap or default_rpn_tap(net)
         if tap not in net.feature_info.names():
-            raise ConfigError("task.rpn_tap", tap, f"one of {net.feature_info.names()}")
+            raise ConfigError("task.model.rpn_tap", tap, f"one of {net.feature_info.names()}")
         if box_head not in ("auto", "stages", "mlp"):
-            raise ConfigError("task.box_head", box_head, "auto, stages (the paper) or mlp")
+            raise ConfigError("task.model.box_head", box_head, "auto, stages (the paper) or mlp")
         deepest = net.feature_info[-1].name
         splits = can_split(net) and tap != deepest
         if box_head == "stages" and not splits:
-            raise ConfigError("task.box_head", box_head, f"{type(net).__name__} cannot run its stages after "
+            raise ConfigError("task.model.box_head", box_head, f"{type(net).__name__} cannot run its stages after "
                               f"{tap!r} on the crops ({'no stages after it' if tap == deepest else 'it cannot be cut'}); use mlp")
         if splits and box_head != "mlp":  # the paper: RoIAlign 14x14 from the tap, then the later stages on each crop
             trunk = DetectorTrunk(net, [tap], keep_until=deepest)

@@ -34,6 +34,7 @@ from torchvision.ops import boxes as box_ops
 
 from toolkit.backbones import Backbone, create_backbone
 from toolkit.backbones.mobilenet_v1 import ConvBNAct
+from toolkit.errors import ConfigError
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 
@@ -70,7 +71,7 @@ def default_taps(backbone: Backbone) -> list[str]:
         names = [t.name for t in info if t.reduction == stride]
         if not names:
             raise ValueError(f"backbone has no stride-{stride} tap for SSD ({[(t.name, t.reduction) for t in info]}); "
-                             "pass task.taps explicitly")
+                             "pass task.model.taps explicitly")
         taps.append(names[-1])
     return taps
 
@@ -105,12 +106,24 @@ class ConvSSDHead(nn.Module):
 
 
 class MobileNetSSD(SSD):
-    """torchvision `SSD` whose features are backbone taps + extra layers; `forward` batches pre-sized images."""
+    """torchvision `SSD` whose features are backbone taps + extra layers; `forward` batches pre-sized images.
+
+    The keyword arguments are the SSD task's `task.model` settings (TF ssd_mobilenet_v1's values by default):
+    width_multiplier: scales `extra_depths` (`build_ssd`: the backbone's alpha), never below `min_depth`.
+    taps: the backbone taps of the two first maps (None: conv11/conv13 for V1, else the deepest stride-16/32 taps).
+    extra_depths: depths of the extra layers after the last tap (each a 1x1 to half depth, a 3x3 stride 2).
+    head: "ssd" (conv box predictors of `head_kernel_size`, TF's 1) or "ssdlite" (torchvision's SSDLiteHead).
+    min_scale / max_scale / aspect_ratios: the anchors (each ratio r gives r and 1/r, plus 1 and the
+      sqrt(s_k s_k+1) box); reduce_boxes_in_lowest_layer: 3 boxes on the first map (1,917 anchors at 300).
+    iou_thresh / neg_to_pos_ratio: anchor matching and hard negative mining in the loss.
+    score_thresh / nms_thresh / detections_per_img / topk_candidates: post-processing (per class top-k, NMS).
+    """
 
     def __init__(
         self,
         backbone: Backbone,
         num_classes: int,
+        *,
         width_multiplier: float = 1.0,
         taps: Sequence[str] | None = None,
         extra_depths: Sequence[int] = EXTRA_DEPTHS,
@@ -143,7 +156,7 @@ class MobileNetSSD(SSD):
             head_module = SSDLiteHead(channels, num_anchors, num_classes + 1,
                                       partial(nn.BatchNorm2d, eps=1e-3, momentum=0.1))
         else:
-            raise ValueError(f"head must be 'ssd' or 'ssdlite', got {head!r}")
+            raise ConfigError("task.model.head", head, "ssd (conv box predictors, as TF) or ssdlite")
         super().__init__(backbone, anchors, (300, 300), num_classes + 1, head=head_module, score_thresh=score_thresh,
                          nms_thresh=nms_thresh, detections_per_img=detections_per_img, iou_thresh=iou_thresh,
                          topk_candidates=topk_candidates, positive_fraction=1.0 / (1.0 + neg_to_pos_ratio))
@@ -190,6 +203,7 @@ class MobileNetSSD(SSD):
 
 
 def build_ssd(backbone: dict, num_classes: int, **kwargs) -> MobileNetSSD:
-    """From a backbone config dict (`{"name", "alpha", ...}`); extra layers follow its `alpha`."""
+    """From a backbone config dict (`{"name", "alpha", ...}`); `kwargs`: `MobileNetSSD`'s keyword arguments (its
+    signature declares them), `width_multiplier` by default the backbone's `alpha`, so extra layers follow it."""
     kwargs.setdefault("width_multiplier", float(backbone.get("alpha") or 1.0))
     return MobileNetSSD(create_backbone(**backbone), num_classes, **kwargs)
