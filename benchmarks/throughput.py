@@ -91,7 +91,7 @@ class StepClock(Callback):
 
 def new_task(args) -> ClassificationTask:
     torch.manual_seed(0)
-    return ClassificationTask({"name": "mobilenet_v1", "alpha": args.alpha}, num_classes=args.num_classes,
+    return ClassificationTask(backbone={"name": "mobilenet_v1", "alpha": args.alpha}, num_classes=args.num_classes,
                               channels_last=True, optimizer=OPTIMIZER, scheduler=None)
 
 

@@ -1,7 +1,9 @@
 """BaseTask: the LightningModule every task extends (torchgeo's BaseTask habit).
 
-Subclasses take typed constructor arguments, pass the shared ones to `super().__init__`, and fill
-the `configure_models / configure_losses / configure_metrics` hooks. Every constructor argument is
+Constructors are keyword-only. `BaseTask.__init__` declares what every task takes (the backbone, the model
+builder's keyword arguments, the optimisation settings); a subclass declares only its own typed arguments and
+forwards the rest as `**kwargs` (torchgeo's habit), then fills the `configure_models / configure_losses /
+configure_metrics` hooks. `save_hyperparameters` records the arguments of every constructor in the chain, all
 plain data (dicts, numbers, strings), so `Task.load_from_checkpoint(path)` alone restores a model.
 """
 
@@ -37,17 +39,31 @@ class BaseTask(LightningModule):
 
     def __init__(
         self,
-        backbone: dict | None = None,
+        *,
+        backbone: dict,
+        model: dict | None = None,
         optimizer: dict | None = None,
         scheduler: dict | None = None,
         backbone_lr_scale: float = 1.0,
         freeze_backbone_epochs: int = 0,
     ):
+        """backbone: the registry config (`{"name": "mobilenet_v1", "alpha": 1.0, ...}`).
+        model: keyword arguments for the task's model builder (`task.model` in the config): the builder's
+          signature declares each of them and its default, the task passes them through unread.
+        optimizer / scheduler: `_target_` + arguments (the scheduler also takes Lightning's `interval`, `frequency`).
+        backbone_lr_scale: the backbone's learning rate relative to the rest (fine-tuning).
+        freeze_backbone_epochs: the first N epochs train everything but the backbone (BN statistics frozen too).
+        """
         super().__init__()
         self.save_hyperparameters()
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """`task.model`: the keyword arguments `configure_models` passes to the model builder."""
+        return dict(self.hparams.get("model") or {})
 
     # ---- hooks the tasks fill -------------------------------------------------------------
     def configure_models(self) -> None:

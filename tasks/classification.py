@@ -21,25 +21,22 @@ class ClassificationTask(BaseTask):
 
     def __init__(
         self,
-        backbone: dict,
+        *,
         num_classes: int = 1000,
         class_names: list[str] | None = None,
-        dropout: float = 0.0,
         label_smoothing: float = 0.0,
         predict_top_k: int = 5,
         channels_last: bool = False,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
+        """`model`: keyword arguments of `toolkit.heads.build_classifier` (`dropout`); the rest: `BaseTask`."""
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+        super().__init__(**kwargs)
 
     def configure_models(self) -> None:
-        self.model = build_classifier(self.hparams.backbone, self.num_classes, self.hparams.dropout)
+        self.model = build_classifier(self.hparams.backbone, self.num_classes, **self.model_kwargs)
         if self.channels_last:  # NHWC: faster convolutions on recent CPUs (oneDNN) and tensor-core GPUs
             self.model = self.model.to(memory_format=torch.channels_last)
 

@@ -5,7 +5,8 @@ a `.backbone` (the registry Backbone, so `init_from` of a classification checkpo
 - in train mode takes `(images: list[3xHxW], targets: list[{"boxes", "labels", ...}])` and returns a
   dict of losses (their sum is the training loss, each is logged as `train/loss_<name>`);
 - in eval mode takes `images` and returns `[{"boxes": xyxy in input pixels, "scores", "labels": 1..K}]`.
-Subclass constructors take their own typed arguments, then call `DetectionTask.__init__` with the shared ones.
+A subclass's `configure_models` passes `task.model` (`self.model_kwargs`) to its builder, whose signature declares
+every model setting; its constructor, if it has one, takes only its own keyword arguments and forwards the rest.
 
 Data comes from `toolkit.data.coco` (batches documented there). Validation maps detections back to
 original pixels and file category ids, runs `CocoEvaluator` (faster-coco-eval or pycocotools against the
@@ -40,17 +41,17 @@ class DetectionTask(BaseTask):
 
     def __init__(
         self,
-        backbone: dict,
+        *,
         num_classes: int = 80,
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
         eval_backend: str = "auto",
         predict_score_thresh: float = 0.3,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
+        """num_classes / class_names / category_ids: the foreground classes (from the data when training).
+        eval_backend: COCO evaluation with faster_coco_eval, pycocotools or auto (the first installed).
+        predict_score_thresh: `mode=predict` keeps detections scoring at least this. The rest: `BaseTask`."""
         self.num_classes = num_classes  # foreground classes; the detector adds the background (label 0)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
         self.category_ids = [int(c) for c in category_ids] if category_ids else list(range(1, num_classes + 1))
@@ -58,7 +59,7 @@ class DetectionTask(BaseTask):
             raise DataError(f"num_classes={num_classes} but {len(self.class_names)} class names and "
                             f"{len(self.category_ids)} category ids were given")
         self.evaluator: CocoEvaluator | None = None
-        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+        super().__init__(**kwargs)
 
     # ---- model calls ----------------------------------------------------------------------------------
     def forward(self, images, targets=None):

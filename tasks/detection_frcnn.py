@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from toolkit.detection.faster_rcnn import PAPER_ANCHOR_SIZES, PAPER_ASPECT_RATIOS, build_faster_rcnn
+from toolkit.detection.faster_rcnn import build_faster_rcnn
 from toolkit.schedulers import WarmupMultiStepLR
 from toolkit.tasks.detection import DetectionTask
 
@@ -12,7 +12,9 @@ log = logging.getLogger(__name__)
 
 
 class FasterRCNNTask(DetectionTask):
-    """Model options mirror `toolkit.detection.faster_rcnn.build_faster_rcnn` (see its docstring).
+    """`task.model`: the keyword arguments of `toolkit.detection.faster_rcnn.build_faster_rcnn` (its signature and
+    docstring declare them: `rpn_tap`, `box_head`, `fpn`, anchors, RoIAlign, `frozen_bn`, the `rcnn` mapping of
+    torchvision `FasterRCNN` arguments...).
 
     Images arrive resized by the data pipeline (`data.resolution` = the shorter side, `data.transform=keep_aspect`),
     so a checkpoint evaluates or predicts at whatever `data.resolution` says (300 or 600 in the paper).
@@ -22,56 +24,23 @@ class FasterRCNNTask(DetectionTask):
     (`lr_reference_batch: null` uses the lr as given).
     """
 
-    def __init__(
-        self,
-        backbone: dict,
-        num_classes: int = 80,
-        class_names: list[str] | None = None,
-        category_ids: list[int] | None = None,
-        rpn_tap: str | None = None,
-        box_head: str = "auto",
-        fpn: bool = False,
-        fpn_taps: list[str] | None = None,
-        fpn_channels: int = 256,
-        anchor_sizes: list[int] = PAPER_ANCHOR_SIZES,
-        aspect_ratios: list[float] = PAPER_ASPECT_RATIOS,
-        roi_output_size: int = 14,
-        sampling_ratio: int = 2,
-        representation_size: int = 1024,
-        frozen_bn: bool = False,
-        rcnn: dict | None = None,
-        batch_size: int | None = None,
-        lr_reference_batch: int | None = 16,
-        eval_backend: str = "auto",
-        predict_score_thresh: float = 0.3,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
-    ):
-        super().__init__(backbone, num_classes, class_names, category_ids, eval_backend, predict_score_thresh,
-                         optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+    def __init__(self, *, batch_size: int | None = None, lr_reference_batch: int | None = 16, **kwargs):
+        super().__init__(**kwargs)
 
     def configure_models(self) -> None:
-        h = self.hparams
-        self.model = build_faster_rcnn(
-            dict(h.backbone), self.num_classes, resolution=None, rpn_tap=h.rpn_tap,
-            box_head=h.box_head, fpn=h.fpn, fpn_taps=h.fpn_taps, fpn_channels=h.fpn_channels,
-            anchor_sizes=tuple(h.anchor_sizes), aspect_ratios=tuple(h.aspect_ratios), roi_output_size=h.roi_output_size,
-            sampling_ratio=h.sampling_ratio, representation_size=h.representation_size, frozen_bn=h.frozen_bn,
-            # the data pipeline resizes (data.resolution, keep_aspect) and normalises (data.mean/std), in every
-            # mode; the model's transform only pads and batches, so data.resolution alone sets the scale
-            image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), rcnn=dict(h.rcnn or {}),
-        )
+        # the data pipeline resizes (data.resolution, keep_aspect) and normalises (data.mean/std), in every mode;
+        # the model's transform only pads and batches, so data.resolution alone sets the scale
+        self.model = build_faster_rcnn(dict(self.hparams.backbone), self.num_classes, resolution=None,
+                                       image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), **self.model_kwargs)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         resolution = getattr(self.trainer.datamodule, "resolution", None) if self._trainer is not None else None
-        smallest = min(self.hparams.anchor_sizes)
-        if resolution is not None and resolution < 4 * smallest:
+        sizes = sorted({size for level in self.model.rpn.anchor_generator.sizes for size in level})
+        if resolution is not None and resolution < 4 * sizes[0]:
             log.warning("data.resolution=%d is small for anchors of %s pixels (the paper's sizes for 300/600 inputs): "
                         "small objects get no well-matched anchor; use data.resolution=300 or 600, or smaller "
-                        "task.anchor_sizes", resolution, list(self.hparams.anchor_sizes))
+                        "task.model.anchor_sizes", resolution, sizes)
 
     # ---- optimisation: torchvision's recipe (linear lr scaling, warm-up, steps) ---------------------------
     def total_batch_size(self) -> int | None:

@@ -25,6 +25,10 @@ class DistillationTask(BaseTask):
     #: the output kinds a teacher may give this task
     accepted_teacher_outputs: Sequence[str] = ("logits",)
 
+    def __init__(self, *, teacher: dict | None = None, **kwargs):
+        """`teacher`: the teacher config (`conf/teacher/*`; None or `kind: none` trains on labels). The rest: `BaseTask`."""
+        super().__init__(**kwargs)
+
     @property
     def has_teacher(self) -> bool:
         return teacher_enabled(self.hparams.get("teacher"))

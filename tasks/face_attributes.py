@@ -35,18 +35,14 @@ class FaceAttributesTask(DistillationTask):
 
     def __init__(
         self,
-        backbone: dict,
-        teacher: dict | None = None,
+        *,
         num_attributes: int = 40,
         attribute_names: list[str] | None = None,
         temperature: float = 1.0,
         label_weight: float = 0.0,
-        dropout: float = 0.0,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
+        """`model`: keyword arguments of `toolkit.heads.build_classifier` (`dropout`); the rest: `DistillationTask`."""
         if not 0.0 <= label_weight <= 1.0:
             raise ConfigError("task.label_weight", label_weight, "a weight in [0, 1]: 0 = teacher only (the paper), 1 = labels only")
         if temperature <= 0:
@@ -55,7 +51,7 @@ class FaceAttributesTask(DistillationTask):
         self.attribute_names = list(attribute_names) if attribute_names else [f"attr{i}" for i in range(num_attributes)]
         if len(self.attribute_names) != num_attributes:
             raise ConfigError("task.attribute_names", len(self.attribute_names), f"needs {num_attributes} names")
-        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+        super().__init__(**kwargs)
 
     @property
     def output_dim(self) -> int:
@@ -65,7 +61,7 @@ class FaceAttributesTask(DistillationTask):
         return self.num_attributes
 
     def configure_models(self) -> None:
-        self.model = build_classifier(self.hparams.backbone, self.num_attributes, self.hparams.dropout)
+        self.model = build_classifier(self.hparams.backbone, self.num_attributes, **self.model_kwargs)
 
     def configure_metrics(self) -> None:
         n = self.num_attributes

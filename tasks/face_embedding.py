@@ -51,22 +51,22 @@ class FaceEmbeddingTask(DistillationTask):
 
     def __init__(
         self,
-        backbone: dict,
-        teacher: dict | None = None,
+        *,
         embedding_dim: int | None = None,
         num_identities: int = 0,
         identity_scale: float = 16.0,
         fars: list[float] | None = None,
         folds: int = 10,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
+        """`embedding_dim` is the model's width, yet a task argument: null means the teacher's width, which only the
+        task resolves (then records here, so the checkpoint rebuilds without the teacher). `num_identities`,
+        `identity_scale`: teacher=none's identity softmax. `fars`, `folds`: verification. The rest:
+        `DistillationTask` (`model`: keyword arguments of `EmbeddingNet`, which has no setting besides the width)."""
         if embedding_dim is not None and embedding_dim < 1:
             raise ConfigError("task.embedding_dim", embedding_dim, "a positive width, or null for the teacher's")
         self.fars = tuple(fars or (1e-3, 1e-4))
-        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+        super().__init__(**kwargs)
 
     @property
     def output_dim(self) -> int:
@@ -80,7 +80,7 @@ class FaceEmbeddingTask(DistillationTask):
         if dim is None:  # the teacher's width; recorded in hparams so checkpoints rebuild without the teacher
             dim = self.teacher.probe_dim() if self.has_teacher else 128
             self.hparams["embedding_dim"] = int(dim)
-        self.model = EmbeddingNet(create_backbone(**self.hparams.backbone), int(dim))
+        self.model = EmbeddingNet(create_backbone(**self.hparams.backbone), int(dim), **self.model_kwargs)
         self.identity_weights = None
         if not self.has_teacher and self.hparams.num_identities > 0:
             self.identity_weights = nn.Parameter(torch.randn(self.hparams.num_identities, int(dim)) * 0.01)

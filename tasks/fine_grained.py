@@ -20,24 +20,15 @@ log = logging.getLogger(__name__)
 class FineGrainedTask(ClassificationTask):
     def __init__(
         self,
-        backbone: dict,
+        *,
         num_classes: int = 120,
-        class_names: list[str] | None = None,
-        dropout: float = 0.0,
-        label_smoothing: float = 0.0,
-        predict_top_k: int = 5,
-        channels_last: bool = False,
         confused_pairs: int = 20,
         keep_pretrained_head: bool = False,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
-        super().__init__(backbone=backbone, num_classes=num_classes, class_names=class_names, dropout=dropout,
-                         label_smoothing=label_smoothing, predict_top_k=predict_top_k, channels_last=channels_last, optimizer=optimizer,
-                         scheduler=scheduler, backbone_lr_scale=backbone_lr_scale,
-                         freeze_backbone_epochs=freeze_backbone_epochs)
+        """`confused_pairs`: rows of confused_pairs.csv; `keep_pretrained_head`: `init_from` keeps a head whose shape
+        matches. The rest: `ClassificationTask`."""
+        super().__init__(num_classes=num_classes, **kwargs)
         self.confusion: torch.Tensor | None = None  # the last validation/test epoch's confusion matrix
 
     def configure_metrics(self) -> None:

@@ -32,7 +32,7 @@ PREDICT_LOCATIONS = ("mean", "center")
 class GeoClassifier(nn.Module):
     """`backbone` then one `ClassifierHead` per partitioning; returns a tuple of logits, coarse to fine."""
 
-    def __init__(self, backbone: nn.Module, num_cells: list[int], dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, num_cells: list[int], *, dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleList(ClassifierHead(backbone.num_features, n, dropout) for n in num_cells)
@@ -50,19 +50,16 @@ class GeolocationTask(BaseTask):
 
     def __init__(
         self,
-        backbone: dict,
+        *,
         num_cells: int | list[int] = PLANET_NUM_CELLS,
         partitions: list[dict] | None = None,
         hierarchical: bool = True,
         predict_location: str = "mean",
-        dropout: float = 0.0,
         label_smoothing: float = 0.0,
         predict_top_k: int = 5,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-        backbone_lr_scale: float = 1.0,
-        freeze_backbone_epochs: int = 0,
+        **kwargs,
     ):
+        """`model`: keyword arguments of `GeoClassifier` (`dropout`); the rest: `BaseTask`."""
         if predict_location not in PREDICT_LOCATIONS:
             raise ConfigError("task.predict_location", predict_location, "mean (mean training photo of the cell) or center")
         self.partitions = list(partitions or [])
@@ -70,12 +67,12 @@ class GeolocationTask(BaseTask):
             self.num_cells = [len(p["tokens"]) for p in self.partitions]
         else:  # no data (mode=profile/export): the head sizes alone, e.g. PlaNet's 26,263 cells
             self.num_cells = list(num_cells) if isinstance(num_cells, list | tuple) else [int(num_cells)]
-        super().__init__(backbone, optimizer, scheduler, backbone_lr_scale, freeze_backbone_epochs)
+        super().__init__(**kwargs)
         self._register_cell_tables()
 
     # ---- set-up ------------------------------------------------------------------------------
     def configure_models(self) -> None:
-        self.model = GeoClassifier(create_backbone(**self.hparams.backbone), self.num_cells, self.hparams.dropout)
+        self.model = GeoClassifier(create_backbone(**self.hparams.backbone), self.num_cells, **self.model_kwargs)
 
     def configure_losses(self) -> None:
         # -1 = the photo's cell was dropped (< t_min photos) in that partitioning: no loss from that head

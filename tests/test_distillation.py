@@ -55,10 +55,10 @@ def test_label_weight_mixes_teacher_and_labels(tmp_path):
     labels = masked_label_loss(student, batch["labels"])
     spec = {"kind": "path", "path": str(cache)}
     for weight, expected in ((0.0, distill), (0.25, 0.75 * distill + 0.25 * labels)):
-        task = FaceAttributesTask(TINY, teacher=spec, num_attributes=2, temperature=2.0, label_weight=weight)
+        task = FaceAttributesTask(backbone=TINY, teacher=spec, num_attributes=2, temperature=2.0, label_weight=weight)
         loss, _ = task.compute_loss(student, batch)
         assert loss.item() == pytest.approx(expected.item())
-    baseline = FaceAttributesTask(TINY, teacher={"kind": "none"}, num_attributes=2)  # teacher=none: labels only
+    baseline = FaceAttributesTask(backbone=TINY, teacher={"kind": "none"}, num_attributes=2)  # teacher=none: labels only
     assert baseline.compute_loss(student, batch)[0].item() == pytest.approx(labels.item())
 
 
@@ -135,7 +135,7 @@ def _check_torchscript_teacher(path):
 def test_registry_teacher_needs_weights_and_gives_pooled_features(tmp_path):
     with pytest.raises(ConfigError, match="teacher.weights"):
         build_teacher({"kind": "model", "backbone": TINY})
-    task = FaceAttributesTask(TINY, num_attributes=3)
+    task = FaceAttributesTask(backbone=TINY, num_attributes=3)
     torch.save(task.state_dict(), tmp_path / "weights.pt")
     teacher = build_teacher({"kind": "model", "backbone": TINY, "weights": str(tmp_path / "weights.pt")}, ("embedding",))
     assert teacher.dim == 256
@@ -148,7 +148,7 @@ def test_registry_teacher_needs_weights_and_gives_pooled_features(tmp_path):
 
 def test_checkpoint_teacher_rebuilds_its_task_outside_the_student(tmp_path):
     torch.save(create_backbone(**TINY).state_dict(), tmp_path / "start.pt")
-    source = FaceAttributesTask({**TINY, "pretrained": str(tmp_path / "start.pt")}, num_attributes=3,
+    source = FaceAttributesTask(backbone={**TINY, "pretrained": str(tmp_path / "start.pt")}, num_attributes=3,
                                 attribute_names=["a", "b", "c"])
     ckpt = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams),
             "pytorch-lightning_version": lightning.__version__}
@@ -162,7 +162,7 @@ def test_checkpoint_teacher_rebuilds_its_task_outside_the_student(tmp_path):
     assert logits.dim == 3 and torch.allclose(logits(x), source(x), atol=1e-6)
     embedding = build_teacher({"kind": "path", "path": str(tmp_path / "teacher.ckpt")}, ("embedding",))
     assert embedding.output == "embedding" and embedding.dim == 256
-    student = FaceAttributesTask(TINY, teacher={"kind": "path", "path": str(tmp_path / "teacher.ckpt")}, num_attributes=3)
+    student = FaceAttributesTask(backbone=TINY, teacher={"kind": "path", "path": str(tmp_path / "teacher.ckpt")}, num_attributes=3)
     teacher_params = {id(p) for p in student.teacher.parameters()}
     assert teacher_params and not teacher_params & {id(p) for p in student.parameters()}  # not trained, not saved
     assert not any(k.startswith("teacher") or "_teacher" in k for k in student.state_dict())

@@ -286,7 +286,7 @@ def assert_same_detections(detector, session, image: torch.Tensor) -> int:
 def test_ssd_onnx_gives_pytorch_boxes_on_several_image_sizes_and_on_an_empty_image(make_cfg, tmp_path):
     """Anchor decoding and NMS inside the graph: photos of several sizes (resized by the file's metadata rule, as
     the predictor does) give PyTorch's boxes; a blank image gives none."""
-    detector = fixed_seed_detector(make_cfg, "detection_ssd", ["task.score_thresh=0.2"])
+    detector = fixed_seed_detector(make_cfg, "detection_ssd", ["task.model.score_thresh=0.2"])
     session = onnx_detector(detector, tmp_path, dynamic_size=False)
     meta = {"resize": {"mode": "square"}, "resolution": 128, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     found = 0
@@ -303,7 +303,7 @@ def test_ssd_onnx_gives_pytorch_boxes_on_several_image_sizes_and_on_an_empty_ima
 
 def test_faster_rcnn_onnx_gives_pytorch_boxes_at_any_input_size(make_cfg, tmp_path):
     """RPN, RoIAlign and both NMS stages inside one graph that takes keep-aspect inputs of any size."""
-    detector = fixed_seed_detector(make_cfg, "detection_frcnn", ["task.rcnn.box_score_thresh=0.05"])
+    detector = fixed_seed_detector(make_cfg, "detection_frcnn", ["task.model.rcnn.box_score_thresh=0.05"])
     session = onnx_detector(detector, tmp_path, dynamic_size=True)
     assert "RoiAlign" in op_types(onnx.load(str(tmp_path / "det.onnx")).graph)
     found = sum(assert_same_detections(detector, session, torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)))

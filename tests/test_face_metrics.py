@@ -90,7 +90,7 @@ def test_mean_ap_matches_scikit_learn(tmp_path):
     target[:, 2] = 0                           # no positives: AP undefined, left out of the mean
     target[rng.random((n, 4)) < 0.1] = -1      # unknown labels are ignored
     logits = rng.normal(0, 1, (n, 4)) + 1.5 * target
-    task = FaceAttributesTask(TINY, num_attributes=4, attribute_names=names)
+    task = FaceAttributesTask(backbone=TINY, num_attributes=4, attribute_names=names)
     task.model = Lookup(logits)
     loader = DataLoader(Encoded(n, lambda i: {"labels": torch.tensor(target[i], dtype=torch.float32)}), batch_size=16)
     (metrics,) = trainer().validate(task, loader)
@@ -116,7 +116,7 @@ def test_verification_metrics_of_the_embedding_task(tmp_path):
     same = rng.random(len(pairs)) < 0.5
     dataset = Encoded(n)
     dataset.pairs, dataset.same, dataset.folds = pairs, same, None
-    task = FaceEmbeddingTask(TINY, embedding_dim=8, fars=[0.1, 0.01])
+    task = FaceEmbeddingTask(backbone=TINY, embedding_dim=8, fars=[0.1, 0.01])
     task.model = Lookup(emb)
     (metrics,) = trainer().validate(task, DataLoader(dataset, batch_size=7))
     scores = np.sum(emb[pairs[:, 0]] * emb[pairs[:, 1]], axis=1)

@@ -107,7 +107,7 @@ def test_prepare_command_from_official_tars(dogs_tree, tmp_path, capsys):
 
 
 def test_mean_class_accuracy_and_confused_pairs(tmp_path):
-    task = FineGrainedTask(BACKBONE, num_classes=3, class_names=["a", "b", "c"])
+    task = FineGrainedTask(backbone=BACKBONE, num_classes=3, class_names=["a", "b", "c"])
     logits = torch.eye(3)[[0, 0, 0, 0, 1, 0, 2, 1]] * 5  # predictions
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
     task.val_metrics.update(logits, labels)
@@ -125,25 +125,25 @@ def test_mean_class_accuracy_and_confused_pairs(tmp_path):
 
 
 def test_init_from_loads_backbone_and_reinitialises_the_head(tmp_path):
-    source = ClassificationTask(BACKBONE, num_classes=8)
+    source = ClassificationTask(backbone=BACKBONE, num_classes=8)
     torch.nn.init.constant_(source.model.head.fc.weight, 0.5)
     path = tmp_path / "pretrained.pt"
     torch.save(source.model.state_dict(), path)
 
-    task = FineGrainedTask(BACKBONE, num_classes=8)  # same head shape: re-initialised all the same
+    task = FineGrainedTask(backbone=BACKBONE, num_classes=8)  # same head shape: re-initialised all the same
     report = task.load_init_weights(path)
     assert "model.head.fc.weight" in report["reinitialised"]
     assert not torch.equal(task.model.head.fc.weight, source.model.head.fc.weight)
     for (name, a), b in zip(task.model.backbone.state_dict().items(), source.model.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    kept = FineGrainedTask(BACKBONE, num_classes=8, keep_pretrained_head=True)
+    kept = FineGrainedTask(backbone=BACKBONE, num_classes=8, keep_pretrained_head=True)
     kept.load_init_weights(path)
     assert torch.equal(kept.model.head.fc.weight, source.model.head.fc.weight)
 
 
 def test_cli_fine_tune_then_eval(tmp_path):
     pretrained = tmp_path / "pretrained.pt"
-    torch.save(ClassificationTask(BACKBONE, num_classes=6).model.state_dict(), pretrained)
+    torch.save(ClassificationTask(backbone=BACKBONE, num_classes=6).model.state_dict(), pretrained)
     tiny = ["data=stanford_dogs_synthetic", "data.n_breeds=6", "data.n_train=36", "data.n_val=12", "data.image_size=32",
             "data.resolution=32", "data.batch_size=12", "backbone.alpha=0.25", *FAST]
     train = run_cli(["task=fine_grained", *tiny, f"init_from={pretrained}", "task.freeze_backbone_epochs=1",
@@ -164,7 +164,7 @@ def test_frozen_backbone_epochs_freeze_weights_and_batchnorm_statistics():
     statistics (eval mode, also after Lightning's model.train()); epoch 1 trains both."""
     from lightning.pytorch import Callback, Trainer
 
-    task = FineGrainedTask(BACKBONE, num_classes=3, freeze_backbone_epochs=1,
+    task = FineGrainedTask(backbone=BACKBONE, num_classes=3, freeze_backbone_epochs=1,
                            optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     images = torch.randn(8, 3, 32, 32)
     loader = torch.utils.data.DataLoader([{"image": x, "label": i % 3} for i, x in enumerate(images)], batch_size=4)

@@ -235,7 +235,7 @@ def test_hierarchical_scores_and_cell_labels():
     lat, lon = clustered_points()
     coarse, _ = partition_cells(lat, lon, 600, 5)
     fine, _ = partition_cells(lat, lon, 60, 5)
-    task = GeolocationTask({"name": "mobilenet_v1", "alpha": 0.25}, partitions=[coarse.to_plain(), fine.to_plain()])
+    task = GeolocationTask(backbone={"name": "mobilenet_v1", "alpha": 0.25}, partitions=[coarse.to_plain(), fine.to_plain()])
     assert task.num_cells == [len(coarse), len(fine)]
     labels = task.cell_labels(torch.tensor([[48.85, 2.35], [float("nan"), float("nan")]], dtype=torch.float64))
     assert labels[0].tolist() == [int(coarse.assign([48.85], [2.35])[0]), int(fine.assign([48.85], [2.35])[0])]

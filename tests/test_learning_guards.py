@@ -92,9 +92,9 @@ GUARDS: dict[str, Guard] = {
                               "trainer.max_epochs=60", "data.aspect_ratio_group_factor=null",
                               "task.lr_reference_batch=null", "task.optimizer._target_=torch.optim.AdamW",
                               "~task.optimizer.momentum", "task.optimizer.lr=0.004", "task.scheduler=null",
-                              "task.anchor_sizes=[16,32,64,128]", "task.rcnn.box_batch_size_per_image=16",
-                              "task.rcnn.rpn_pre_nms_top_n_test=1000", "task.rcnn.rpn_post_nms_top_n_test=100",
-                              "task.rcnn.rpn_pre_nms_top_n_train=1000", "task.rcnn.rpn_post_nms_top_n_train=100"],
+                              "task.model.anchor_sizes=[16,32,64,128]", "task.model.rcnn.box_batch_size_per_image=16",
+                              "task.model.rcnn.rpn_pre_nms_top_n_test=1000", "task.model.rcnn.rpn_post_nms_top_n_test=100",
+                              "task.model.rcnn.rpn_pre_nms_top_n_train=1000", "task.model.rcnn.rpn_post_nms_top_n_train=100"],
                              "val/map_50", 0.04, 0.0, setup=partial(detection_overfit_set, images=4)),
 }
 
