@@ -62,7 +62,7 @@ MODELS: dict[str, list[str]] = {
         "task.optimizer.lr=0.002",
         "~task.optimizer.momentum",
         "task.scheduler.warmup_steps=100",
-        "task.rcnn.box_batch_size_per_image=32",
+        "task.model.rcnn.box_batch_size_per_image=32",
     ],
 }
 
