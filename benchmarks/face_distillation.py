@@ -40,7 +40,8 @@ def speed(task: str, alpha: float, resolution: int) -> dict:
     from toolkit.tasks.face_embedding import FaceEmbeddingTask
 
     backbone = {"name": "mobilenet_v1", "alpha": alpha}
-    model = (FaceAttributesTask(backbone) if task == "attributes" else FaceEmbeddingTask(backbone, embedding_dim=128)).model
+    model = (FaceAttributesTask(backbone=backbone) if task == "attributes"
+             else FaceEmbeddingTask(backbone=backbone, embedding_dim=128)).model
     model.eval()
     out = {"mult_adds_M": count_model(model, torch.randn(1, 3, resolution, resolution)).mult_adds / 1e6,
            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
