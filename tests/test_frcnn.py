@@ -155,12 +155,17 @@ def test_frozen_bn_is_built_in_loads_pretrained_weights_and_keeps_statistics(tmp
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules()) == sum(
         isinstance(m, nn.BatchNorm2d) for m in reference.modules()) == 27
     x = torch.rand(1, 3, 128, 128)
+    logits = []
+    for model in (reference, frozen):
+        model.roi_heads.box_predictor.register_forward_hook(lambda _m, _i, out: logits.append(out[0]))
     with torch.no_grad():
         assert torch.allclose(reference.backbone(x)["conv11"], frozen.backbone(x)["conv11"], atol=1e-5)
-        for ours, theirs in zip(reference(list(x)), frozen(list(x)), strict=True):
-            assert torch.allclose(ours["scores"], theirs["scores"], atol=1e-5)
+        reference(list(x)), frozen(list(x))
+    # the class scores of the same proposals (final detections of an untrained head tie, NMS keeps either)
+    assert logits[0].shape == logits[1].shape and torch.allclose(logits[0], logits[1], atol=1e-4)
 
     before = {k: v.clone() for k, v in frozen.backbone.state_dict().items()}
+    predictor = frozen.roi_heads.box_predictor.cls_score.weight.clone()
     optimizer = torch.optim.SGD([p for p in frozen.parameters() if p.requires_grad], lr=0.1)
     frozen.train()
     targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([1])}]
@@ -169,7 +174,7 @@ def test_frozen_bn_is_built_in_loads_pretrained_weights_and_keeps_statistics(tmp
     after = frozen.backbone.state_dict()
     norm_keys = [k for k in before if k.endswith(("running_mean", "running_var", ".bn.weight", ".bn.bias"))]
     assert len(norm_keys) == 4 * 27 and all(torch.equal(before[k], after[k]) for k in norm_keys)
-    assert not torch.equal(before["stages.conv0.conv.weight"], after["stages.conv0.conv.weight"])  # the rest trains
+    assert not torch.equal(predictor, frozen.roi_heads.box_predictor.cls_score.weight)  # the step did train
 
 
 def test_frozen_bn_task_takes_init_from_into_frozen_layers(tmp_path):

@@ -45,9 +45,6 @@ class TimmBackbone(Backbone):
         super().__init__()
         import timm
 
-        if "alpha" in kwargs:
-            raise ConfigError("backbone.alpha", kwargs["alpha"], f"timm/{model_name} takes its width from the timm model "
-                              "name (e.g. timm/mobilenetv1_125, timm/mobilenetv3_large_075); remove backbone.alpha")
         if norm_layer not in (None, FrozenBatchNorm2d):
             raise ConfigError("norm_layer", norm_layer, f"timm/{model_name} takes timm's own norm layers; only "
                               "torchvision's FrozenBatchNorm2d is translated (to timm's FrozenBatchNormAct2d)")
@@ -55,6 +52,9 @@ class TimmBackbone(Backbone):
         if not timm.is_model(architecture):
             raise ConfigError("backbone.name", f"timm/{model_name}",
                               "not a timm model; list them with `python -c \"import timm; print(timm.list_models('*mobilenet*'))\"`")
+        if "alpha" in kwargs:
+            raise ConfigError("backbone.alpha", kwargs["alpha"], f"timm/{model_name} takes its width from the timm model "
+                              "name (e.g. timm/mobilenetv1_125, timm/mobilenetv3_large_075); remove backbone.alpha")
         self.model_name = model_name
         build = dict(features_only=True, **kwargs)
         if out_indices is not None:
