@@ -28,6 +28,10 @@ from toolkit.predictions import PredictionFiles
 log = logging.getLogger(__name__)
 
 
+#: the BatchNorm layers a frozen backbone keeps in eval mode (torch's public classes; `_BatchNorm` is private)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 class BaseTask(LightningModule):
     #: the metric that picks the best checkpoint, and whether higher ("max") or lower ("min") is better
     monitor: str = "val/loss"
@@ -163,7 +167,7 @@ class BaseTask(LightningModule):
         backbone = getattr(getattr(self, "model", None), "backbone", None)
         if mode and backbone is not None and self.backbone_frozen():
             for module in backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.eval()
         return self
 
