@@ -48,12 +48,15 @@ def commit() -> str:
 
 def write_results(name: str, results: dict[str, Any], *, command: str | None = None,
                   results_dir: Path = RESULTS_DIR) -> Path:
-    """Write `results` as `<results_dir>/<name>.json` (atomically), stamped with commit, machine, date, command."""
+    """Write `results` as `<results_dir>/<name>.json` (atomically), stamped with commit, machine, date, command.
+
+    The commit is the checkout's when the benchmark started (this module was imported): the code that ran, even if
+    the checkout moved on during a long run."""
     from toolkit.io import write_json_atomic
 
     payload = {
         "benchmark": name,
-        "commit": commit(),
+        "commit": COMMIT_AT_START,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "command": command,
@@ -62,6 +65,9 @@ def write_results(name: str, results: dict[str, Any], *, command: str | None = N
     path = write_json_atomic(results_dir / f"{name}.json", payload)
     print(f"results written to {path}")
     return path
+
+
+COMMIT_AT_START = commit()
 
 
 def _cpu_model() -> str:

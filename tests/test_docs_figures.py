@@ -4,8 +4,11 @@ Convention: a table quoted from a benchmark follows a marker line
 
     <!-- figures: benchmarks/results/<name>.json#<table> -->
 
-and must equal, line for line, the table `benchmarks/<name>.py: tables(results)[<table>]` renders from that file
-(the same function prints it when the benchmark runs). Every `benchmarks/results/*.json` a doc names must exist.
+and must equal, line for line, the table `tables(results)[<table>]` of the script that wrote the file renders from
+it (the same function prints it when the benchmark runs). The script is the one the file's `command` runs
+(`python benchmarks/<script>.py ...`), so one script can write several results files (`--results NAME`, e.g. an
+fp32 and a bf16 run); without a command, `benchmarks/<name>.py`. Every `benchmarks/results/*.json` a doc names
+must exist.
 """
 
 from __future__ import annotations
@@ -25,12 +28,21 @@ DOCS = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
 MARKER = re.compile(r"<!-- figures: benchmarks/results/([\w-]+)\.json#([\w-]+) -->")
 
 
+def script_of(name: str, payload: dict) -> str:
+    """The benchmark script that wrote results file `name`: the first `.py` argument of its command."""
+    for arg in (payload.get("command") or "").split():
+        if arg.endswith(".py"):
+            return Path(arg).stem
+    return name
+
+
 @cache
 def benchmark_tables(name: str) -> dict[str, str]:
     payload = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
+    script = script_of(name, payload)
     sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings (_results, _runner)
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"benchmark_{script}", BENCHMARKS / f"{script}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -72,10 +84,17 @@ def test_quoted_table_equals_its_results_file(doc, line, name, table, text):
     assert text, f"{doc}:{line}: no markdown table follows the marker"
     expected = benchmark_tables(name)[table]
     assert text == expected, (f"{doc}:{line} differs from benchmarks/results/{name}.json ({table}); paste the "
-                              f"table `python benchmarks/{name}.py` printed:\n{expected}")
+                              f"table its benchmark printed:\n{expected}")
 
 
 def test_every_cited_results_file_exists():
     for doc in DOCS:
         for name in re.findall(r"benchmarks/results/([\w-]+\.json)", doc.read_text()):
             assert (BENCHMARKS / "results" / name).is_file(), f"{doc.name} cites benchmarks/results/{name}: not there"
+
+
+def test_a_results_file_names_its_script():
+    assert script_of("detection_learning_ssd_bf16", {"command": "python benchmarks/detection_learning.py --model ssd"}) \
+        == "detection_learning"
+    assert script_of("demo", {"command": "cd benchmarks && python demo.py"}) == "demo"
+    assert script_of("backbone_table", {"command": None}) == "backbone_table"
