@@ -33,13 +33,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+#: paths whose uncommitted changes cannot change a figure: the docs, and the results files other runs wrote
+NOT_CODE = (":!docs", ":!README.md", ":!benchmarks/results")
+
+
 def commit() -> str:
-    """The checkout's commit, with `+dirty` when it has uncommitted changes to tracked files."""
+    """The checkout's commit, with `+dirty` when it has uncommitted changes to tracked files (other than `NOT_CODE`)."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
