@@ -98,6 +98,17 @@ def test_ssd_eval_output_and_empty_targets():
     assert det["labels"].min() >= 1 and det["labels"].max() <= 3
 
 
+def test_ssd_decodes_boxes_and_scores_in_fp32_under_bf16():
+    """torchvision's decoding casts the anchors to the regression's dtype: in bf16, boxes at 300 px are 1-2 px off
+    and the softmax scores that rank them keep ~3 digits, which cost the bf16 learning benchmark mAP."""
+    model = build_ssd({"name": "mobilenet_v1", "alpha": 0.25}, num_classes=3).eval()
+    model.score_thresh = 0.0  # keep detections from an untrained model
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (det,) = model(torch.randn(1, 3, 96, 96))
+    assert len(det["boxes"]) > 0
+    assert det["boxes"].dtype == torch.float32 and det["scores"].dtype == torch.float32
+
+
 def test_other_registry_backbone_through_feature_info():
     model = build_ssd({"name": "mobilenet_v2", "alpha": 0.35}, num_classes=2).eval()
     assert [model.backbone.feature_info.get(t).reduction for t in model.taps] == [16, 32]

@@ -180,7 +180,9 @@ class MobileNetSSD(SSD):
             raise ValueError(f"SSD takes images of one size (the data pipeline resizes them); got {sorted(set(sizes))}")
         batch = ImageList(torch.stack(images), sizes)
         features = self.features(batch.tensors)
-        head_outputs = self.head(features)
+        # fp32 from here on under bf16 autocast: the losses, and in eval torchvision's box decoding (it casts the
+        # anchors to the regression's dtype: bf16 boxes are 1-2 px off at 300 px) and the softmax scores that rank them
+        head_outputs = {k: v.float() for k, v in self.head(features).items()}
         anchors = self.anchor_generator(batch, features)
         if not self.training:
             return self.postprocess_detections(head_outputs, anchors, batch.image_sizes)
@@ -198,7 +200,6 @@ class MobileNetSSD(SSD):
                 raise ValueError(f"target {index} (image id {target.get('image_id')}) has a box with no area: "
                                  f"{boxes[bad][0].tolist()}; the data pipeline should have dropped it")
             matched_idxs.append(self.proposal_matcher(box_ops.box_iou(boxes, anchors_per_image)))
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}  # box regression and class losses in fp32 under bf16
         return self.compute_loss(targets, head_outputs, anchors, matched_idxs)
 
 
