@@ -31,6 +31,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
+
 #: model name -> Hydra overrides of that run (on top of COMMON)
 MODELS: dict[str, list[str]] = {
     # SSD at the paper's 300x300: the anchor layout needs it. At 64 px the six maps are 4,2,1,1,1,1 (96 anchors,
@@ -178,8 +180,6 @@ def main() -> None:
     print(tables(results)["epochs"])
     print(f"\nbest mAP@0.5 {best['map_50']:.3f} (target >= {TARGET_MAP_50} within the budget): "
           f"{'PASS' if reached else 'FAIL'}")
-    from _results import write_results
-
     write_results(args.results or f"detection_learning_{args.model}", results, command=" ".join(["python", *sys.argv]))
     sys.exit(0 if reached else 1)
 
