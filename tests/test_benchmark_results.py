@@ -43,6 +43,11 @@ def test_parity_compares_final_and_best_in_points(tmp_path, monkeypatch):
     table = parity.tables({"rows": [row]})["parity"].splitlines()
     assert table[2].startswith("| classification") and "+0.5 / +0.5" in table[2] and "-4.0 / -3.0" in table[2]
 
+    results_file(tmp_path, "classification_learning_bf16_seed1", "bf16-mixed", [0.4, 0.8, 0.85, 0.85], seed=1)
+    (row,) = parity.measure()["rows"]  # the comparison again at seed 1: 3 points lower, so no longer within 1 point
+    assert row["seed1_diff_final_points"] == pytest.approx(-3.0) and not row["within_tolerance"]
+
+    (tmp_path / "classification_learning_bf16_seed1.json").unlink()
     results_file(tmp_path, "classification_learning_bf16", "bf16-mixed", [0.5, 0.90, 0.91, 0.91])
     (row,) = parity.measure()["rows"]
     assert not row["within_tolerance"] and "**no**" in parity.tables({"rows": [row]})["parity"]
