@@ -17,7 +17,7 @@ from _results import RESULTS_DIR, write_results
 
 def classification(r: dict) -> str:
     reached = r["target_reached_epoch"]
-    return (f"val top-1 {r['best_top1']:.3f} (best, epoch {r['best_epoch']} of {len(r['epochs'])}); "
+    return (f"{r['settings']['n_train']} training images: val top-1 {r['best_top1']:.3f} (best, epoch {r['best_epoch']} of {len(r['epochs'])}); "
             + (f">= {r['target_top1']:.0%} from epoch {reached}" if reached is not None else f"{r['target_top1']:.0%} not reached"))
 
 
