@@ -1,4 +1,5 @@
-"""trainer.precision=auto picks bf16 where the hardware runs it fast; every task trains and validates under bf16."""
+"""trainer.precision=auto picks bf16 for eval/predict where the hardware runs it fast (training: fp32); every task
+trains and validates under bf16 on request."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ def test_cpu_flags_decide_auto(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="toolkit.precision"):
         assert resolve_precision("auto", "cpu", cpuinfo=fast) == "bf16-mixed"
         assert resolve_precision("auto", "cpu", cpuinfo=old) == "32-true"
+        assert resolve_precision("auto", "cpu", cpuinfo=fast, training=True) == "32-true"
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "trainer.precision=auto -> bf16-mixed on cpu (CPU has amx_bf16, avx512_bf16)"
     assert lines[1].startswith("trainer.precision=auto -> 32-true on cpu")
+    assert lines[2].startswith("trainer.precision=auto -> 32-true on cpu (training: bf16 lost accuracy")
 
 
 def test_explicit_precision_is_kept_and_devices_resolve():
@@ -42,9 +45,10 @@ def test_default_trainer_uses_auto(make_cfg):
 
     cfg = make_cfg(["backbone.alpha=0.25", "trainer.accelerator=cpu"], fast=False)
     assert cfg.trainer.precision == "auto"
-    trainer = build_trainer(cfg, build_task(cfg), logger=False)
+    assert build_trainer(cfg, build_task(cfg), logger=False).precision == "32-true"  # mode=train
+    cfg = make_cfg(["backbone.alpha=0.25", "trainer.accelerator=cpu", "mode=eval"], fast=False)
     expected = "bf16-mixed" if fast_bf16("cpu")[0] else "32-true"
-    assert trainer.precision == expected
+    assert build_trainer(cfg, build_task(cfg), logger=False).precision == expected
 
 
 BF16 = ["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "backbone.alpha=0.25", "data.batch_size=4"]
