@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs, which the lr schedule spans (default: EPOCHS)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
     parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
-    parser.add_argument("--precision", default="auto", help="trainer.precision: auto (bf16-mixed on CPUs with "
-                        "AVX-512-BF16/AMX), 32-true, bf16-mixed")
+    parser.add_argument("--precision", default="auto", help="trainer.precision: auto (trains in 32-true, see "
+                        "toolkit/precision.py), 32-true, bf16-mixed")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (weights, data order)")
     parser.add_argument("--results", default=None, help="results file benchmarks/results/<NAME>.json "
                         "(default: detection_learning_<model>)")
