@@ -8,19 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings (_results, _runner)
-    try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+from conftest import BENCHMARKS, load_benchmark
 
 
 def results_file(folder: Path, name: str, precision: str, top1: list[float], **settings) -> None:

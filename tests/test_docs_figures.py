@@ -13,14 +13,13 @@ must exist.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -40,14 +39,7 @@ def script_of(name: str, payload: dict) -> str:
 def benchmark_tables(name: str) -> dict[str, str]:
     payload = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
     script = script_of(name, payload)
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings (_results, _runner)
-    try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{script}", BENCHMARKS / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module.tables(payload["results"])
+    return load_benchmark(script).tables(payload["results"])
 
 
 def quoted_tables() -> list[tuple[str, int, str, str, str]]:
