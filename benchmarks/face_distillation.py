@@ -175,7 +175,7 @@ def main() -> None:
     from toolkit.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
-    args.precision = resolve_precision(args.precision, "cpu", training=True)
+    args.precision = resolve_precision(args.precision, "cpu")
     out = Path(args.out or tempfile.mkdtemp(prefix="face_distillation_"))
     os.environ.setdefault("TOOLKIT_CACHE_DIR", str(out / "cache"))
     os.environ.setdefault("TOOLKIT_LOG_DIR", str(out / "outputs"))

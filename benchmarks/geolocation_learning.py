@@ -39,7 +39,7 @@ def main() -> None:
     from toolkit.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
-    precision = resolve_precision(args.precision, "cpu", training=True)
+    precision = resolve_precision(args.precision, "cpu")
     out = Path(args.out or tempfile.mkdtemp(prefix="geolocation_learning_"))
     os.environ["TOOLKIT_CACHE_DIR"] = str(out / "cache")
     common = ["task=geolocation", "data=geo_synthetic", f"backbone.alpha={args.alpha}", "data.num_workers=0",

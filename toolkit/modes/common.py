@@ -107,8 +107,7 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
         loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
         overrides["logger"] = loggers or False
     if "precision" not in overrides:  # `auto`: decided here, on the machine that runs the job
-        overrides["precision"] = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"),
-                                                   training=cfg.get("mode") == "train")
+        overrides["precision"] = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     if not cfg.trainer.get("plugins"):  # checkpoints written whole or not at all (a kill mid-write keeps the old one)
         overrides.setdefault("plugins", [AtomicCheckpointIO()])
     return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), **overrides)
