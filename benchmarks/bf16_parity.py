@@ -115,7 +115,7 @@ def verdict(interval: tuple[float, float] | None) -> str:
     if interval is None:
         return "one seed per precision: no noise estimate"
     lo, hi = interval
-    if -TOLERANCE_POINTS <= lo and hi <= TOLERANCE_POINTS:
+    if lo >= -TOLERANCE_POINTS and hi <= TOLERANCE_POINTS:
         return "same within 1 point"
     if lo > 0:
         return "bf16 higher"
