@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -68,15 +67,11 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+try:
+    import requote_docs  # the docs-figures helpers: loads benchmark scripts, finds the tables the docs quote
+finally:
+    sys.path.remove(str(BENCHMARKS))
 
-
-def load_benchmark(name: str):
-    """`benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`."""
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings (_results, _runner)
-    try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+#: `benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`
+load_benchmark = requote_docs.load_script
