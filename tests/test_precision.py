@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import open_dict
 
-from toolkit.precision import cpu_bf16_flags, fast_bf16, resolve_precision, trainer_device
+from toolkit import precision
+from toolkit.precision import (
+    BF16AfterFP32Warmup,
+    cpu_bf16_flags,
+    fast_bf16,
+    resolve_precision,
+    trainer_device,
+)
 from toolkit.run import run
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -45,6 +54,37 @@ def test_default_trainer_uses_auto(make_cfg):
         cfg = make_cfg(["backbone.alpha=0.25", "trainer.accelerator=cpu", f"mode={mode}"], fast=False)
         assert cfg.trainer.precision == "auto"
         assert build_trainer(cfg, build_task(cfg), logger=False).precision == expected
+
+
+def test_auto_training_warms_up_in_fp32_then_trains_in_bf16(make_cfg, monkeypatch, tmp_path, one_torch_thread):
+    """The real Trainer on a bf16 machine (CPU flags faked): steps 1-2 in fp32, 3-4 under bf16 autocast, the count in
+    the checkpoint; a resumed run carries on in bf16; eval under `auto` is plain bf16-mixed."""
+    from toolkit.modes.common import build_task, build_trainer
+    from toolkit.tasks.classification import ClassificationTask
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
+    monkeypatch.setattr(precision, "FP32_WARMUP_STEPS", 2)
+    autocast = []
+    step = ClassificationTask.training_step
+    monkeypatch.setattr(ClassificationTask, "training_step",
+                        lambda self, batch, i: autocast.append(torch.is_autocast_enabled("cpu")) or step(self, batch, i))
+    common = ["trainer.precision=auto", "backbone.alpha=0.25", "data.resolution=32", "data.n_train=8", "data.n_val=12",
+              "data.image_size=40", "data.batch_size=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1"]
+    result = run(make_cfg(common))
+    assert autocast == [False, False, True, True]
+    last = Path(result["output_dir"]) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["BF16AfterFP32Warmup"] == {"steps": 4}
+
+    autocast.clear()  # resume for a second epoch (into another folder): no second warm-up
+    resumed = make_cfg([*common, "trainer.max_epochs=2", f"ckpt_path={last}"])
+    with open_dict(resumed):
+        resumed.paths.output_dir = str(tmp_path / "resumed")
+    run(resumed)
+    assert autocast == [True] * 4
+
+    cfg = make_cfg([*common, "mode=eval"])
+    trainer = build_trainer(cfg, build_task(cfg), logger=False)
+    assert trainer.precision == "bf16-mixed" and not isinstance(trainer.precision_plugin, BF16AfterFP32Warmup)
 
 
 BF16 = ["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "backbone.alpha=0.25", "data.batch_size=4"]

@@ -4,22 +4,29 @@ Fast bf16 means CUDA GPUs that support it (Ampere and newer) and x86 CPUs with A
 (Cooper Lake, Sapphire Rapids and newer Xeons, Zen 4): there oneDNN runs bf16 convolutions and matrix
 products at 1.5-2x fp32. Elsewhere bf16 is emulated and slower than fp32, so `auto` keeps 32-true.
 
-`auto` trains in bf16 too (1.67x faster here): the bf16 parity benchmark (benchmarks/results/bf16_parity.json,
-docs/performance.md) compares the learning benchmarks' means over several seeds per precision. From random
-weights, bf16 gradients are noisy for the first ~100 steps (BN networks amplify any rounding there:
-benchmarks/results/bf16_gradient_noise.json), which delays early epochs without changing where training ends.
+`auto` trains in bf16 too (1.67x faster here), after `FP32_WARMUP_STEPS` optimiser steps in fp32: from random
+weights a BN network amplifies any rounding into gradient noise (bf16's gradient at initialisation points 73
+degrees away from fp32's; after 100 steps 9 degrees: benchmarks/results/bf16_gradient_noise.json), which delayed
+the first epochs of the classification benchmark under plain bf16. The bf16 parity benchmark
+(benchmarks/results/bf16_parity.json, docs/performance.md) compares the learning benchmarks over several seeds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+#: optimiser steps that `auto` trains in fp32 before bf16 (see the module docstring)
+FP32_WARMUP_STEPS = 100
 #: /proc/cpuinfo flags of the x86 instructions oneDNN uses for bf16 convolutions
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -73,3 +80,47 @@ def resolve_precision(precision: str | int | None, accelerator: str | None = AUT
     chosen = "bf16-mixed" if fast else "32-true"
     log.info("trainer.precision=auto -> %s on %s (%s)", chosen, device, why)
     return chosen
+
+
+class BF16AfterFP32Warmup(MixedPrecision):
+    """bf16 autocast (Lightning's `bf16-mixed`), except that the first `fp32_steps` optimiser steps train in fp32.
+
+    Validation, test and predict steps always run under bf16. The step count is saved in checkpoints (Lightning
+    stores a precision plugin's `state_dict`), so a resumed run does not warm up again."""
+
+    def __init__(self, device: str, fp32_steps: int = FP32_WARMUP_STEPS):
+        super().__init__("bf16-mixed", device)
+        self.fp32_steps, self.steps = fp32_steps, 0
+
+    @contextmanager
+    def train_step_context(self) -> Generator[None, None, None]:
+        if self.steps < self.fp32_steps:
+            yield  # no autocast: fp32
+        else:
+            with self.forward_context():
+                yield
+
+    def optimizer_step(self, optimizer: Any, model: Any, closure: Callable[[], Any], **kwargs: Any) -> Any:
+        output = super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+        self.steps += 1
+        return output
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = int(state_dict.get("steps", 0))
+
+
+def trainer_precision(precision: str | int | None, accelerator: str | None = AUTO, *, training: bool,
+                      cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str | int | None, list[MixedPrecision]]:
+    """The Trainer's `precision` argument and the precision plugins to add, for the configured `precision`.
+
+    As `resolve_precision`, except that a training job for which `auto` chose `bf16-mixed` gets a
+    `BF16AfterFP32Warmup` plugin instead (and `precision=None`: Lightning refuses both)."""
+    chosen = resolve_precision(precision, accelerator, cpuinfo)
+    if precision == AUTO and chosen == "bf16-mixed" and training and FP32_WARMUP_STEPS > 0:
+        log.info("the first %d training steps run in fp32 (bf16's gradients are noisy from random weights)",
+                 FP32_WARMUP_STEPS)
+        return None, [BF16AfterFP32Warmup(trainer_device(accelerator), FP32_WARMUP_STEPS)]
+    return chosen, []

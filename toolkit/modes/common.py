@@ -16,7 +16,7 @@ from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
 from toolkit.errors import ConfigError
 from toolkit.io import write_text_atomic
-from toolkit.precision import resolve_precision
+from toolkit.precision import trainer_precision
 from toolkit.tasks.base import BaseTask, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,14 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
     if "logger" not in overrides:
         loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
         overrides["logger"] = loggers or False
+    precision_plugins = []
     if "precision" not in overrides:  # `auto`: decided here, on the machine that runs the job
-        overrides["precision"] = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+        overrides["precision"], precision_plugins = trainer_precision(
+            cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), training=cfg.get("mode") == "train")
     if not cfg.trainer.get("plugins"):  # checkpoints written whole or not at all (a kill mid-write keeps the old one)
-        overrides.setdefault("plugins", [AtomicCheckpointIO()])
+        overrides["plugins"] = [*overrides.get("plugins", [AtomicCheckpointIO()]), *precision_plugins]
+    elif precision_plugins:  # the configured plugins replace ours: plain bf16, without the fp32 warm-up
+        overrides["precision"] = precision_plugins[0].precision
     return hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), **overrides)
 
 
