@@ -3,7 +3,9 @@
     python benchmarks/bf16_parity.py
 
 Reads the results files the learning benchmarks wrote with identical settings, once per precision and seed:
-`<name>_32.json` / `<name>_bf16.json` (seed 0) and `<name>_32_seed<k>.json` / `<name>_bf16_seed<k>.json`. One pair
+`<name>_32.json` / `<name>_bf16.json` (seed 0) and `<name>_32_seed<k>.json` / `<name>_bf16_seed<k>.json`, and where
+present `<name>_auto*.json`: `--precision auto`, which on a bf16 machine trains its first steps in fp32, then bf16
+(toolkit/precision.py); each of bf16 and auto is compared with fp32. One pair
 says little: two fp32 runs that differ only in their seed already end several points apart on small generated
 data sets, so the comparison is between the precisions' means over their seeds, with a 95 % Welch interval on
 the difference. bf16 matches fp32 "within 1 point" when that whole interval lies inside +-1 point; an interval
@@ -33,7 +35,8 @@ TOLERANCE_POINTS = 1.0
 PER_RUN_SETTINGS = {"precision", "results", "out", "seed", "no_speed"}
 #: seeds looked for: seed 0 has no suffix, seed k >= 1 the suffix `_seed<k>`
 MAX_SEEDS = 20
-PRECISIONS = {"fp32": "32", "bf16": "bf16"}  # key in the results -> file-name suffix
+#: file-name suffix -> what the table calls that run's precision; fp32 ("32") is the reference of the others
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "auto": "auto (fp32 warm-up, then bf16)"}
 
 
 def _face_model(part: str, key: str, metric: str) -> Callable[[dict], list[float]]:
@@ -111,30 +114,33 @@ def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> 
 
 
 def verdict(interval: tuple[float, float] | None) -> str:
-    """What the interval of bf16 - fp32 (in points) says against the tolerance."""
+    """What the interval of (compared - fp32), in points, says against the tolerance."""
     if interval is None:
         return "one seed per precision: no noise estimate"
     lo, hi = interval
     if lo >= -TOLERANCE_POINTS and hi <= TOLERANCE_POINTS:
         return "same within 1 point"
     if lo > 0:
-        return "bf16 higher"
+        return "higher than fp32"
     if hi < 0:
-        return "bf16 lower"
+        return "lower than fp32"
     return "no difference found; noise wider than 1 point"
 
 
-def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], list[float]]) -> dict | None:
-    files = {key: run_names(name, suffix) for key, suffix in PRECISIONS.items()}
-    if not files["fp32"] or not files["bf16"]:
-        print(f"skipped {benchmark} {metric}: no benchmarks/results/{name}_32*.json or {name}_bf16*.json")
+def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], list[float]],
+            variant: str) -> dict | None:
+    """fp32 against `variant` (a PRECISIONS suffix) over their seeds; None where either has no results file."""
+    files = {"fp32": run_names(name, "32"), "other": run_names(name, variant)}
+    if not files["fp32"] or not files["other"]:
+        if variant == "bf16":  # auto runs are optional
+            print(f"skipped {benchmark} {metric}: no benchmarks/results/{name}_32*.json or {name}_{variant}*.json")
         return None
     payloads = {n: load(n) for key in files for n in files[key]}
     reference = files["fp32"][0]
     for n, payload in payloads.items():
         check_same_settings(payloads[reference], payload, (reference, n))
-    row: dict = {"benchmark": benchmark, "metric": metric}
-    for key in PRECISIONS:
+    row: dict = {"benchmark": benchmark, "metric": metric, "precision": PRECISIONS[variant]}
+    for key in files:
         runs = [summary(n, payloads[n], per_epoch) for n in files[key]]
         row[key] = {"runs": runs, "seeds": len(runs), "cpu_min": statistics.fmean(r["cpu_min"] for r in runs)}
         for which in ("final", "best"):
@@ -142,27 +148,27 @@ def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], 
             row[key][f"{which}_mean"] = statistics.fmean(values) / 100
             row[key][f"{which}_sd_points"] = statistics.stdev(values) if len(values) > 1 else None
     for which in ("final", "best"):
-        row[f"diff_{which}_points"] = 100 * (row["bf16"][f"{which}_mean"] - row["fp32"][f"{which}_mean"])
+        row[f"diff_{which}_points"] = 100 * (row["other"][f"{which}_mean"] - row["fp32"][f"{which}_mean"])
         row[f"interval_{which}_points"] = welch_interval([100 * r[which] for r in row["fp32"]["runs"]],
-                                                         [100 * r[which] for r in row["bf16"]["runs"]])
+                                                         [100 * r[which] for r in row["other"]["runs"]])
     row["verdict"] = verdict(row["interval_final_points"])  # the final value: the runs end on a cosine plateau
     row["within_tolerance"] = row["verdict"] == "same within 1 point"
     return row
 
 
 def measure() -> dict:
-    rows = [compare(*comparison) for comparison in COMPARISONS]
+    rows = [compare(*comparison, variant) for comparison in COMPARISONS for variant in ("bf16", "auto")]
     return {"tolerance_points": TOLERANCE_POINTS, "confidence": 0.95, "rows": [r for r in rows if r is not None]}
 
 
 def tables(results: dict) -> dict[str, str]:
-    """`parity`: per benchmark and precision the mean final metric (+- seed-to-seed standard deviation, points)
-    over the seeds run, bf16 - fp32 of the means with its 95 % interval (final and best epoch), CPU minutes per
-    run, and the verdict."""
-    lines = ["| benchmark | metric | seeds fp32 / bf16 | fp32 final: mean ± sd | bf16 final: mean ± sd | "
-             "bf16 − fp32, final (points, 95 % interval) | bf16 − fp32, best epoch (points) | "
-             "CPU min per run fp32 / bf16 | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """`parity`: per benchmark, the mean final metric of fp32 and of the compared precision (+- seed-to-seed
+    standard deviation) over the seeds run, their difference with its 95 % interval (final and best epoch),
+    CPU minutes per run, and the verdict."""
+    lines = ["| benchmark | metric | compared with fp32 | seeds | fp32 final: mean ± sd | compared: mean ± sd | "
+             "difference, final (points, 95 % interval) | difference, best epoch (points) | "
+             "CPU min per run fp32 / compared | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def mean_sd(side: dict) -> str:
         sd = side["final_sd_points"]
@@ -175,9 +181,9 @@ def tables(results: dict) -> dict[str, str]:
 
     for r in results["rows"]:
         verdict_text = r["verdict"] if r["within_tolerance"] else f"**{r['verdict']}**"
-        lines.append(f"| {r['benchmark']} | {r['metric']} | {r['fp32']['seeds']} / {r['bf16']['seeds']} | "
-                     f"{mean_sd(r['fp32'])} | {mean_sd(r['bf16'])} | {diff(r, 'final')} | {diff(r, 'best')} | "
-                     f"{r['fp32']['cpu_min']:.1f} / {r['bf16']['cpu_min']:.1f} | {verdict_text} |")
+        lines.append(f"| {r['benchmark']} | {r['metric']} | {r['precision']} | {r['fp32']['seeds']} / {r['other']['seeds']} | "
+                     f"{mean_sd(r['fp32'])} | {mean_sd(r['other'])} | {diff(r, 'final')} | {diff(r, 'best')} | "
+                     f"{r['fp32']['cpu_min']:.1f} / {r['other']['cpu_min']:.1f} | {verdict_text} |")
     return {"parity": "\n".join(lines)}
 
 

@@ -36,13 +36,13 @@ def test_parity_compares_the_means_over_seeds_with_an_interval(tmp_path, monkeyp
         results_file(tmp_path, f"classification_learning_32{suffix}", "32-true", [0.5, fp32], seed=seed)
         results_file(tmp_path, f"classification_learning_bf16{suffix}", "bf16-mixed", [0.5, bf16], seed=seed)
     (row,) = parity.measure()["rows"]
-    assert row["fp32"]["seeds"] == row["bf16"]["seeds"] == 3
+    assert row["fp32"]["seeds"] == row["other"]["seeds"] == 3 and row["precision"] == "bf16-mixed"
     assert row["fp32"]["final_mean"] == pytest.approx(0.900) and row["fp32"]["final_sd_points"] == pytest.approx(0.2)
     assert row["diff_final_points"] == pytest.approx(0.2)
     lo, hi = row["interval_final_points"]
     assert -1 < lo < 0.2 < hi < 1 and row["verdict"] == "same within 1 point"
     line = parity.tables({"rows": [row]})["parity"].splitlines()[-1]
-    assert "| 3 / 3 |" in line and "0.900 ± 0.002" in line and "+0.2 [" in line and "same within 1 point" in line
+    assert "| bf16-mixed | 3 / 3 |" in line and "0.900 ± 0.002" in line and "+0.2 [" in line and "same within 1 point" in line
 
     # a seed-to-seed spread of several points: no difference found, but not within 1 point either
     results_file(tmp_path, "classification_learning_32_seed2", "32-true", [0.5, 0.80], seed=2)
@@ -56,7 +56,13 @@ def test_parity_compares_the_means_over_seeds_with_an_interval(tmp_path, monkeyp
         results_file(tmp_path, f"classification_learning_32{suffix}", "32-true", [0.5, fp32], seed=seed)
         results_file(tmp_path, f"classification_learning_bf16{suffix}", "bf16-mixed", [0.5, fp32 - 0.05], seed=seed)
     (row,) = parity.measure()["rows"]
-    assert row["verdict"] == "bf16 lower" and row["interval_final_points"][1] < 0
+    assert row["verdict"] == "lower than fp32" and row["interval_final_points"][1] < 0
+
+    # `--precision auto` runs are a second comparison with the same fp32 runs
+    results_file(tmp_path, "classification_learning_auto", "auto", [0.5, 0.90])
+    bf16, auto = parity.measure()["rows"]
+    assert auto["precision"] == "auto (fp32 warm-up, then bf16)" and auto["other"]["seeds"] == 1
+    assert auto["diff_final_points"] == pytest.approx(0.0) and bf16["precision"] == "bf16-mixed"
 
 
 def test_parity_refuses_pairs_with_other_settings(tmp_path, monkeypatch):
