@@ -123,9 +123,9 @@ def main() -> None:
     from toolkit.modes.common import build_datamodule, build_task
     from toolkit.precision import resolve_precision
 
-    precision = resolve_precision(args.precision, "cpu")
+    precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     overrides = COMMON + MODELS[args.model] + [f"trainer.max_epochs={args.epochs}", f"data.num_workers={args.workers}",
-                                               f"trainer.precision={precision}", f"seed={args.seed}", *args.overrides]
+                                               f"trainer.precision={args.precision}", f"seed={args.seed}", *args.overrides]
     cfg = compose_config(overrides, out / "run")
     seed_everything(cfg.seed, workers=True)
 

@@ -175,16 +175,16 @@ def main() -> None:
     from toolkit.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
-    args.precision = resolve_precision(args.precision, "cpu")
+    precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     out = Path(args.out or tempfile.mkdtemp(prefix="face_distillation_"))
     os.environ.setdefault("TOOLKIT_CACHE_DIR", str(out / "cache"))
     os.environ.setdefault("TOOLKIT_LOG_DIR", str(out / "outputs"))
-    results = {"settings": vars(args), "precision": args.precision, "threads": torch.get_num_threads()}
+    results = {"settings": vars(args), "precision": precision, "threads": torch.get_num_threads()}
     if args.part in ("attributes", "both"):
         results["attributes"] = attributes(args, out)
     if args.part in ("embeddings", "both"):
         results["embeddings"] = embeddings(args, out)
-    print(f"\n# face distillation benchmark ({args.threads} CPU threads, {args.precision}, torch {torch.__version__})")
+    print(f"\n# face distillation benchmark ({args.threads} CPU threads, {precision}, torch {torch.__version__})")
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
     write_results(args.results, results, command=" ".join(["python", *sys.argv]))

@@ -59,10 +59,10 @@ def main() -> None:
     from toolkit.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
-    precision = resolve_precision(args.precision, "cpu")
+    precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     out = Path(args.out or tempfile.mkdtemp(prefix="fine_grained_learning_"))
     os.environ["TOOLKIT_CACHE_DIR"] = str(out / "cache")
-    small = [f"backbone.alpha={args.alpha}", "data.num_workers=0", "data.resolution=64", f"trainer.precision={precision}",
+    small = [f"backbone.alpha={args.alpha}", "data.num_workers=0", "data.resolution=64", f"trainer.precision={args.precision}",
              f"seed={args.seed}", *QUIET, PRECISE_BN]
     pretrain, pretrain_s = run_toolkit([*PRETRAIN[args.pretrain], f"data.n_train={args.pretrain_images}",
                                         f"trainer.max_epochs={args.pretrain_epochs}", *small], out / "pretrain")

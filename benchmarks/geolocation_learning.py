@@ -39,11 +39,11 @@ def main() -> None:
     from toolkit.precision import resolve_precision
 
     torch.set_num_threads(args.threads)
-    precision = resolve_precision(args.precision, "cpu")
+    precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     out = Path(args.out or tempfile.mkdtemp(prefix="geolocation_learning_"))
     os.environ["TOOLKIT_CACHE_DIR"] = str(out / "cache")
     common = ["task=geolocation", "data=geo_synthetic", f"backbone.alpha={args.alpha}", "data.num_workers=0",
-              f"trainer.precision={precision}", f"seed={args.seed}", *QUIET, PRECISE_BN]
+              f"trainer.precision={args.precision}", f"seed={args.seed}", *QUIET, PRECISE_BN]
     train, train_s = run_toolkit([*common, f"trainer.max_epochs={args.epochs}", *args.overrides], out / "train",
                                  record=["val/within_25km", "val/cell_top1"])
     hparams = torch.load(train["best_checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]
