@@ -92,27 +92,41 @@ def quotes(doc: Path) -> list[Quote]:
 def requote(doc: Path) -> list[Quote]:
     """Rewrite `doc`'s quoted tables from their results files; returns the ones that changed."""
     changed = [q for q in quotes(doc) if q.text != benchmark_tables(q.results)[q.table]]
+    requote_only(doc, changed)
+    return changed
+
+
+def requote_only(doc: Path, changed: list[Quote]) -> None:
+    """Replace the tables of `changed` (quotes of `doc`) by what their results files render now."""
     if changed:
         lines = doc.read_text().splitlines()
         for q in reversed(changed):  # from the end, so earlier line numbers stay valid
             lines[q.start:q.end] = benchmark_tables(q.results)[q.table].splitlines()
         doc.write_text("\n".join(lines) + "\n")
-    return changed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only list the tables that differ; exit 1 if any")
     args = parser.parse_args()
-    differing = []
+    differing, broken = [], []
     for doc in DOCS:
-        found = ([q for q in quotes(doc) if q.text != benchmark_tables(q.results)[q.table]] if args.check
-                 else requote(doc))
+        for q in quotes(doc):  # a results file its script cannot render (an older format) is named, not fatal
+            try:
+                benchmark_tables(q.results)[q.table]
+            except (OSError, KeyError, ValueError, TypeError) as error:
+                broken.append(q)
+                print(f"{doc.relative_to(REPO)}:{q.marker}: {q.results}.json#{q.table} cannot be rendered "
+                      f"({type(error).__name__}: {error}): rerun its benchmark")
+        renderable = [q for q in quotes(doc) if q not in broken]
+        found = [q for q in renderable if q.text != benchmark_tables(q.results)[q.table]]
+        if found and not args.check:
+            requote_only(doc, found)
         differing += found
         for q in found:
             print(f"{doc.relative_to(REPO)}:{q.marker}: {q.results}.json#{q.table}"
                   f"{' differs' if args.check else ' requoted'}")
-    if args.check and differing:
+    if broken or (args.check and differing):
         sys.exit(1)
 
 

@@ -46,7 +46,7 @@ class LastCheckpoint(Callback):
         if trainer.global_step == self._saved_at_step and not force:
             return
         tmp = self.dirpath / f".last.ckpt.{trainer.global_step}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes on rank 0
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state, to resume; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("last_checkpoint")
