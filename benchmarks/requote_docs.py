@@ -101,7 +101,8 @@ def requote_only(doc: Path, changed: list[Quote]) -> None:
     if changed:
         lines = doc.read_text().splitlines()
         for q in reversed(changed):  # from the end, so earlier line numbers stay valid
-            lines[q.start:q.end] = benchmark_tables(q.results)[q.table].splitlines()
+            table = benchmark_tables(q.results)[q.table].splitlines()
+            lines[q.start:q.end] = table if q.end > q.start else [*table, ""]  # a first quote: a blank line after
         doc.write_text("\n".join(lines) + "\n")
 
 

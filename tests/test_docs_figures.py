@@ -47,6 +47,10 @@ def test_requote_rewrites_only_the_table_after_a_marker(tmp_path, monkeypatch):
                                "| 3 |\nAfter.\n")
     assert requote_docs.requote(doc) == []  # nothing left to change
 
+    doc.write_text("<!-- figures: benchmarks/results/x.json#t -->\n\nText.\n")  # a marker without a table yet
+    requote_docs.requote(doc)
+    assert doc.read_text() == "<!-- figures: benchmarks/results/x.json#t -->\n\n| new |\n|---|\n| 2 |\n| 3 |\n\nText.\n"
+
 
 def test_a_results_file_names_its_script():
     script_of = requote_docs.script_of
