@@ -8,9 +8,9 @@ present `<name>_auto*.json`: `--precision auto`, which on a bf16 machine trains 
 (toolkit/precision.py); each of bf16 and auto is compared with fp32. One pair
 says little: two fp32 runs that differ only in their seed already end several points apart on small generated
 data sets, so the comparison is between the precisions' means over their seeds, with a 95 % Welch interval on
-the difference. bf16 matches fp32 "within 1 point" when that whole interval lies inside +-1 point; an interval
-around 0 that is wider says no difference was found at this resolution, and one that excludes 0 is a real gain
-or loss. Checks that every file's settings agree except precision and seed, writes
+the difference. bf16 matches fp32 "within 1 point" when that whole interval lies inside +-1 point; one that
+excludes 0 is a real gain or loss (a loss is printed in bold); an interval around 0 that is wider than +-1 says
+no difference was found at this resolution, and whether the means are within 1 point. Checks that every file's settings agree except precision and seed, writes
 benchmarks/results/bf16_parity.json; `tables()` renders the table docs/performance.md quotes. The runs (1 torch
 thread each here, two at a time; each file records its command):
 
@@ -113,8 +113,8 @@ def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> 
     return float(diff - half), float(diff + half)
 
 
-def verdict(interval: tuple[float, float] | None) -> str:
-    """What the interval of (compared - fp32), in points, says against the tolerance."""
+def verdict(interval: tuple[float, float] | None, diff: float) -> str:
+    """What the interval of (compared - fp32) and the difference of the means, in points, say against the tolerance."""
     if interval is None:
         return "one seed per precision: no noise estimate"
     lo, hi = interval
@@ -124,7 +124,9 @@ def verdict(interval: tuple[float, float] | None) -> str:
         return "higher than fp32"
     if hi < 0:
         return "lower than fp32"
-    return "no difference found; noise wider than 1 point"
+    if abs(diff) <= TOLERANCE_POINTS:
+        return "no difference found; means within 1 point, seed noise wider"
+    return "no difference found; seed noise wider than the difference"
 
 
 def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], list[float]],
@@ -151,18 +153,34 @@ def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], 
         row[f"diff_{which}_points"] = 100 * (row["other"][f"{which}_mean"] - row["fp32"][f"{which}_mean"])
         row[f"interval_{which}_points"] = welch_interval([100 * r[which] for r in row["fp32"]["runs"]],
                                                          [100 * r[which] for r in row["other"]["runs"]])
-    row["verdict"] = verdict(row["interval_final_points"])  # the final value: the runs end on a cosine plateau
+    row["verdict"] = verdict(row["interval_final_points"], row["diff_final_points"])  # runs end on a cosine plateau
     row["within_tolerance"] = row["verdict"] == "same within 1 point"
     return row
 
 
+#: the benchmark whose mean learning curve per precision `tables()["epochs"]` shows (where bf16 lags, auto not)
+CURVES = ("classification_learning", lambda r: [e["top1"] for e in r["epochs"]])
+
+
+def mean_curves(name: str, per_epoch: Callable[[dict], list[float]]) -> list[dict]:
+    """Per precision with results files: the metric per validation epoch, averaged over the seeds."""
+    curves = []
+    for suffix, label in PRECISIONS.items():
+        runs = [per_epoch(load(n)["results"]) for n in run_names(name, suffix)]
+        if runs:
+            curves.append({"precision": label, "seeds": len(runs),
+                           "mean_per_epoch": [statistics.fmean(r[i] for r in runs) for i in range(min(map(len, runs)))]})
+    return curves
+
+
 def measure() -> dict:
     rows = [compare(*comparison, variant) for comparison in COMPARISONS for variant in ("bf16", "auto")]
-    return {"tolerance_points": TOLERANCE_POINTS, "confidence": 0.95, "rows": [r for r in rows if r is not None]}
+    return {"tolerance_points": TOLERANCE_POINTS, "confidence": 0.95, "rows": [r for r in rows if r is not None],
+            "curves": {"results": CURVES[0], "by_precision": mean_curves(*CURVES)}}
 
 
 def tables(results: dict) -> dict[str, str]:
-    """`parity`: per benchmark, the mean final metric of fp32 and of the compared precision (+- seed-to-seed
+    """`epochs`: the mean learning curve of `CURVES` per precision; `parity`: per benchmark, the mean final metric of fp32 and of the compared precision (+- seed-to-seed
     standard deviation) over the seeds run, their difference with its 95 % interval (final and best epoch),
     CPU minutes per run, and the verdict."""
     lines = ["| benchmark | metric | compared with fp32 | seeds | fp32 final: mean ± sd | compared: mean ± sd | "
@@ -180,11 +198,19 @@ def tables(results: dict) -> dict[str, str]:
         return text + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval is not None else "")
 
     for r in results["rows"]:
-        verdict_text = r["verdict"] if r["within_tolerance"] else f"**{r['verdict']}**"
+        verdict_text = f"**{r['verdict']}**" if r["verdict"] == "lower than fp32" else r["verdict"]
         lines.append(f"| {r['benchmark']} | {r['metric']} | {r['precision']} | {r['fp32']['seeds']} / {r['other']['seeds']} | "
                      f"{mean_sd(r['fp32'])} | {mean_sd(r['other'])} | {diff(r, 'final')} | {diff(r, 'best')} | "
                      f"{r['fp32']['cpu_min']:.1f} / {r['other']['cpu_min']:.1f} | {verdict_text} |")
-    return {"parity": "\n".join(lines)}
+    tables = {"parity": "\n".join(lines)}
+    curves = results.get("curves", {}).get("by_precision")
+    if curves:  # `epochs`: the mean learning curve of CURVES per precision
+        epochs = ["| epoch | " + " | ".join(f"{c['precision']} ({c['seeds']} seeds)" for c in curves) + " |",
+                  "|---|" + "---|" * len(curves)]
+        for i in range(min(len(c["mean_per_epoch"]) for c in curves)):
+            epochs.append(f"| {i} | " + " | ".join(f"{c['mean_per_epoch'][i]:.3f}" for c in curves) + " |")
+        tables["epochs"] = "\n".join(epochs)
+    return tables
 
 
 def main() -> None:

@@ -47,8 +47,9 @@ def test_parity_compares_the_means_over_seeds_with_an_interval(tmp_path, monkeyp
     # a seed-to-seed spread of several points: no difference found, but not within 1 point either
     results_file(tmp_path, "classification_learning_32_seed2", "32-true", [0.5, 0.80], seed=2)
     (row,) = parity.measure()["rows"]
-    assert row["verdict"] == "no difference found; noise wider than 1 point" and not row["within_tolerance"]
-    assert "**no difference found" in parity.tables({"rows": [row]})["parity"]
+    assert row["verdict"] == "no difference found; seed noise wider than the difference"
+    assert not row["within_tolerance"] and "**" not in parity.tables({"rows": [row]})["parity"]
+    assert parity.verdict((-3.0, 3.4), 0.2) == "no difference found; means within 1 point, seed noise wider"
 
     # bf16 5 points lower at every seed: a loss the interval resolves
     for seed, fp32 in enumerate([0.90, 0.91, 0.89]):
@@ -57,11 +58,16 @@ def test_parity_compares_the_means_over_seeds_with_an_interval(tmp_path, monkeyp
         results_file(tmp_path, f"classification_learning_bf16{suffix}", "bf16-mixed", [0.5, fp32 - 0.05], seed=seed)
     (row,) = parity.measure()["rows"]
     assert row["verdict"] == "lower than fp32" and row["interval_final_points"][1] < 0
+    assert "**lower than fp32**" in parity.tables({"rows": [row]})["parity"]
 
     # `--precision auto` runs are a second comparison with the same fp32 runs
     results_file(tmp_path, "classification_learning_auto", "auto", [0.5, 0.90])
-    bf16, auto = parity.measure()["rows"]
+    results = parity.measure()
+    bf16, auto = results["rows"]
     assert auto["precision"] == "auto (fp32 warm-up, then bf16)" and auto["other"]["seeds"] == 1
+    epochs = parity.tables(results)["epochs"].splitlines()  # mean per epoch over each precision's seeds
+    assert epochs[0] == "| epoch | 32-true (3 seeds) | bf16-mixed (3 seeds) | auto (fp32 warm-up, then bf16) (1 seeds) |"
+    assert epochs[2:] == ["| 0 | 0.500 | 0.500 | 0.500 |", "| 1 | 0.900 | 0.850 | 0.900 |"]
     assert auto["diff_final_points"] == pytest.approx(0.0) and bf16["precision"] == "bf16-mixed"
 
 
