@@ -31,8 +31,6 @@ INPUT_NOISE = (1e-4, 2e-3)
 
 def setup(seed: int, folder: Path):
     """The classification benchmark's generated data (batches of 64), a freshly initialised task, its optimiser."""
-    import hydra
-
     from toolkit.modes.common import build_datamodule, build_task
 
     torch.manual_seed(seed)
@@ -43,8 +41,8 @@ def setup(seed: int, folder: Path):
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     task = build_task(cfg, datamodule)
-    optimizer = hydra.utils.instantiate(cfg.task.optimizer, params=task.model.parameters())  # the paper's RMSprop
-    return datamodule, task, optimizer
+    optimizers = task.configure_optimizers()  # the paper's RMSprop with the task's weight-decay groups
+    return datamodule, task, optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
 
 
 def gradients(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict]:
@@ -97,8 +95,7 @@ def measure_at(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return row
 
 
-def measure(train_steps: list[int], seed: int) -> dict:
-    folder = Path(tempfile.mkdtemp(prefix="bf16_gradient_noise_"))
+def measure(train_steps: list[int], seed: int, folder: Path) -> dict:
     datamodule, task, optimizer = setup(seed, folder)
     batches = iter(datamodule.train_dataloader())
     first = next(batches)  # the batch every measurement uses (batches are dicts: image, label, ...)
@@ -114,7 +111,7 @@ def measure(train_steps: list[int], seed: int) -> dict:
                 batches = iter(datamodule.train_dataloader())
                 batch = next(batches)
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"]).backward()
+            task.criterion(model(batch["image"]), batch["label"]).backward()
             optimizer.step()
             done += 1
         rows.append({"train_steps": target, **measure_at(model, images, labels, seed)})
@@ -149,7 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = measure(args.train_steps, args.seed)
+    with tempfile.TemporaryDirectory(prefix="bf16_gradient_noise_") as folder:  # generated data, 2,000 images
+        results = measure(args.train_steps, args.seed, Path(folder))
     for table in tables(results).values():
         print(table + "\n")
     write_results("bf16_gradient_noise", results, command=" ".join(["python", *sys.argv]))

@@ -89,42 +89,47 @@ def quotes(doc: Path) -> list[Quote]:
     return found
 
 
-def requote(doc: Path) -> list[Quote]:
-    """Rewrite `doc`'s quoted tables from their results files; returns the ones that changed."""
-    changed = [q for q in quotes(doc) if q.text != benchmark_tables(q.results)[q.table]]
-    requote_only(doc, changed)
-    return changed
+def render(quote: Quote) -> str:
+    """The table `quote` should show: what its results file renders now."""
+    return benchmark_tables(quote.results)[quote.table]
 
 
-def requote_only(doc: Path, changed: list[Quote]) -> None:
-    """Replace the tables of `changed` (quotes of `doc`) by what their results files render now."""
-    if changed:
+def requote(doc: Path, stale: list[Quote] | None = None) -> list[Quote]:
+    """Rewrite the quoted tables of `doc` that differ from `render` (or just the quotes `stale`); returns them."""
+    if stale is None:
+        stale = [q for q in quotes(doc) if q.text != render(q)]
+    if stale:
+        from toolkit.io import write_text_atomic
+
         lines = doc.read_text().splitlines()
-        for q in reversed(changed):  # from the end, so earlier line numbers stay valid
-            table = benchmark_tables(q.results)[q.table].splitlines()
+        for q in reversed(stale):  # from the end, so earlier line numbers stay valid
+            table = render(q).splitlines()
             lines[q.start:q.end] = table if q.end > q.start else [*table, ""]  # a first quote: a blank line after
-        doc.write_text("\n".join(lines) + "\n")
+        write_text_atomic(doc, "\n".join(lines) + "\n")
+    return stale
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only list the tables that differ; exit 1 if any")
     args = parser.parse_args()
-    differing, broken = [], []
+    differing, broken = [], False
     for doc in DOCS:
+        renderable = []
         for q in quotes(doc):  # a results file its script cannot render (an older format) is named, not fatal
             try:
-                benchmark_tables(q.results)[q.table]
+                render(q)
             except (OSError, KeyError, ValueError, TypeError) as error:
-                broken.append(q)
+                broken = True
                 print(f"{doc.relative_to(REPO)}:{q.marker}: {q.results}.json#{q.table} cannot be rendered "
                       f"({type(error).__name__}: {error}): rerun its benchmark")
-        renderable = [q for q in quotes(doc) if q not in broken]
-        found = [q for q in renderable if q.text != benchmark_tables(q.results)[q.table]]
-        if found and not args.check:
-            requote_only(doc, found)
-        differing += found
-        for q in found:
+            else:
+                renderable.append(q)
+        stale = [q for q in renderable if q.text != render(q)]
+        if not args.check:
+            requote(doc, stale)
+        differing += stale
+        for q in stale:
             print(f"{doc.relative_to(REPO)}:{q.marker}: {q.results}.json#{q.table}"
                   f"{' differs' if args.check else ' requoted'}")
     if broken or (args.check and differing):

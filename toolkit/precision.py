@@ -88,7 +88,7 @@ class BF16AfterFP32Warmup(MixedPrecision):
     Validation, test and predict steps always run under bf16. The step count is saved in checkpoints (Lightning
     stores a precision plugin's `state_dict`), so a resumed run does not warm up again."""
 
-    def __init__(self, device: str, fp32_steps: int = FP32_WARMUP_STEPS):
+    def __init__(self, device: str, fp32_steps: int):
         super().__init__("bf16-mixed", device)
         self.fp32_steps, self.steps = fp32_steps, 0
 
