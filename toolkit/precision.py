@@ -6,7 +6,7 @@ products at 1.5-2x fp32. Elsewhere bf16 is emulated and slower than fp32, so `au
 
 `auto` trains in bf16 too (1.67x faster here), after `FP32_WARMUP_STEPS` optimiser steps in fp32: from random
 weights a BN network amplifies any rounding into gradient noise (the cosine between bf16's and fp32's gradient is
-0.30 at initialisation and 0.99 after 100 steps: benchmarks/results/bf16_gradient_noise.json), which delayed the
+0.30 at initialisation, 0.97 after 100 steps: benchmarks/results/bf16_gradient_noise.json), which delayed the
 first epochs of the classification benchmark under plain bf16. The bf16 parity benchmark
 (benchmarks/results/bf16_parity.json, docs/performance.md) compares the learning benchmarks over several seeds.
 """
