@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from toolkit.data.transforms import SeededCompose
+from toolkit.data import eval_preprocess
+from toolkit.data.transforms import EvalNormalize, EvalResize, SeededCompose
 from toolkit.errors import ConfigError
 
 #: albumentations keeps boxes partially inside a crop, clipped; this drops slivers under 1 pixel
@@ -105,7 +105,8 @@ def _iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 
 def _finish(ops: list, mean, std) -> A.Compose:
-    return SeededCompose([*ops, A.Normalize(mean=mean, std=std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
+    """`ops`, then normalise (`eval_preprocess.normalize`, the function toolkit.deploy calls) and make a tensor."""
+    return SeededCompose([*ops, EvalNormalize(mean, std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
 
 
 def ssd_train_transform(resolution: int, mean, std) -> A.Compose:
@@ -119,33 +120,28 @@ def ssd_train_transform(resolution: int, mean, std) -> A.Compose:
 
 
 def ssd_eval_transform(resolution: int, mean, std) -> A.Compose:
-    return _finish([A.Resize(resolution, resolution)], mean, std)
+    """The square resize only (`eval_preprocess.square_rule`, the rule exported files carry)."""
+    return _finish([EvalResize(eval_preprocess.square_rule(resolution))], mean, std)
 
 
-class ResizeShorterSide(A.DualTransform):
+class ResizeShorterSide(EvalResize):
     """Scale by min(min_size / shorter side, max_size / longer side): torchvision's GeneralizedRCNNTransform
-    rule (albumentations' SmallestMaxSize + LongestMaxSize would also upscale the longer side to max_size)."""
+    rule (albumentations' SmallestMaxSize + LongestMaxSize would also upscale the longer side to max_size).
+    `eval_preprocess.shorter_side_rule`, the rule exported files carry."""
 
     def __init__(self, min_size: int, max_size: int, p: float = 1.0):
-        super().__init__(p=p)
+        super().__init__(eval_preprocess.shorter_side_rule(min_size, max_size), p=p)
         self.min_size, self.max_size = min_size, max_size
 
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params["shape"][:2]
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
-        return {"target_shape": (max(1, round(height * scale)), max(1, round(width * scale)))}
 
-    def apply(self, img: np.ndarray, target_shape: tuple[int, int], **params: Any) -> np.ndarray:
-        height, width = target_shape
-        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-
-    def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
-        return bboxes  # albumentations keeps boxes normalised to the image: a resize leaves them unchanged
+def keep_aspect_max_size(resolution: int) -> int:
+    """The longer side's cap: resolution * 1000/600 (TF OD API's 600/1024, torchvision's 800/1333)."""
+    return int(resolution * 1000 / 600)
 
 
 def keep_aspect_size_ops(resolution: int) -> list:
     """Shorter side -> resolution, longer side capped at resolution * 1000/600 (whichever scale is smaller)."""
-    return [ResizeShorterSide(resolution, int(resolution * 1000 / 600))]
+    return [ResizeShorterSide(resolution, keep_aspect_max_size(resolution))]
 
 
 def keep_aspect_train_transform(resolution: int, mean, std) -> A.Compose:

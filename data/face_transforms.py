@@ -5,7 +5,8 @@ from __future__ import annotations
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
-from toolkit.data.transforms import SeededCompose
+from toolkit.data import eval_preprocess
+from toolkit.data.transforms import EvalNormalize, EvalResize, SeededCompose
 
 
 def face_train_transform(resolution: int, mean, std, crop_scale=(0.8, 1.0), hflip: bool = True,
@@ -23,10 +24,7 @@ def face_train_transform(resolution: int, mean, std, crop_scale=(0.8, 1.0), hfli
 
 
 def face_eval_transform(resolution: int, mean, std) -> A.Compose:
-    """Shorter side to `resolution`, centre square crop (CelebA's 178x218 -> the central 178x178)."""
-    return SeededCompose([
-        A.SmallestMaxSize(max_size=resolution),
-        A.CenterCrop(height=resolution, width=resolution),
-        A.Normalize(mean=mean, std=std),
-        ToTensorV2(),
-    ])
+    """Shorter side to `resolution`, centre square crop (CelebA's 178x218 -> the central 178x178):
+    `eval_preprocess.center_crop_rule` with crop_fraction 1, the rule exported files carry."""
+    return SeededCompose([EvalResize(eval_preprocess.center_crop_rule(resolution, 1.0)), EvalNormalize(mean, std),
+                          ToTensorV2()])

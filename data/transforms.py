@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import albumentations as A
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+
+from toolkit.data import eval_preprocess
 
 
 class SeededCompose(A.Compose):
@@ -29,6 +34,36 @@ class SeededCompose(A.Compose):
         return super().__call__(*args, **data)
 
 
+class EvalResize(A.DualTransform):
+    """The eval pipelines' resize (`toolkit.data.eval_preprocess.resize`, rule by name): the function
+    `mode=predict`, export verification and `toolkit.deploy` call, so a deployed file sees the same pixels. Boxes
+    (normalised to the image in albumentations) are unchanged by a resize; a centre crop takes no boxes."""
+
+    def __init__(self, rule: dict[str, Any], p: float = 1.0):
+        super().__init__(p=p)
+        self.rule = dict(rule)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return eval_preprocess.resize(img, self.rule)
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
+        if self.rule["mode"] == "center_crop" and bboxes.size:
+            raise ValueError("EvalResize: a centre-crop rule takes images only, not boxes")
+        return bboxes
+
+
+class EvalNormalize(A.ImageOnlyTransform):
+    """`toolkit.data.eval_preprocess.normalize`: albumentations' Normalize arithmetic (bit for bit on uint8 images,
+    checked by tests/test_deploy_parity.py), from the function `toolkit.deploy` calls."""
+
+    def __init__(self, mean, std, p: float = 1.0):
+        super().__init__(p=p)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return eval_preprocess.normalize(img, self.mean, self.std)
+
+
 def classification_train_transform(resolution: int, mean, std, crop_scale=(0.35, 1.0), hflip: bool = True) -> A.Compose:
     """Random-resized crop over a limited scale range (paper §3.2: smaller crops than Inception), flip."""
     ops = [A.RandomResizedCrop(size=(resolution, resolution), scale=tuple(crop_scale))]
@@ -39,12 +74,7 @@ def classification_train_transform(resolution: int, mean, std, crop_scale=(0.35,
 
 
 def classification_eval_transform(resolution: int, mean, std, crop_fraction: float = 0.875) -> A.Compose:
-    """Resize the shorter side to resolution / crop_fraction, then centre-crop `resolution`."""
-    return SeededCompose(
-        [
-            A.SmallestMaxSize(max_size=round(resolution / crop_fraction)),
-            A.CenterCrop(height=resolution, width=resolution),
-            A.Normalize(mean=mean, std=std),
-            ToTensorV2(),
-        ]
-    )
+    """Resize the shorter side to round(resolution / crop_fraction) (OpenCV bilinear), then centre-crop `resolution`:
+    `eval_preprocess.center_crop_rule`, the rule exported files carry."""
+    return SeededCompose([EvalResize(eval_preprocess.center_crop_rule(resolution, crop_fraction)),
+                          EvalNormalize(mean, std), ToTensorV2()])

@@ -1,8 +1,10 @@
-"""Post-processing for runtimes without an NMS operator: SSD's per-class top-k, class-wise NMS and top-N in numpy.
+"""Post-processing for files without NMS: SSD's box decoding, per-class top-k, class-wise NMS and top-N in numpy.
 
-ONNX exports carry NMS inside the graph; ExecuTorch's XNNPACK delegate has no NMS kernel, so an SSD `.pte`
-returns every anchor's decoded box and class probabilities and this function finishes the job exactly as
-torchvision's `SSD.postprocess_detections` does (the settings come from the file's `nms` metadata).
+ONNX exports carry NMS inside the graph by default; ExecuTorch's XNNPACK delegate has no NMS kernel, so an SSD
+`.pte` returns every anchor's decoded box and class probabilities, and `export.postprocess=none` files return
+the raw head (box regression and class logits per anchor; `decode_ssd_head` decodes it with the anchors and
+rule in the file's `raw_head` metadata). `ssd_detections` then finishes exactly as torchvision's
+`SSD.postprocess_detections` does (the settings come from the file's `nms` metadata).
 """
 
 from __future__ import annotations
@@ -32,6 +34,41 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
         if order.size:
             order = order[box_iou_one(boxes[best], boxes[order]) <= iou_thresh]
     return np.asarray(keep, dtype=np.int64)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def decode_boxes(regression: np.ndarray, anchors: np.ndarray, weights, xform_clip: float,
+                 size: tuple[int, int]) -> np.ndarray:
+    """(A, 4) xyxy boxes clipped to the `size` (H, W) input: torchvision's BoxCoder.decode_single on (A, 4) codes."""
+    regression, anchors = regression.astype(np.float32), anchors.astype(np.float32)
+    widths, heights = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ctr_x, ctr_y = anchors[:, 0] + np.float32(0.5) * widths, anchors[:, 1] + np.float32(0.5) * heights
+    wx, wy, ww, wh = (np.float32(w) for w in weights)
+    dx, dy = regression[:, 0] / wx, regression[:, 1] / wy
+    dw = np.minimum(regression[:, 2] / ww, np.float32(xform_clip))
+    dh = np.minimum(regression[:, 3] / wh, np.float32(xform_clip))
+    pred_ctr_x, pred_ctr_y = dx * widths + ctr_x, dy * heights + ctr_y
+    half_w, half_h = np.float32(0.5) * np.exp(dw) * widths, np.float32(0.5) * np.exp(dh) * heights
+    boxes = np.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], axis=1)
+    height, width = size
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    return boxes
+
+
+def decode_ssd_head(regression: np.ndarray, logits: np.ndarray, raw_head: dict,
+                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image's raw head (A x 4 box codes, A x K+1 logits) -> (A x 4 boxes in input pixels, A x K+1 probabilities)."""
+    anchors = np.asarray(raw_head["anchors"], dtype=np.float32)
+    if len(anchors) != len(regression):
+        raise ValueError(f"the file's metadata holds {len(anchors)} anchors for {len(regression)} head rows")
+    coder = raw_head["box_coder"]
+    boxes = decode_boxes(regression, anchors, coder["weights"], coder["bbox_xform_clip"], size)
+    return boxes, softmax(logits.astype(np.float32))
 
 
 def ssd_detections(boxes: np.ndarray, probs: np.ndarray, score_thresh: float, nms_thresh: float,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.deploy.draw import draw_boxes
-from toolkit.deploy.postprocess import ssd_detections
+from toolkit.deploy.postprocess import decode_ssd_head, softmax, ssd_detections
 from toolkit.deploy.preprocess import preprocess
 from toolkit.deploy.runtime import open_model
 from toolkit.predictions import (
@@ -29,25 +29,27 @@ from toolkit.predictions import (
 log = logging.getLogger(__name__)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def detections(outputs: dict[str, np.ndarray], metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detections(outputs: dict[str, np.ndarray], metadata: dict[str, Any],
+               input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes in input pixels, scores, labels) of one image: straight from the graph when NMS is inside it,
-    else from the dense anchor outputs through `ssd_detections`."""
+    else from the dense anchor outputs (decoded first when the file holds the raw head, `export.postprocess=none`)
+    through `ssd_detections`. `input_size`: (H, W) of the input (default: the file's fixed input size)."""
     nms = metadata["nms"]
     if nms["in_graph"]:
         count = int(outputs["count"].reshape(-1)[0])
         return outputs["boxes"][:count], outputs["scores"][:count], outputs["labels"][:count].astype(np.int64)
-    return ssd_detections(outputs["boxes"][0], outputs["scores"][0], nms["score_thresh"], nms["iou_thresh"],
-                          nms["topk_candidates"], nms["detections_per_img"])
+    if "raw_head" in metadata:
+        size = input_size or tuple(metadata["input_size"])
+        boxes, probs = decode_ssd_head(outputs["bbox_regression"][0], outputs["cls_logits"][0], metadata["raw_head"], size)
+    else:
+        boxes, probs = outputs["boxes"][0], outputs["scores"][0]
+    return ssd_detections(boxes, probs, nms["score_thresh"], nms["iou_thresh"], nms["topk_candidates"],
+                          nms["detections_per_img"])
 
 
 def record_batches(runner, metadata: dict[str, Any], paths: list[Path], batch_size: int = 16,
@@ -59,7 +61,7 @@ def record_batches(runner, metadata: dict[str, Any], paths: list[Path], batch_si
         thresh = metadata["predict_score_thresh"] if score_thresh is None else score_thresh
         for path in paths:  # one image per run: detectors export with batch 1
             array, (height, width) = preprocess(path, metadata)
-            boxes, scores, labels = detections(runner.run(array[None]), metadata)
+            boxes, scores, labels = detections(runner.run(array[None]), metadata, array.shape[1:])
             scale = np.asarray([width / array.shape[2], height / array.shape[1]] * 2, dtype=np.float32)
             keep = scores >= thresh
             yield [{"path": str(path), "width": int(width), "height": int(height), "detections": [

@@ -79,12 +79,18 @@ class GeolocationOutputs(nn.Module):
         return (*logits, scores, latlon)
 
 
-def inference_module(task, kind: str, fmt: str) -> tuple[nn.Module, list[str]]:
-    """(module, output names) of what `task` computes at inference, in the form `fmt` can hold."""
+def inference_module(task, kind: str, fmt: str, postprocess: str = "nms") -> tuple[nn.Module, list[str]]:
+    """(module, output names) of what `task` computes at inference, in the form `fmt` can hold. Detectors with
+    `postprocess="none"` (export.postprocess): the raw SSD head, decoded after the runtime."""
     if kind == "detection":
-        from toolkit.detection.export import SSDDenseOutputs, WholeDetector
+        from toolkit.detection.export import SSDDenseOutputs, SSDRawHead, WholeDetector
         from toolkit.detection.ssd import MobileNetSSD
 
+        if postprocess == "none":
+            if not isinstance(task.model, MobileNetSSD):
+                raise ExportError(f"export.postprocess=none: {type(task.model).__name__} needs NMS between its RPN and "
+                                  "RoI stages, so it has no raw-head form; use export.postprocess=nms")
+            return SSDRawHead(task.model).eval(), ["bbox_regression", "cls_logits"]
         if fmt.startswith("executorch"):
             if not isinstance(task.model, MobileNetSSD):
                 raise ExportError(f"{fmt}: {type(task.model).__name__} has no ExecuTorch form (RoIAlign and NMS have no "
@@ -97,8 +103,38 @@ def inference_module(task, kind: str, fmt: str) -> tuple[nn.Module, list[str]]:
     return task.model.eval(), ["embedding" if kind == "face_embedding" else "logits"]
 
 
+def predict_preprocessing(datamodule) -> tuple[dict[str, Any] | None, int | None]:
+    """(resize rule, JPEG draft min side) of the datamodule's `mode=predict` loader, read from the loader itself
+    (its eval transform's `EvalResize` and its dataset's `min_side`), or (None, None) where it has none."""
+    from toolkit.data.transforms import EvalResize
+
+    if datamodule is None:
+        return None, None
+    try:
+        dataset = datamodule.predict_dataset([])
+    except NotImplementedError:
+        return None, None
+    transforms = getattr(getattr(dataset, "transform", None), "transforms", None) or []
+    rule = next((dict(t.rule) for t in transforms if isinstance(t, EvalResize)), None)
+    return rule, getattr(dataset, "min_side", None)
+
+
+#: how every detector file's boxes are to be read (`detections` in the metadata)
+DETECTION_CONVENTIONS = {
+    "box_format": "xyxy (x1, y1, x2, y2)",
+    "coordinate_frame": "pixels of the network input (the resized image); scale x by original width / input width "
+                        "and y by original height / input height for the photo's pixels (toolkit.deploy does)",
+    "label_base": 1, "background_label": 0, "labels": "1..K: class_names[label - 1], category_ids[label - 1]",
+    "batch": 1,
+}
+
+
 def export_metadata(task, kind: str, cfg: DictConfig, datamodule, outputs: list[str]) -> dict[str, Any]:
-    """Everything a runtime user needs besides the file: preprocessing, classes, outputs (see toolkit.deploy.metadata)."""
+    """Everything a runtime user needs besides the file: preprocessing, classes, outputs (see toolkit.deploy.metadata).
+    The resize rule and JPEG decoding are the `mode=predict` loader's own (toolkit.data.eval_preprocess)."""
+    from toolkit.data import eval_preprocess
+    from toolkit.data.detection_transforms import keep_aspect_max_size
+
     backbone = dict(task.hparams.get("backbone") or {})
     resolution = int(cfg.data.resolution)
     meta: dict[str, Any] = {
@@ -107,19 +143,28 @@ def export_metadata(task, kind: str, cfg: DictConfig, datamodule, outputs: list[
         "mean": list(getattr(datamodule, "mean", None) or backbone_stats(task)[0]),
         "std": list(getattr(datamodule, "std", None) or backbone_stats(task)[1]),
         "channel_order": "RGB", "layout": "NCHW", "value_range": "RGB/255, then (x - mean) / std",
+        "normalize": eval_preprocess.NORMALIZE_RULE,
         "outputs": outputs, "exported_by": "mobilenet-toolkit mode=export",
     }
+    rule, min_side = predict_preprocessing(datamodule)
     if kind == "detection":
         keep_aspect = getattr(datamodule, "transform_name", "ssd") == "keep_aspect"
-        meta["resize"] = ({"mode": "shorter_side", "max_size": int(resolution * 1000 / 600)} if keep_aspect
-                          else {"mode": "square"})
-        meta["input_size"] = None if keep_aspect else [resolution, resolution]
+        rule = rule or (eval_preprocess.shorter_side_rule(resolution, keep_aspect_max_size(resolution)) if keep_aspect
+                        else eval_preprocess.square_rule(resolution))
+        meta["input_size"] = None if rule["mode"] == "shorter_side" else [int(v) for v in rule["size"]]
         meta.update(class_names=list(task.class_names), category_ids=list(task.category_ids),
-                    predict_score_thresh=float(task.hparams.predict_score_thresh))
+                    predict_score_thresh=float(task.hparams.predict_score_thresh), detections=dict(DETECTION_CONVENTIONS))
     else:
-        crop = 1.0 if kind in ("face_attributes", "face_embedding") else float(getattr(datamodule, "crop_fraction", 0.875))
-        meta["resize"] = {"mode": "center_crop", "crop_fraction": crop}
-        meta["input_size"] = [resolution, resolution]
+        if rule is None:  # no data: the eval transforms' defaults (faces keep the whole shorter side)
+            crop = 1.0 if kind in ("face_attributes", "face_embedding") else float(getattr(datamodule, "crop_fraction", 0.875))
+            rule = eval_preprocess.center_crop_rule(resolution, crop)
+            min_side = 2 * resolution if kind in ("classification", "geolocation") else None
+        meta["input_size"] = [int(v) for v in rule["crop"]] if rule["mode"] == "center_crop" else None
+    meta["resize"] = rule
+    meta["decode"] = {"library": "Pillow", "jpeg_draft_min_side": None if min_side is None else int(min_side),
+                      "rule": "JPEGs decode at libjpeg's reduced scale (PIL Image.draft('RGB', (n, n)) with n = "
+                              "jpeg_draft_min_side) when that is set; other files, and JPEGs when it is null, decode "
+                              "in full; then RGB"}
     if kind == "classification":
         meta.update(class_names=list(task.class_names), predict_top_k=int(task.hparams.predict_top_k))
     elif kind == "face_attributes":
@@ -351,10 +396,13 @@ class TorchScriptModel:
 def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibration: list[torch.Tensor],
                  metadata_for) -> tuple[Path, dict[str, Any]]:
     """Write one format; returns (file, its metadata)."""
-    module, outputs = inference_module(task, kind, fmt)
+    postprocess = str(cfg.export.get("postprocess", "nms")) if kind == "detection" else "nms"
+    module, outputs = inference_module(task, kind, fmt, postprocess)
     path = out / FILE_NAMES[fmt]
     example = calibration[0]
     metadata = metadata_for(outputs)
+    if kind == "detection":
+        metadata = {**metadata, **detector_outputs(task, fmt, postprocess, int(cfg.data.resolution))}
     if fmt in ("onnx", "onnx_int8"):
         fp32 = out / FILE_NAMES["onnx"]
         if fmt == "onnx" or not fp32.is_file():
@@ -373,7 +421,6 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
         example = example[:1]
         int8 = fmt == "executorch_int8"
         export_executorch(module, example, path, calibration if int8 else None, dynamic_batch=kind != "detection")
-        metadata = {**metadata, "nms": {"in_graph": False, **_nms(task)}} if kind == "detection" else metadata
         if int8:
             metadata["quantization"] = "PT2E XNNPACKQuantizer int8, per-channel weights"
     else:  # legacy TorchScript
@@ -387,10 +434,25 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
     return path, metadata
 
 
-def _nms(task) -> dict:
-    from toolkit.detection.export import nms_settings
+def detector_outputs(task, fmt: str, postprocess: str, resolution: int) -> dict[str, Any]:
+    """What a detector file's outputs hold (`nms`, `detections.rows`, and for the raw head `raw_head`): whole
+    detector (ONNX, export.postprocess=nms), decoded anchors (SSD .pte) or the raw head (export.postprocess=none)."""
+    from toolkit.detection.export import nms_settings, raw_head_decoding
 
-    return nms_settings(task.model)
+    conventions = dict(DETECTION_CONVENTIONS)
+    if postprocess == "none":
+        conventions["rows"] = ("bbox_regression (1, A, 4) and cls_logits (1, A, K+1): one row per anchor of "
+                               "raw_head.anchors, before decoding; decode as raw_head says (toolkit.deploy does)")
+        return {"nms": {"in_graph": False, **nms_settings(task.model)}, "detections": conventions,
+                "raw_head": raw_head_decoding(task.model, resolution)}
+    if fmt.startswith("executorch"):  # XNNPACK has no NMS: every anchor's decoded box and class probabilities
+        conventions["rows"] = ("boxes (1, A, 4) decoded and clipped to the input, scores (1, A, K+1) softmax "
+                               "probabilities (0 = background): one row per anchor; NMS as `nms` says (toolkit.deploy does)")
+        return {"nms": {"in_graph": False, **nms_settings(task.model)}, "detections": conventions}
+    conventions["rows"] = ("boxes (N, 4), scores (N), labels (N) with N = count[0] <= detections_per_img rows, best "
+                           "score first; not padded (N varies per image, 0 when nothing is found)")
+    settings = nms_settings(task.model) if hasattr(task.model, "topk_candidates") else {}
+    return {"nms": {"in_graph": True, **settings}, "detections": conventions}
 
 
 def missing_dependency(fmt: str) -> str | None:
@@ -419,7 +481,8 @@ class RuntimeModel(nn.Module):
         if self.kind == "detection":
             results = []
             for image in images:
-                boxes, scores, labels = detections(self.runner.run(image[None].contiguous().numpy()), self.metadata)
+                boxes, scores, labels = detections(self.runner.run(image[None].contiguous().numpy()), self.metadata,
+                                                   tuple(image.shape[-2:]))
                 results.append({"boxes": torch.from_numpy(np.asarray(boxes, np.float32)),
                                 "scores": torch.from_numpy(np.asarray(scores, np.float32)),
                                 "labels": torch.from_numpy(np.asarray(labels, np.int64))})
