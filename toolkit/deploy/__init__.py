@@ -1,8 +1,9 @@
 """Run an exported model (ONNX, ExecuTorch .pte) without the toolkit's training stack.
 
 Nothing here imports torch for ONNX files: `python -m toolkit.deploy model.onnx photo.jpg` needs only
-onnxruntime, numpy and Pillow. The file's own metadata (written by `mode=export`) says how to preprocess
-an image and what its outputs mean, so predictions match what `mode=predict` writes for a checkpoint.
+onnxruntime, numpy, Pillow and OpenCV (the eval pipelines' resize, `toolkit.data.eval_preprocess`). The file's own
+metadata (written by `mode=export`) says how to preprocess an image and what its outputs mean, so predictions
+match what `mode=predict` writes for a checkpoint.
 """
 
 from toolkit.deploy.metadata import read_metadata

@@ -3,11 +3,15 @@
 ONNX files keep it in `metadata_props` (one entry per key, each value JSON-encoded); other formats get a
 `<file>.json` beside them with the same keys. Keys (written by `toolkit.modes.export.export_metadata`):
 `task` (classification | face_attributes | face_embedding | geolocation | detection), `task_class`, `backbone`, `alpha`,
-`resolution`, `input_size` ([H, W], or null where the graph takes any size), `resize` (how an image becomes
-the input: {"mode": "center_crop", "crop_fraction"} | {"mode": "square"} | {"mode": "shorter_side",
-"max_size"}), `mean`, `std` (of 0-1 RGB values), `channel_order` ("RGB"), `layout` ("NCHW"), `outputs`
-(names in order), and per task `class_names`, `category_ids`, `attribute_names`, `cells` (geolocation:
-fine-cell tokens and their lat/lon), `nms` (detection: whether it is inside the graph, and its settings).
+`resolution`, `input_size` ([H, W], or null where the graph takes any size), `decode` (Pillow; `jpeg_draft_min_side`:
+JPEGs decode at libjpeg's reduced scale as the predict loader decodes them), `resize` (the predict loader's rule by
+name, `toolkit.data.eval_preprocess`: {"mode": "center_crop", "shorter_side", "crop", "crop_fraction"} |
+{"mode": "square", "size"} | {"mode": "shorter_side", "min_size", "max_size"}, each with its `interpolation`,
+cv2.INTER_LINEAR), `normalize` (the arithmetic, in words), `mean`, `std` (of 0-1 RGB values), `channel_order`
+("RGB"), `layout` ("NCHW"), `outputs` (names in order), and per task `class_names`, `category_ids`,
+`attribute_names`, `cells` (geolocation: fine-cell tokens and their lat/lon), `nms` (detection: whether it is inside
+the graph, and its settings), `detections` (detection: box format, coordinate frame, label base, rows, batch),
+`raw_head` (export.postprocess=none: anchors and the decoding rule).
 """
 
 from __future__ import annotations
