@@ -25,6 +25,14 @@ import numpy as np
 
 INTERPOLATION = "cv2.INTER_LINEAR"
 ROUNDING = "Python round (half to even), at least 1"
+#: each rule's sizes in words, written into exported files' metadata beside the numbers
+SIZE_RULES = {
+    "center_crop": "scale = shorter_side / min(H, W); resize to (max(1, round(H * scale)), max(1, round(W * scale))); "
+                   "keep crop[0] x crop[1] from top = (new H - crop[0]) // 2, left = (new W - crop[1]) // 2",
+    "square": "resize to size[0] x size[1] whatever the aspect ratio",
+    "shorter_side": "scale = min(min_size / min(H, W), max_size / max(H, W)); resize to (max(1, round(H * scale)), "
+                    "max(1, round(W * scale)))",
+}
 NORMALIZE_RULE = ("float32: (x - float32(mean) * 255) * float32(1 / (float32(std) * 255)) on the uint8 RGB values "
                   "(albumentations Normalize, max_pixel_value 255)")
 
@@ -32,16 +40,18 @@ NORMALIZE_RULE = ("float32: (x - float32(mean) * 255) * float32(1 / (float32(std
 def center_crop_rule(resolution: int, crop_fraction: float) -> dict[str, Any]:
     """Shorter side to round(resolution / crop_fraction), then the central resolution x resolution window."""
     return {"mode": "center_crop", "shorter_side": round(resolution / crop_fraction), "crop": [resolution, resolution],
-            "crop_fraction": float(crop_fraction), "interpolation": INTERPOLATION, "rounding": ROUNDING}
+            "crop_fraction": float(crop_fraction), "interpolation": INTERPOLATION, "rounding": ROUNDING,
+            "size_rule": SIZE_RULES["center_crop"]}
 
 
 def square_rule(resolution: int) -> dict[str, Any]:
-    return {"mode": "square", "size": [resolution, resolution], "interpolation": INTERPOLATION}
+    return {"mode": "square", "size": [resolution, resolution], "interpolation": INTERPOLATION,
+            "size_rule": SIZE_RULES["square"]}
 
 
 def shorter_side_rule(min_size: int, max_size: int) -> dict[str, Any]:
     return {"mode": "shorter_side", "min_size": int(min_size), "max_size": int(max_size), "interpolation": INTERPOLATION,
-            "rounding": ROUNDING}
+            "rounding": ROUNDING, "size_rule": SIZE_RULES["shorter_side"]}
 
 
 def rule_from_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

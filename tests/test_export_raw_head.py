@@ -216,14 +216,20 @@ def test_whole_detector_file_says_how_to_read_its_rows(make_cfg, tmp_path):
     assert labels.min(initial=1) >= 1 and boxes.max(initial=0) <= 64
 
 
-def test_faster_rcnn_refuses_a_raw_head_in_one_line(make_cfg):
-    from toolkit.modes.export import ExportError
+def test_faster_rcnn_refuses_a_raw_head_in_one_line(make_cfg, tmp_path):
+    """Refused before any work by the config check, and by the exporter for a checkpoint whatever the config says."""
+    from toolkit.modes.export import ExportError, inference_module
 
     overrides = ["task=detection_frcnn", "data=shapes", "backbone.alpha=0.25", "data.resolution=64",
                  "data.image_size=64", "data.n_train=4", "data.n_val=2", "data.batch_size=2"]
+    with pytest.raises(ConfigError, match="export.postprocess.*RPN and RoI stages"):
+        run(make_cfg([*overrides, "mode=export", "export.formats=[onnx]", "export.postprocess=none", *QUICK]))
+    cfg = make_cfg(overrides)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     with pytest.raises(ExportError, match="export.postprocess=none: .*RPN and RoI stages") as error:
-        run(make_cfg([*overrides, "mode=export", "export.formats=[onnx]", "export.postprocess=none",
-                      "export.verify=false", *QUICK]))
+        inference_module(build_task(cfg, datamodule), "detection", "onnx", "none")
     assert "\n" not in str(error.value)
 
 

@@ -91,6 +91,13 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
         _check_choice(settings, "export", "postprocess", ("nms", "none"))  # detectors: NMS in the file, or the raw head
+        if settings.get("postprocess") == "none" and cfg.get("task"):  # before any export work: only SSD has a raw head
+            from toolkit.tasks.detection_ssd import SSDTask
+
+            task_class = hydra.utils.get_class(cfg.task._target_)
+            if getattr(task_class, "data_kind", None) == "detection" and not issubclass(task_class, SSDTask):
+                raise ConfigError("export.postprocess", "none", f"{task_class.__name__} needs NMS between its RPN and "
+                                  "RoI stages, so it has no raw-head form; use export.postprocess=nms")
         _check_int(settings, "export", "calibration_batches", 1)
         _check_int(settings, "export", "verify_batches", 1)
         _check_int(settings, "export", "batch_size", 1)
