@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
 from toolkit.errors import ConfigError
-from toolkit.io import write_text_atomic
+from toolkit.io import json_text, write_text_atomic
 from toolkit.precision import trainer_precision
 from toolkit.tasks.base import BaseTask, read_checkpoint
 
@@ -286,7 +285,7 @@ def record_resume(ckpt_path: str, out: Path) -> dict:
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=float))
+    return write_text_atomic(path, json_text(payload, indent=2, default=float) + "\n")
 
 
 def plain_metrics(metrics: dict) -> dict[str, float]:
