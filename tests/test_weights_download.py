@@ -16,6 +16,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import huggingface_hub.file_download
 import pytest
 import timm
 import torch
@@ -200,10 +201,19 @@ def test_failed_downloads_name_the_url_the_error_and_the_fix(server, online, v2_
     assert "\n" not in message
     assert f"downloading {url} failed (HTTPError: HTTP Error 404" in message
     assert f"Fix: download {url} and save it as $TOOLKIT_WEIGHTS_DIR/{v2_entry.file_name}" in message
+    with pytest.raises(WeightsNotFoundError) as err:  # the hub answers 404 (huggingface_hub's error, one line)
+        create_backbone("mobilenet_v1", act="relu6", pretrained="timm")
+    assert "\n" not in str(err.value)
+    assert f"downloading {server.url}{HUB_PATH} failed (HfHubHTTPError: Client error '404" in str(err.value)
     server.stop()
     with pytest.raises(WeightsNotFoundError, match=rf"downloading {url} failed \(URLError: .*refused"):
         check_pretrained({"name": "mobilenet_v2", "pretrained": "torchvision"})
     assert files_under(online["torch"]) == []
+    # no connection to the hub: the error says so, not huggingface_hub's "check your connection" wrapper
+    # (its retries over ~25 s are turned off here to keep the test fast)
+    monkeypatch.setattr(huggingface_hub.file_download, "_DEFAULT_RETRY_ON_EXCEPTIONS", ())
+    with pytest.raises(WeightsNotFoundError, match=rf"downloading {server.url}{HUB_PATH} failed \(ConnectError: .*refused"):
+        create_backbone("mobilenet_v1", act="relu6", pretrained="timm")
     monkeypatch.setenv("TOOLKIT_WEIGHTS_MIRROR", "mirror.example")  # no scheme
     with pytest.raises(ConfigError, match="TOOLKIT_WEIGHTS_MIRROR.*scheme://host"):
         check_pretrained({"name": "mobilenet_v2", "pretrained": "torchvision"})

@@ -124,7 +124,11 @@ def download_from_hub(repo_id: str, file_name: str, *, cache_dir: Path) -> Path:
     try:
         path = Path(hf_hub_download(repo_id, file_name, cache_dir=str(cache_dir), endpoint=endpoint))
     except Exception as err:  # noqa: BLE001 - huggingface_hub raises its own, its HTTP client's and OS errors
-        raise DownloadError(_one_line(err)) from None
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        # "cannot find the requested files ... check your connection" wraps what went wrong: say that instead
+        cause = err.__cause__ if isinstance(err, LocalEntryNotFoundError) and err.__cause__ else err
+        raise DownloadError(_one_line(cause)) from None
     _check_hub_blob(path)
     return path
 
