@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import BatchSampler, ConcatDataset, Dataset, RandomSampler
 
 from toolkit.data.base import BaseDataModule, SkippingCollate
 from toolkit.data.detection_transforms import detection_transforms
 from toolkit.data.images import load_rgb
 from toolkit.data.listfiles import path_under
-from toolkit.data.samplers import grouped_loader
+from toolkit.data.samplers import GroupedBatchSampler, create_aspect_ratio_groups, dataset_aspect_ratios
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -458,10 +458,11 @@ class CocoDetectionDataModule(BaseDataModule):
     def collate_fn(self):
         return SkippingCollate(detection_collate)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_batch_sampler(self, dataset: Dataset, batch_size: int) -> BatchSampler:
         if self.aspect_ratio_group_factor is None:
-            return super().train_dataloader()
-        return grouped_loader(self, self.train_dataset, self.aspect_ratio_group_factor)
+            return super().train_batch_sampler(dataset, batch_size)
+        groups = create_aspect_ratio_groups(dataset_aspect_ratios(dataset), self.aspect_ratio_group_factor)
+        return GroupedBatchSampler(RandomSampler(dataset), groups, batch_size)
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:
         return DetectionImageDataset(paths, self.eval_tf, self.skip_corrupt)
