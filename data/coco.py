@@ -333,7 +333,23 @@ class CocoDetectionDataset(Dataset):
                 raise
             log.warning("skipped corrupt sample %d (image id %d): %s", index, image_id, e)
             return None
+        self.check_frame(image_id, path, image)
         return _sample(image, boxes, labels, self.transform, image_id, path)
+
+    def check_frame(self, image_id: int, path: Path, image) -> None:
+        """Boxes are read in the upright frame: the pixels after the EXIF orientation (`load_rgb`), as annotation
+        tools and viewers display a phone photo, and as the JSON's width/height then read. A JSON whose width and
+        height are the image's swapped was drawn on the pixels as stored, unturned: its boxes would land on the
+        wrong objects, so it is refused, naming the file."""
+        info = self.coco.imgs[image_id]
+        height, width = image.shape[:2]
+        if width != height and (info["width"], info["height"]) == (height, width):
+            raise DataError(
+                f"{self.ann_file}: image id {image_id} ({path}) is {width}x{height} as displayed (EXIF orientation "
+                f"applied), but the JSON gives width={info['width']}, height={info['height']}: its boxes describe "
+                "the image turned by 90 degrees (a phone photo's pixels as stored, before their orientation tag). "
+                "Re-export the annotations from a tool that shows the photo upright, or save the image upright "
+                "(pixels turned, orientation tag removed) and annotate that")
 
 
 class DetectionImageDataset(Dataset):
