@@ -103,6 +103,8 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         _check_int(settings, "export", "opset", 7)
     if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
         raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")
+    if not isinstance(cfg.get("init_from_strict", True), bool):
+        raise ConfigError("init_from_strict", cfg.init_from_strict, "true (the backbone must load) or false")
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict:
         if ckpt_path:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
         else:
-            task.load_init_weights(cfg.init_from)
+            task.load_init_weights(cfg.init_from, strict=cfg.get("init_from_strict", True))
     compile_task_model(cfg, task, "train")
     trainer = build_trainer(cfg, task)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
