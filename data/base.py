@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -10,14 +11,17 @@ from typing import ClassVar
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
+from toolkit.data.samplers import EveryImageBatchSampler, batch_count
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: fewer optimiser steps an epoch than this gets a warning at the start of training (few updates per epoch)
+FEW_STEPS_PER_EPOCH = 20
 
 
 class SkippingCollate:
@@ -66,6 +70,7 @@ class BaseDataModule(LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+        self._training_plan_logged = False  # train_dataloader logs images, batch size and steps once
 
     def task_kwargs(self) -> dict:
         """Task constructor arguments only the data knows (class count, class names...)."""
@@ -78,16 +83,15 @@ class BaseDataModule(LightningDataModule):
     def collate_fn(self) -> Callable:
         return SkippingCollate()
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False,
-                sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool = False, sampler: Sampler | None = None,
+                batch_sampler: BatchSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None
+                    else {"batch_size": self.batch_size, "shuffle": shuffle, "sampler": sampler})
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            drop_last=drop_last,
+            **batching,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -95,7 +99,59 @@ class BaseDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True, drop_last=len(self.train_dataset) > self.batch_size)
+        """Shuffled batches that show every training image every epoch (`toolkit.data.samplers.batch_count`: no
+        partial batch dropped, a last batch of one image folded into the one before), at most as large as the
+        images one process trains on; the first call logs images, batch size and steps per epoch."""
+        if self.train_dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        batch_size = self.train_batch_size()
+        if not self._training_plan_logged:
+            self._training_plan_logged = True
+            self.log_training_plan()
+        return self._loader(self.train_dataset, batch_sampler=self.train_batch_sampler(self.train_dataset, batch_size))
+
+    def train_batch_sampler(self, dataset: Dataset, batch_size: int) -> BatchSampler:
+        """The training batches (subclasses group them, e.g. by aspect ratio): a BatchSampler over a RandomSampler,
+        which Lightning replaces by a DistributedSampler under DDP."""
+        return EveryImageBatchSampler(RandomSampler(dataset), batch_size)
+
+    def train_processes(self) -> int:
+        """Processes training together (DDP's world size; 1 without a trainer): each takes its share of the split."""
+        trainer = self.trainer
+        return max(int(trainer.world_size), 1) if trainer is not None else 1
+
+    def train_images_per_process(self) -> int:
+        """Training images each process sees an epoch (Lightning's DistributedSampler pads to equal shares)."""
+        return math.ceil(len(self.train_dataset) / self.train_processes())
+
+    def train_batch_size(self) -> int:
+        """`data.batch_size`, capped at the images one process trains on: a larger batch could only be partial."""
+        return max(1, min(self.batch_size, self.train_images_per_process()))
+
+    def log_training_plan(self) -> None:
+        """One line: images, batch size, optimiser steps per epoch; a warning when that is few steps."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        images, processes = len(self.train_dataset), self.train_processes()
+        per_process, batch_size = self.train_images_per_process(), self.train_batch_size()
+        if batch_size < self.batch_size:
+            log.info("data.batch_size=%d is more than the %d training images%s: batches of %d", self.batch_size,
+                     per_process, f" per process ({processes} processes)" if processes > 1 else "", batch_size)
+        accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        batches = batch_count(per_process, batch_size)
+        steps = math.ceil(batches / accumulate)
+        where = f" per process ({processes} processes, {per_process} images each)" if processes > 1 else ""
+        grouped = f", {batches} batches accumulated by {accumulate}" if accumulate > 1 else ""
+        log.info("training on %d images, batch size %d%s: %d step%s per epoch%s", images, batch_size, where, steps,
+                 "" if steps == 1 else "s", grouped)
+        if steps < FEW_STEPS_PER_EPOCH:
+            suggested = max(per_process // FEW_STEPS_PER_EPOCH, 4)
+            advice = (f"a smaller data.batch_size trains more per epoch (data.batch_size={suggested} gives "
+                      f"{math.ceil(batch_count(per_process, suggested) / accumulate)})" if suggested < batch_size
+                      else "more images or more epochs train it more")
+            log.warning("only %d optimiser step%s per epoch on %d training images (fewer than %d): %s", steps,
+                        "" if steps == 1 else "s", images, FEW_STEPS_PER_EPOCH, advice)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False, sampler=evaluation_sampler(self.val_dataset, "val"))

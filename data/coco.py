@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import BatchSampler, ConcatDataset, Dataset, RandomSampler
 
 from toolkit.data.base import BaseDataModule, SkippingCollate
 from toolkit.data.detection_transforms import detection_transforms
 from toolkit.data.images import load_rgb
 from toolkit.data.listfiles import path_under
-from toolkit.data.samplers import grouped_loader
+from toolkit.data.samplers import GroupedBatchSampler, create_aspect_ratio_groups, dataset_aspect_ratios
 from toolkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,23 @@ class CocoDetectionDataset(Dataset):
                 raise
             log.warning("skipped corrupt sample %d (image id %d): %s", index, image_id, e)
             return None
+        self.check_frame(image_id, path, image)
         return _sample(image, boxes, labels, self.transform, image_id, path)
+
+    def check_frame(self, image_id: int, path: Path, image) -> None:
+        """Boxes are read in the upright frame: the pixels after the EXIF orientation (`load_rgb`), as annotation
+        tools and viewers display a phone photo, and as the JSON's width/height then read. A JSON whose width and
+        height are the image's swapped was drawn on the pixels as stored, unturned: its boxes would land on the
+        wrong objects, so it is refused, naming the file."""
+        info = self.coco.imgs[image_id]
+        height, width = image.shape[:2]
+        if width != height and (info["width"], info["height"]) == (height, width):
+            raise DataError(
+                f"{self.ann_file}: image id {image_id} ({path}) is {width}x{height} as displayed (EXIF orientation "
+                f"applied), but the JSON gives width={info['width']}, height={info['height']}: its boxes describe "
+                "the image turned by 90 degrees (a phone photo's pixels as stored, before their orientation tag). "
+                "Re-export the annotations from a tool that shows the photo upright, or save the image upright "
+                "(pixels turned, orientation tag removed) and annotate that")
 
 
 class DetectionImageDataset(Dataset):
@@ -458,10 +474,11 @@ class CocoDetectionDataModule(BaseDataModule):
     def collate_fn(self):
         return SkippingCollate(detection_collate)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_batch_sampler(self, dataset: Dataset, batch_size: int) -> BatchSampler:
         if self.aspect_ratio_group_factor is None:
-            return super().train_dataloader()
-        return grouped_loader(self, self.train_dataset, self.aspect_ratio_group_factor)
+            return super().train_batch_sampler(dataset, batch_size)
+        groups = create_aspect_ratio_groups(dataset_aspect_ratios(dataset), self.aspect_ratio_group_factor)
+        return GroupedBatchSampler(RandomSampler(dataset), groups, batch_size)
 
     def predict_dataset(self, paths: list[Path]) -> Dataset:
         return DetectionImageDataset(paths, self.eval_tf, self.skip_corrupt)

@@ -4,7 +4,8 @@
 case to it: files that are not JPEGs, JPEGs that `min_side` lets libjpeg decode at a reduced scale (PIL's
 `draft`, far cheaper for a large photo than any full decode), images whose header declares more pixels than
 the decompression-bomb limit (`MAX_IMAGE_PIXELS`) (checked from the header, before anything is decoded), and files torchvision
-cannot decode (load_rgb then decodes them or raises the DataError that names the file).
+cannot decode (load_rgb then decodes them or raises the DataError that names the file). Both apply the EXIF
+orientation (`apply_exif_orientation=True` here), so a phone photo is upright whichever decoder reads it.
 
 Measured by benchmarks/loader_speed.py (results/loader_speed.json): on 500x375 JPEGs torchvision's decoder
 reads more images per CPU-second than PIL's `Image.open(...).convert("RGB")` + `np.asarray`, because it
@@ -44,7 +45,9 @@ def read_rgb(path: str | Path, min_side: int | None = None, decoder: str = "torc
     if not is_jpeg or reducible or width * height > MAX_IMAGE_PIXELS:  # load_rgb reduces, or refuses the bomb
         return load_rgb(path, min_side)
     try:
-        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        # upright as load_rgb gives it: torchvision reads the EXIF Orientation tag and turns the image the same way
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                            apply_exif_orientation=True)
     except RuntimeError:  # a truncated or corrupt JPEG: PIL decides (it tolerates some) and names the file
         return load_rgb(path, min_side)
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())

@@ -1,4 +1,15 @@
-"""Reading images from disk with errors that name the file and the fix."""
+"""Reading images from disk with errors that name the file and the fix, as a phone or camera gives them.
+
+Every loader (training, eval, `mode=predict`) and the torch-free `toolkit.deploy` read pixels through `load_rgb`
+(the training loaders' faster JPEG path, `toolkit.data.decode.read_rgb`, gives the same upright pixels), so:
+
+- the EXIF Orientation tag is applied: a phone stores the sensor's frame plus a tag saying how to turn it, and
+  every viewer (and every annotation tool that shows the photo) displays it turned; the model sees it upright;
+- 16-bit images are scaled to 8 bits by value (65535 -> 255, a mid-grey 32896 -> 128): 16-bit grayscale PNG/TIFF
+  open as PIL modes `I;16*` (or `I`, read as 16-bit too), which `convert("RGB")` would saturate to white;
+  16-bit RGB(A) PNG/TIFF open as 8-bit `RGB`/`RGBA` from their high bytes already.
+"""
+
 
 from __future__ import annotations
 
@@ -6,7 +17,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import DataError
 
@@ -14,6 +25,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: most pixels an image may decode to (after JPEG draft reduction): PIL's own bomb threshold (89.5 Mpx,
 #: ~270 MB as RGB). PIL itself only refuses at twice this; a crafted PNG header of 30000x30000 is refused here.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+#: the EXIF tag that says how the stored pixels are turned for display (1: as stored; 2-8: flips and turns)
+EXIF_ORIENTATION = 0x0112
+#: PIL modes of 16-bit (and 32-bit integer) single-channel images: scaled to 8 bits by value, not saturated
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 SKIP_HINT = "or set data.skip_corrupt=true to skip such files (they are counted in the log and metrics)"
 
@@ -24,10 +40,12 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     `min_side`: the caller needs no more than this many pixels on the shorter side, so a JPEG is decoded at
     the smallest power-of-two reduction that keeps the shorter side at least this long (libjpeg's DCT
     scaling: a 4000x3000 photo read for a 224-pixel crop decodes 16x fewer pixels). Other formats decode fully.
+    The array is upright (EXIF orientation applied) and 16-bit images are scaled to 8 bits (module docstring).
     """
     try:
         with Image.open(path) as img:
             if min_side is not None and img.format == "JPEG":
+                # a square request bounds both sides, so it holds whichever way the orientation turns the image
                 img.draft("RGB", (min_side, min_side))
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
@@ -35,7 +53,7 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
                                 "(a decompression bomb, or a photo far larger than training needs). Downscale or "
                                 f"delete it, {SKIP_HINT}")
             img.load()  # decode now: a truncated file fails here, not later inside a transform
-            return np.asarray(img.convert("RGB"))
+            return rgb_array(upright(img))
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found. Fix the path in the dataset, or restore the file.") from e
     except IsADirectoryError as e:
@@ -45,6 +63,22 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     # what PIL's decoders raise on malformed bytes (fuzzing finds each of these)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
         raise DataError(f"{path}: cannot be decoded as an image ({e}). Replace or delete the file, {SKIP_HINT}") from e
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF Orientation tag says (a new image), or `img` itself when there is nothing to turn."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """A decoded image as an HxWx3 uint8 array; 16-bit values scaled to 8 bits (>> 8), not clipped at 255."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img)  # uint16 in the file's byte order, or int32 for mode I
+        gray = (np.clip(values, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    return np.asarray(img.convert("RGB"))
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from toolkit.backbones.weights import read_state_dict
-from toolkit.errors import DataError
+from toolkit.errors import DataError, ToolkitError
 from toolkit.io import files_trusted, load_torch_file
 from toolkit.predictions import PredictionFiles
 
@@ -197,12 +197,16 @@ class BaseTask(LightningModule):
                  sync_dist=True, batch_size=1)
 
     # ---- fine-tuning ---------------------------------------------------------------------------
-    def load_init_weights(self, path: str | Path) -> dict[str, list[str]]:
+    def load_init_weights(self, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
         """`init_from`: copy every tensor whose name and shape match from a checkpoint or state dict.
 
         Accepts a Lightning checkpoint of any task of this toolkit, or a plain state dict of the model.
-        The backbone must load; layers whose shapes differ (a head for another class count) keep their
-        fresh initialisation, said in one log line.
+        The backbone must load: at least `INIT_FROM_MIN_BACKBONE` of its weights (`backbone_weight_keys`: its
+        `*.weight` tensors, i.e. conv/linear filters and BatchNorm scales; biases, running statistics and
+        `num_batches_tracked` counters match between any two models of one family, so they prove nothing).
+        Below that the file is a checkpoint of another backbone or width and a DataError names both, unless
+        `strict=False` (`init_from_strict=false`: load what matches, with a warning). Layers whose shapes differ
+        (a head for another class count) keep their fresh initialisation, said in one log line.
         """
         path = Path(path).expanduser()
         if not path.is_file():
@@ -220,15 +224,88 @@ class BaseTask(LightningModule):
                 loaded[key] = src
             else:
                 reshaped.append(key)
-        backbone_keys = [k for k in target if k.startswith("model.backbone.")]
-        if backbone_keys and not any(k in loaded for k in backbone_keys):
-            raise DataError(f"init_from={str(path)!r}: no backbone tensor matches this model "
-                            f"(expected keys like {backbone_keys[0]!r}); is it a checkpoint of another backbone?")
+        counted = backbone_weight_keys(target)
+        matched = sum(k in loaded for k in counted)
+        if matched < INIT_FROM_MIN_BACKBONE * len(counted):
+            problem = (f"init_from={str(path)!r}: only {matched}/{len(counted)} of this model's backbone weights "
+                       f"({matched / max(len(counted), 1):.0%}) load from it: {self._init_from_mismatch(path, source, target)}")
+            if strict:
+                theirs = _checkpoint_backbone(path) or {}
+                same_family = theirs.get("name") == self.hparams.backbone.get("name") and "alpha" in theirs
+                fix = (f"train with backbone.alpha={theirs['alpha']} (the checkpoint's width)" if same_family
+                       else "train with the checkpoint's backbone")
+                raise DataError(f"{problem}. Fix: {fix}, or start from a checkpoint of this backbone; "
+                                "init_from_strict=false loads the matching tensors anyway")
+            log.warning("%s; loading the %d matching tensors anyway (init_from_strict=false): the rest of the "
+                        "backbone trains from its random initialisation", problem, len(loaded))
         self.load_state_dict(loaded, strict=False)
         fresh = [k for k in target if k not in loaded]
-        log.info("init_from %s: loaded %d/%d tensors; re-initialised %d (shape differs: %s)", path, len(loaded),
-                 len(target), len(fresh), ", ".join(sorted({k.rsplit(".", 1)[0] for k in reshaped})) or "none")
+        others = [k for k in target if k.endswith(".weight") and k not in set(counted)]
+        log.info("init_from %s: backbone %.0f %% (%d/%d weights) loaded; other layers: %d/%d weights loaded, "
+                 "re-initialised: %s", path, 100 * matched / max(len(counted), 1), matched, len(counted),
+                 sum(k in loaded for k in others), len(others), _reinitialised_layers(fresh, reshaped))
         return {"loaded": sorted(loaded), "reinitialised": fresh, "shape_mismatch": reshaped}
+
+    def _init_from_mismatch(self, path: Path, source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
+        """Which backbone the init_from file holds against this run's (from a toolkit checkpoint's hyper-parameters
+        where it has them), and one weight whose shape differs or that the file lacks."""
+        ours = dict(self.hparams.backbone or {})
+        theirs = _checkpoint_backbone(path)
+        if theirs is not None:
+            differ = [k for k in sorted(set(ours) | set(theirs)) if k not in ("name", "alpha", "pretrained")
+                      and ours.get(k) != theirs.get(k)]
+            extra = "".join(f", {k}={theirs.get(k)!r} here {ours.get(k)!r}" for k in differ)
+            what = (f"the checkpoint is {_describe_backbone(theirs)}, this run is {_describe_backbone(ours)}{extra}")
+        else:
+            what = f"the file records no backbone (a plain state dict); this run is {_describe_backbone(ours)}"
+        for key in backbone_weight_keys(target):
+            src = source.get(_strip_model_prefix(key))
+            if src is None:
+                return f"{what} (e.g. {key!r} is not in the file)"
+            if src.shape != target[key].shape:
+                return (f"{what} (e.g. {key!r} is {list(src.shape)} there, {list(target[key].shape)} here)")
+        return what
+
+
+#: the share of a model's backbone weights an `init_from` file must provide (below it: another backbone or width)
+INIT_FROM_MIN_BACKBONE = 0.9
+
+
+def backbone_weight_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The state-dict keys that show a file holds this backbone: the backbone's `*.weight` tensors (conv and
+    linear filters, BatchNorm and FrozenBatchNorm scales), not biases, running statistics or `num_batches_tracked`
+    counters, whose names and shapes coincide between models of different widths. A model without a
+    `model.backbone` counts all its weights."""
+    weights = [k for k in state if k.endswith(".weight")]
+    return [k for k in weights if k.startswith("model.backbone.")] or weights
+
+
+def _describe_backbone(backbone: dict) -> str:
+    alpha = backbone.get("alpha")
+    return f"{backbone.get('name')}" + (f" alpha={alpha}" if alpha is not None else "")
+
+
+def _checkpoint_backbone(path: Path) -> dict | None:
+    """`hyper_parameters["backbone"]` of a toolkit checkpoint (None for a plain state dict or safetensors file)."""
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        checkpoint = load_torch_file(path, mmap=True, what="init_from file")
+    except (ToolkitError, OSError, RuntimeError):
+        return None
+    backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone") if isinstance(checkpoint, dict) else None
+    return dict(backbone) if isinstance(backbone, dict) else None
+
+
+def _reinitialised_layers(fresh: list[str], reshaped: list[str], shown: int = 6) -> str:
+    """'model.head.fc (shape differs), model.rpn.head.conv (not in the file)', at most `shown` layers named."""
+    if not fresh:
+        return "none"
+    layers: dict[str, str] = {}
+    for key in fresh:
+        layers.setdefault(key.rsplit(".", 1)[0], "shape differs" if key in reshaped else "not in the file")
+    named = [f"{layer} ({why})" for layer, why in sorted(layers.items())]
+    return ", ".join(named[:shown]) + (f" and {len(named) - shown} more" if len(named) > shown else "")
 
 
 def read_checkpoint(path: str | Path, *, trust: bool | None = None, mmap: bool = False) -> dict[str, Any]:

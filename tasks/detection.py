@@ -160,10 +160,10 @@ class DetectionTask(BaseTask):
         return DetectionFiles(output_dir, draw_detections)
 
     # ---- fine-tuning --------------------------------------------------------------------------------------
-    def load_init_weights(self, path: str | Path) -> dict[str, list[str]]:
+    def load_init_weights(self, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
         """Backbone (and every other layer whose shape fits) from the checkpoint; a class head sized for another
         class count stays freshly initialised, said in one log line."""
-        report = super().load_init_weights(path)
+        report = super().load_init_weights(path, strict=strict)
         if report["shape_mismatch"]:
             layers = sorted({k.rsplit(".", 1)[0] for k in report["shape_mismatch"]})
             log.info("init_from %s: class count differs (%d classes here): class head re-initialised (%s); "

@@ -10,7 +10,6 @@ to per-identity weights, scaled): how a teacher for the generated data is made. 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from toolkit.backbones import create_backbone
 from toolkit.distill.losses import embedding_distillation_loss
 from toolkit.errors import ConfigError, DataError
-from toolkit.io import atomic_path, write_text_atomic
+from toolkit.io import atomic_path, json_text, write_text_atomic
 from toolkit.predictions import EmbeddingFiles
 from toolkit.tasks.distillation import DistillationTask
 from toolkit.verification import plot_roc, verification_report
@@ -164,7 +163,7 @@ class FaceEmbeddingTask(DistillationTask):
             writer.writerow(["threshold", "far", "tar"])
             writer.writerows(zip(roc["threshold"].tolist(), roc["fpr"].tolist(), roc["tpr"].tolist(), strict=True))
         summary = {k: v for k, v in report.items() if k != "roc"}
-        write_text_atomic(output_dir / "verification.json", json.dumps(summary, indent=2, default=float))
+        write_text_atomic(output_dir / "verification.json", json_text(summary, indent=2, default=float) + "\n")
         plot_roc(report, output_dir / "roc.png")
         for point in report["tar_at_far"]:
             if not point["resolvable"]:

@@ -65,10 +65,10 @@ class FineGrainedTask(ClassificationTask):
         self._keep_confusion(self.test_confusion)
 
     # ---- fine-tuning ------------------------------------------------------------------------------
-    def load_init_weights(self, path: str | Path) -> dict[str, list[str]]:
+    def load_init_weights(self, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
         """The pretrained backbone, and a freshly initialised head even where shapes match (another label set),
         unless `keep_pretrained_head` (e.g. continuing from a checkpoint of this very task)."""
-        report = super().load_init_weights(path)
+        report = super().load_init_weights(path, strict=strict)
         head = [k for k in report["loaded"] if k.startswith("model.head.")]
         if head and not self.hparams.keep_pretrained_head:
             for module in self.model.head.modules():

@@ -23,8 +23,10 @@ FAST = ["debug=cpu", "trainer.precision=32-true"]
 
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path, monkeypatch):
-    """Caches, logs and generated data go to a per-test folder, never to $HOME."""
+    """Caches, logs and generated data go to a per-test folder, never to $HOME; no weights are downloaded (the
+    download tests lift TOOLKIT_OFFLINE and serve files from a loopback server)."""
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TOOLKIT_OFFLINE", "1")
     monkeypatch.setenv("TOOLKIT_LOG_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
 

@@ -229,8 +229,9 @@ def test_grouped_batch_sampler_keeps_groups_and_covers_every_image():
     assert groups == [1, 1, 2, 2, 2, 2, 3, 1, 2, 2, 2]
     sampler = GroupedBatchSampler(torch.utils.data.SequentialSampler(ratios), groups, batch_size=3)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == 3
-    assert all(len(b) == 3 and len({groups[i] for i in b}) == 1 for b in batches)
+    assert len(batches) == len(sampler) == 4  # three full single-group batches, then the two leftovers together
+    assert all(len({groups[i] for i in b}) == 1 for b in batches[:3]) and [len(b) for b in batches] == [3, 3, 3, 2]
+    assert sorted(i for b in batches for i in b) == list(range(len(ratios)))
     with pytest.raises(ValueError):
         GroupedBatchSampler(list(range(3)), [0, 0, 0], 2)
 

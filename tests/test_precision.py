@@ -1,4 +1,5 @@
-"""trainer.precision=auto picks bf16 where the hardware runs it fast; every task trains and validates under bf16."""
+"""trainer.precision=auto trains in bf16 where the hardware runs it fast and evaluates in fp32; every task trains and
+validates under bf16 when asked (trainer.precision=bf16-mixed)."""
 
 from __future__ import annotations
 
@@ -49,29 +50,35 @@ def test_explicit_precision_is_kept_and_devices_resolve():
 def test_default_trainer_uses_auto(make_cfg):
     from toolkit.modes.common import build_task, build_trainer
 
-    expected = "bf16-mixed" if fast_bf16("cpu")[0] else "32-true"  # this machine's answer, for every mode
-    for mode in ("train", "eval"):
+    fast = fast_bf16("cpu")[0]  # this machine's answer: training may use bf16, every other mode runs in fp32
+    for mode in ("train", "eval", "predict", "export"):
         cfg = make_cfg(["backbone.alpha=0.25", "trainer.accelerator=cpu", f"mode={mode}"], fast=False)
         assert cfg.trainer.precision == "auto"
-        assert build_trainer(cfg, build_task(cfg), logger=False).precision == expected
+        trainer = build_trainer(cfg, build_task(cfg), logger=False)
+        expected = "bf16-mixed" if fast and mode == "train" else "32-true"
+        assert trainer.precision == expected, mode
 
 
 def test_auto_training_warms_up_in_fp32_then_trains_in_bf16(make_cfg, monkeypatch, tmp_path, one_torch_thread):
     """The real Trainer on a bf16 machine (CPU flags faked): steps 1-2 in fp32, 3-4 under bf16 autocast, the count in
-    the checkpoint; a resumed run carries on in bf16; eval under `auto` is plain bf16-mixed."""
+    the checkpoint; a resumed run carries on in bf16; validation (which picks best.ckpt) runs in fp32 throughout;
+    eval under `auto` is fp32."""
     from toolkit.modes.common import build_task, build_trainer
     from toolkit.tasks.classification import ClassificationTask
 
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
     monkeypatch.setattr(precision, "FP32_WARMUP_STEPS", 2)
-    autocast = []
-    step = ClassificationTask.training_step
+    autocast, val_autocast = [], []
+    step, val_step = ClassificationTask.training_step, ClassificationTask.validation_step
     monkeypatch.setattr(ClassificationTask, "training_step",
                         lambda self, batch, i: autocast.append(torch.is_autocast_enabled("cpu")) or step(self, batch, i))
+    monkeypatch.setattr(ClassificationTask, "validation_step", lambda self, batch, i: val_autocast.append(
+        torch.is_autocast_enabled("cpu")) or val_step(self, batch, i))
     common = ["trainer.precision=auto", "backbone.alpha=0.25", "data.resolution=32", "data.n_train=8", "data.n_val=12",
               "data.image_size=40", "data.batch_size=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1"]
     result = run(make_cfg(common))
     assert autocast == [False, False, True, True]
+    assert val_autocast and not any(val_autocast)  # the sanity check and the epoch's validation: fp32
     last = Path(result["output_dir"]) / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["BF16AfterFP32Warmup"] == {"steps": 4}
 
@@ -80,11 +87,13 @@ def test_auto_training_warms_up_in_fp32_then_trains_in_bf16(make_cfg, monkeypatc
     with open_dict(resumed):
         resumed.paths.output_dir = str(tmp_path / "resumed")
     run(resumed)
-    assert autocast == [True] * 4
+    assert autocast == [True] * 4 and not any(val_autocast)
 
     cfg = make_cfg([*common, "mode=eval"])
     trainer = build_trainer(cfg, build_task(cfg), logger=False)
-    assert trainer.precision == "bf16-mixed" and not isinstance(trainer.precision_plugin, BF16AfterFP32Warmup)
+    assert trainer.precision == "32-true" and not isinstance(trainer.precision_plugin, BF16AfterFP32Warmup)
+    cfg = make_cfg([*common, "mode=eval", "trainer.precision=bf16-mixed"])  # asked for: bf16 evaluation
+    assert build_trainer(cfg, build_task(cfg), logger=False).precision == "bf16-mixed"
 
 
 BF16 = ["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "backbone.alpha=0.25", "data.batch_size=4"]

@@ -1,4 +1,5 @@
-"""Pretrained weights: key mappings proven against timm/torchvision, offline cache lookup, local files, metadata."""
+"""Pretrained weights: key mappings proven against timm/torchvision, offline cache lookup, local files, metadata
+(downloads: tests/test_weights_download.py)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small forwards
 
 @pytest.fixture
 def caches(tmp_path, monkeypatch):
-    """Empty Hugging Face, torch hub and toolkit weight folders, as on a fresh offline machine."""
+    """Empty Hugging Face, torch hub and toolkit weight folders, as on a fresh offline machine
+    (TOOLKIT_OFFLINE=1: nothing is downloaded; tests/test_weights_download.py covers downloads)."""
     dirs = {key: tmp_path / key for key in ("hf", "torch", "weights")}
+    monkeypatch.setenv("TOOLKIT_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(dirs["hf"]))
     monkeypatch.setenv("TORCH_HOME", str(dirs["torch"]))
     monkeypatch.setenv("TOOLKIT_WEIGHTS_DIR", str(dirs["weights"]))
@@ -153,6 +156,7 @@ def test_missing_torchvision_weights_say_what_to_put_where(caches, monkeypatch):
     assert str(caches["torch"] / "hub" / "checkpoints" / "mobilenet_v2-7ebf99e0.pth") in message
     assert "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth" in message
     assert "set TOOLKIT_WEIGHTS_DIR" in message
+    assert "downloads are off (TOOLKIT_OFFLINE=1)" in message and "\n" not in message
 
 
 def test_timm_weights_load_from_the_hugging_face_cache(caches, timm_v1, image):

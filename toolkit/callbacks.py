@@ -1,4 +1,4 @@
-"""Checkpoint callbacks shared by every task: `last.ckpt` mid-epoch and at every epoch end."""
+"""Checkpoint callbacks shared by every task: `last.ckpt` mid-epoch and at every epoch end; the data a run trained on."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
+
+#: the checkpoint entry `RememberData` writes
+DATA_CONFIG_KEY = "data_config"
+
+
+class RememberData(Callback):
+    """Write the data config a run trains with into every checkpoint it saves (`checkpoint["data_config"]`), so that
+    eval, predict, export and a resumed run read the same data (paths, resolution, classes) without the user typing
+    every path again. `config` is plain data (the resolved `data` config); `choice` the `data=` option it came from."""
+
+    def __init__(self, config: dict, choice: str | None = None):
+        self.config, self.choice = config, choice
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        checkpoint[DATA_CONFIG_KEY] = {"choice": self.choice, "config": self.config}
 
 
 class LastCheckpoint(Callback):

@@ -15,6 +15,7 @@ import contextvars
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -68,6 +69,18 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def plain_file_mode() -> int:
+    """The permission bits `open(path, "w")` gives a new file under the current umask (mkstemp's are 0600, which
+    would hide a run's files from colleagues on a shared server)."""
+    try:  # Linux says it without changing it (no window in which another thread creates files under a wrong mask)
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it straight back
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; once the block ends without an error it is renamed to `path`.
@@ -76,6 +89,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, plain_file_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -97,8 +111,27 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and strict readers (browsers,
+    `jq`, most languages' parsers) refuse the `NaN` that Python's json module writes by default."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2, default=None) -> str:
+    """Strict JSON (`strict_json`) of `obj`; `default` converts what json cannot (e.g. `float` for tensors)."""
+    if default is not None:  # convert first, so converted values are made strict too
+        obj = json.loads(json.dumps(obj, default=default))
+    return json.dumps(strict_json(obj), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+    return write_text_atomic(path, json_text(obj, indent) + "\n")
 
 
 def save_image_atomic(image, path: str | Path) -> Path:
@@ -120,6 +153,7 @@ class StreamedFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, plain_file_mode())
         self.tmp = Path(tmp_name)
         self.file = os.fdopen(fd, mode, **open_kwargs)
 
@@ -147,7 +181,7 @@ class JsonArrayFile(StreamedFile):
 
     def write(self, item: Any) -> None:
         # an element at depth 1: json.dumps(indent=2) lines, each shifted two spaces (strings hold no raw newline)
-        element = "\n".join("  " + line for line in json.dumps(item, indent=2).split("\n"))
+        element = "\n".join("  " + line for line in json_text(item, indent=2).split("\n"))
         self.file.write(("[\n" if self.count == 0 else ",\n") + element)
         self.count += 1
 
@@ -162,7 +196,7 @@ class JsonLinesFile(StreamedFile):
         super().__init__(path, "w", encoding="utf-8")
 
     def write(self, item: Any) -> None:
-        self.file.write(json.dumps(item) + "\n")
+        self.file.write(json_text(item, indent=None) + "\n")
 
 
 class CsvFile(StreamedFile):

@@ -10,6 +10,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.backbones import create_backbone_skeleton
+from toolkit.backbones.weights import check_pretrained
 from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
 from toolkit.io import trusted_files
@@ -41,13 +42,17 @@ def _check_choice(section: DictConfig | dict, prefix: str, key: str, allowed: tu
         raise ConfigError(f"{prefix}.{key}", value, f"allowed: {', '.join(allowed)}")
 
 
-def validate_backbone(backbone: DictConfig) -> None:
+def validate_backbone(backbone: DictConfig, *, weights: bool = True) -> None:
     """Build the configured backbone on the meta device (no memory, no weight file read), so the registry and the
-    builders, where each backbone setting is checked once, name a wrong `backbone.*` value before any work."""
+    builders, where each backbone setting is checked once, name a wrong `backbone.*` value before any work; then,
+    with `weights`, find (or download, once) the `backbone.pretrained` file, so a missing one stops the run here."""
     pretrained = backbone.get("pretrained")
     if pretrained not in (None, "") and not isinstance(pretrained, str):
         raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
-    create_backbone_skeleton(**{"name": None, **OmegaConf.to_container(backbone, resolve=True)})
+    settings = {"name": None, **OmegaConf.to_container(backbone, resolve=True)}
+    create_backbone_skeleton(**settings)
+    if weights:
+        check_pretrained(settings)
 
 
 def validate_data(cfg: DictConfig) -> None:
@@ -106,14 +111,16 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         _check_int(settings, "export", "opset", 7)
     if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
         raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")
+    if not isinstance(cfg.get("init_from_strict", True), bool):
+        raise ConfigError("init_from_strict", cfg.init_from_strict, "true (the backbone must load) or false")
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Fail before any work, with one line naming the key and the allowed values."""
     if cfg.mode not in MODES:
         raise ConfigError("mode", cfg.mode, f"allowed: {', '.join(MODES)}")
-    if cfg.get("backbone") is not None:
-        validate_backbone(cfg.backbone)
+    if cfg.get("backbone") is not None:  # a checkpoint holds every trained weight: its pretrained file is not read
+        validate_backbone(cfg.backbone, weights=cfg.mode == "train" or not cfg.get("ckpt_path"))
     validate_data(cfg)
     compile_setting = (cfg.get("task") or {}).get("compile", False)
     if compile_setting not in COMPILE_SETTINGS:

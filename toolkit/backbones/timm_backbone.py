@@ -25,9 +25,9 @@ class TimmBackbone(Backbone):
 
     Tap names are timm's module names with dots replaced by underscores (`blocks.4` -> `blocks_4`);
     `out_indices` picks which of timm's feature levels are returned (timm's default: all). Weights:
-    `pretrained="timm"` loads timm's default pretrained tag offline from the Hugging Face/torch cache
-    or $TOOLKIT_WEIGHTS_DIR; a path loads a timm or toolkit checkpoint. Width is part of the timm
-    model name (`mobilenetv1_125`, `mobilenetv3_large_075`), so there is no `alpha`.
+    `pretrained="timm"` loads timm's default pretrained tag from $TOOLKIT_WEIGHTS_DIR or the Hugging
+    Face/torch cache, downloaded into the cache on first use; a path loads a timm or toolkit checkpoint.
+    Width is part of the timm model name (`mobilenetv1_125`, `mobilenetv3_large_075`), so there is no `alpha`.
 
     `norm_layer`: only torchvision's `FrozenBatchNorm2d` (what Faster R-CNN's `frozen_bn` asks for). timm's builders
     fuse BatchNorm with the activation (`BatchNormAct2d`) and refuse torchvision's norm layers, so the built model's

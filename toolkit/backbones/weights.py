@@ -1,4 +1,5 @@
-"""Pretrained weights: metadata per backbone, offline lookup in the timm/torch caches, and key mapping into this toolkit."""
+"""Pretrained weights: metadata per backbone, lookup in the timm/torch caches (downloading into them on first use),
+and key mapping into this toolkit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from toolkit.backbones.download import (
+    DownloadError,
+    download_file,
+    download_from_hub,
+    hub_file_url,
+    mirrored,
+    offline_switch,
+)
 from toolkit.errors import ConfigError, DataError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -76,11 +85,31 @@ class Weights:
     def _cache_glob(self) -> str:
         return f"snapshots/<revision>/{self.file_name}" if self.hf_hub_id else self.file_name
 
+    def download_url(self) -> str:
+        """Where a download fetches the file: hub files from $HF_ENDPOINT, other URLs through $TOOLKIT_WEIGHTS_MIRROR."""
+        return hub_file_url(self.hf_hub_id, self.file_name) if self.hf_hub_id else mirrored(self.url)
+
+    def download(self) -> Path:
+        """Download the file into its publisher's cache (see toolkit.backbones.download); DownloadError if it fails."""
+        if self.hf_hub_id:
+            return download_from_hub(self.hf_hub_id, self.file_name, cache_dir=hf_hub_cache_dir())
+        return download_file(self.download_url(), self._cache_folder() / self.file_name)
+
     def locate(self) -> Path:
-        """The weight file on disk; raises `WeightsNotFoundError` saying where to put it."""
+        """The weight file on disk, downloaded into the publisher's cache on first use unless offline;
+        raises `WeightsNotFoundError` (one line) saying why and where to put the file by hand."""
         for path in self.search_paths():
             if path.is_file():
                 return path
+        url = self.download_url()
+        switch = offline_switch(hub=bool(self.hf_hub_id))
+        if switch is None:
+            try:
+                return self.download()
+            except DownloadError as err:
+                why = f"downloading {url} failed ({err})"
+        else:
+            why = f"downloads are off ({switch})"
         looked = [str(self._cache_folder() / self._cache_glob())]
         if os.environ.get(WEIGHTS_DIR_ENV):
             looked.append(str(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser() / self.flat_file_name()))
@@ -89,8 +118,8 @@ class Weights:
             put = f"${WEIGHTS_DIR_ENV}/{self.flat_file_name()} (set {WEIGHTS_DIR_ENV} to a folder of your choice)"
         raise WeightsNotFoundError(
             f"backbone.pretrained={self.source}: {self.backbone} weights {self.name} ({self.file_name}) are not on "
-            f"this machine and nothing is downloaded here. Looked in: {'; '.join(looked)}. "
-            f"Fix: download {self.url} and save it as {put}, or run `{self.fetch_hint}` on a machine with internet "
+            f"this machine and {why}. Looked in: {'; '.join(looked)}. "
+            f"Fix: download {url} and save it as {put}, or run `{self.fetch_hint}` on a machine with internet "
             f"and copy {self._cache_folder()} over, or pass the file's path as backbone.pretrained=/path/to/file."
         )
 
@@ -256,7 +285,7 @@ def resolve_pretrained(name: str, pretrained: str | Path | bool, alpha: float = 
     """The file `backbone.pretrained` names for registry backbone `name`, and its registered weights if any.
 
     `pretrained` is a known source (`timm`, `torchvision`, `torchvision:IMAGENET1K_V1`, or `True` for
-    the backbone's first registered source), found offline in the caches, or a local file.
+    the backbone's first registered source), found in the caches or downloaded into them, or a local file.
     """
     if pretrained is True or str(pretrained).lower() == "true":
         known = _WEIGHTS.get(name, {})
@@ -281,7 +310,8 @@ TIMM_SOURCES = ("timm", "true")  # backbone.pretrained values meaning "timm's de
 
 
 def resolve_timm_pretrained(model_name: str, pretrained: str | bool) -> Path:
-    """The weight file for `timm/<model_name>`: timm's default weights from the cache (`timm`) or a local path."""
+    """The weight file for `timm/<model_name>`: timm's default weights from the cache or downloaded into it
+    (`timm`), or a local path."""
     if str(pretrained).lower() in TIMM_SOURCES:
         return timm_weights(model_name).locate()
     path = Path(pretrained).expanduser()
@@ -321,7 +351,8 @@ def check_pretrained(backbone: dict) -> Path | None:
     """Fail before any work when a backbone config's `pretrained` cannot be loaded; returns the file.
 
     Checks what the config alone decides: the source exists for this backbone and width, the file is
-    on disk, and builder options the weights need (V1 from timm: `act: relu6`) are set.
+    on disk (downloaded now if it is not and downloads are allowed), and builder options the weights need
+    (V1 from timm: `act: relu6`) are set.
     """
     name, pretrained = backbone["name"], backbone.get("pretrained")
     if not pretrained:

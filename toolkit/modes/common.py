@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,12 +9,13 @@ from typing import Any
 import hydra.utils
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
 from toolkit.errors import ConfigError
-from toolkit.io import write_text_atomic
+from toolkit.io import json_text, write_text_atomic
 from toolkit.precision import trainer_precision
 from toolkit.tasks.base import BaseTask, read_checkpoint
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: `task.*` keys that configure the run, not the model: not constructor arguments, not stored in checkpoints
 RUN_SETTINGS = ("compile",)
+#: `data.*` loader keys that describe this machine, not the data: taken from this run's config, never a checkpoint's
+MACHINE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers")
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -98,6 +100,8 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
             kwargs = {"monitor": task.monitor, "mode": task.mode}  # the task declares what "best" means
         log.debug("callback %s", name)
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
+    if cfg.get("mode") == "train" and cfg.get("data") is not None:  # checkpoints remember their data
+        callbacks.append(RememberData(OmegaConf.to_container(cfg.data, resolve=True), _choice("data")))
     return callbacks
 
 
@@ -118,25 +122,74 @@ def build_trainer(cfg: DictConfig, task: BaseTask, **overrides) -> Trainer:
 
 
 def load_task(cfg: DictConfig, ckpt_path: str | None = None) -> BaseTask:
-    """Restore a task from a checkpoint written by this toolkit (its class is the configured task's).
+    """Restore a task from a checkpoint written by this toolkit (its class is the configured task's), and take the
+    data config it was trained with into `cfg.data` (`restore_data_config`).
 
     The task keeps the checkpoint's hyper-parameters, except the `task.*` keys given on this run's command line
     (`task.predict_score_thresh=0.1`, `task.model.rcnn.box_score_thresh=0.05`): those replace the checkpoint's values.
     """
     path = resolve_checkpoint(cfg, ckpt_path or cfg.get("ckpt_path"), required=True)
     checkpoint = read_checkpoint(path, mmap=True)
+    restore_data_config(cfg, checkpoint, path)
     hparams = checkpoint.get("hyper_parameters") or {}
     return task_class(cfg).restore(path, checkpoint=checkpoint, **command_line_task_overrides(cfg, hparams))
+
+
+def restore_data_config(cfg: DictConfig, checkpoint: dict, path: str | Path) -> None:
+    """Set `cfg.data` to the data config the checkpoint's run trained with (`toolkit.callbacks.RememberData`), with
+    the `data.*` keys given on this command line replacing the stored values. `data=<option>` on the command line
+    chooses other data: then the composed `cfg.data` is used as it is. So is a config that did not come from a
+    command line (a plain `run(cfg)`: the caller's config says what it means) and a checkpoint without the entry.
+    The loader keys of this machine (`MACHINE_DATA_KEYS`: workers, pinned memory) always come from this run."""
+    stored = checkpoint.get(DATA_CONFIG_KEY)
+    given = _command_line_overrides()
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict) or given is None:
+        return
+    origin = f"data={stored.get('choice')}" if stored.get("choice") else "its data"
+    keys = [o.split("=", 1)[0] for o in given]
+    if any(k.lstrip("+~") == "data" for k in keys):
+        log.info("data: the command line's data=%s (the checkpoint %s was trained on %s)", _choice("data"), path, origin)
+        return
+    data = OmegaConf.create(stored["config"])
+    for key in MACHINE_DATA_KEYS:
+        if key in cfg.data:
+            data[key] = cfg.data[key]
+    overridden = []
+    for key in keys:
+        name = key.lstrip("+~")
+        if not name.startswith("data."):
+            continue
+        name = name.removeprefix("data.")
+        if key.startswith("~"):
+            parent, _, leaf = name.rpartition(".")
+            node = OmegaConf.select(data, parent) if parent else data
+            if node is not None:
+                node.pop(leaf, None)
+        else:
+            OmegaConf.update(data, name, OmegaConf.select(cfg.data, name), merge=False, force_add=True)
+        overridden.append(name)
+    with open_dict(cfg):
+        cfg.data = data
+    where = ", ".join(f"{k}={v}" for k, v in stored["config"].items() if isinstance(v, str) and ("/" in v or "\\" in v))
+    log.info("data: %s from the checkpoint %s%s%s", origin, path, f" ({where})" if where else "",
+             f"; from the command line: {', '.join(f'data.{k}' for k in overridden)}" if overridden else "")
+
+
+def _command_line_overrides() -> list[str] | None:
+    """The overrides typed on this run's command line (`data.root=...`), or None when not run through Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (a plain run(cfg)): nothing was given on a command line
+        return None
 
 
 def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any]:
     """{top-level task argument: value} for the `task.*` overrides on the command line, each applied to the
     checkpoint's own value of that argument (so `task.model.rcnn.box_score_thresh=...` changes that one entry)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        given = HydraConfig.get().overrides.task
-    except ValueError:  # not under Hydra (a plain run(cfg)): nothing was given on a command line
+    given = _command_line_overrides()
+    if given is None:
         return {}
     keys = [o.split("=", 1)[0].lstrip("+") for o in given]
     keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"
@@ -232,7 +285,7 @@ def record_resume(ckpt_path: str, out: Path) -> dict:
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=float))
+    return write_text_atomic(path, json_text(payload, indent=2, default=float) + "\n")
 
 
 def plain_metrics(metrics: dict) -> dict[str, float]:

@@ -41,6 +41,9 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = plain_metrics(metrics)
     write_json(out / "metrics.json", metrics)
     task.write_eval_outputs(metrics, out)
+    precision = str(trainer.precision)
+    if precision not in ("32-true", "32"):  # asked for (auto evaluates in fp32): these numbers depend on the hardware
+        print(f"evaluated under trainer.precision={precision}: fp32 numbers with trainer.precision=32-true")
     print_metrics(metrics)
     log.info("metrics written to %s", out / "metrics.json")
-    return {"metrics": metrics, "output_dir": str(out)}
+    return {"metrics": metrics, "output_dir": str(out), "precision": precision}

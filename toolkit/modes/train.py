@@ -20,10 +20,12 @@ from toolkit.modes.common import (
     print_metrics,
     record_resume,
     resolve_checkpoint,
+    restore_data_config,
     write_json,
 )
 from toolkit.modes.profile import describe_model
 from toolkit.profiling.counting import count_model
+from toolkit.tasks.base import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def per_image_counts(task, resolution: int) -> dict[str, int]:
 def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg, cfg.get("ckpt_path"))
     out = output_dir(cfg)
-    if ckpt_path:  # resuming: into this run's new folder, which records where it came from
+    if ckpt_path:  # resuming: into this run's new folder, which records where it came from, on the same data
         record_resume(ckpt_path, out)
+        restore_data_config(cfg, read_checkpoint(ckpt_path, mmap=True), ckpt_path)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -48,7 +51,7 @@ def train(cfg: DictConfig) -> dict:
         if ckpt_path:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
         else:
-            task.load_init_weights(cfg.init_from)
+            task.load_init_weights(cfg.init_from, strict=cfg.get("init_from_strict", True))
     compile_task_model(cfg, task, "train")
     trainer = build_trainer(cfg, task)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
