@@ -77,3 +77,16 @@ finally:
 
 #: `benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`
 load_benchmark = requote_docs.load_script
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The rule for every user-facing entry point (issue 20): a user's mistake ends with exit code 2 and one line on
+    stderr, `error: ...`, naming the thing and the fix (the `fragments`), and no traceback. Returns the line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    assert len(errors) == 1, f"expected one 'error:' line, got:\n{proc.stderr[-3000:]}"
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]
