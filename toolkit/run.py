@@ -90,6 +90,7 @@ def validate_mode_settings(cfg: DictConfig) -> None:
             raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
+        _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
         _check_int(settings, "export", "calibration_batches", 1)
         _check_int(settings, "export", "verify_batches", 1)
         _check_int(settings, "export", "batch_size", 1)
