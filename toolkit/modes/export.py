@@ -309,7 +309,7 @@ QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 
 
 def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "percentile", *,
-                  activations: str = "uint8", per_image: bool = False) -> Path:
+                  activations: str = "uint8", per_image: bool = False, exclude: tuple[str, ...] = ()) -> Path:
     """QDQ static quantisation: per-channel symmetric int8 weights, activations (`activations`: "uint8", ONNX
     Runtime's fast U8S8 kernels on x86, or "int8") with ranges from `calibration` by `method` (ONNX Runtime's
     MinMax, Percentile or Entropy calibrator). Only convolutions and matrix products are quantised: box decoding
@@ -320,6 +320,7 @@ def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], metho
     collect the ranges one image at a time (ONNX Runtime's strided collection), for graphs whose intermediate
     shapes change from image to image (Faster R-CNN's proposals, inputs of several sizes). The fp32 graph must
     take a batch of one (classifier files have a dynamic batch axis, detector files take one image).
+    `exclude`: names of nodes kept in float.
     The quantiser's files go to a temporary folder and `path` is written under a temporary name, renamed when
     complete: a failure leaves nothing behind."""
     import tempfile
@@ -362,10 +363,27 @@ def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], metho
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=getattr(QuantType, ACTIVATION_TYPES[activations]),
-                        weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=list(exclude),
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                         extra_options=options)
     return path
+
+
+#: where a detector's prediction layers sit in the exported graph's node names (SSD's classification and regression
+#: heads; Faster R-CNN's RPN and box predictors): kept in float, see `prediction_layers`
+PREDICTION_LAYERS = ("/head/classification_head/", "/head/regression_head/", "/rpn/head/cls_logits",
+                     "/rpn/head/bbox_pred", "/box_predictor/")
+
+
+def prediction_layers(fp32: Path) -> tuple[str, ...]:
+    """Names of a detector graph's final prediction layers (box offsets and class logits). They stay in float: an
+    int8 output rounds every score and box offset to one of 256 levels over the whole range, which reorders
+    near-tied detections and shifts boxes, while these layers are a small part of the computation."""
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    return tuple(node.name for node in graph.node
+                 if node.op_type in QUANTIZED_OPS and any(part in node.name for part in PREDICTION_LAYERS))
 
 
 def quantized_nodes(graph) -> list[str]:
@@ -490,12 +508,15 @@ def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibra
             method, activations = str(cfg.export.calibration_method), str(cfg.export.get("int8_activations", "uint8"))
             # Faster R-CNN's second stage sees a different number of proposals in every image
             varying = kind == "detection" and hasattr(task.model, "roi_heads")
+            heads = prediction_layers(fp32) if kind == "detection" else ()
             with atomic_path(path) as partial:
-                quantize_onnx(fp32, partial, calibration, method, activations=activations, per_image=varying)
+                quantize_onnx(fp32, partial, calibration, method, activations=activations, per_image=varying,
+                              exclude=heads)
                 write_onnx_metadata(partial, {**metadata, "quantization": (
                     f"onnxruntime QDQ static int8: per-channel symmetric int8 weights, {activations} activations "
                     f"(ONNX Runtime QuantType {ACTIVATION_TYPES[activations]}), {method} activation ranges; "
-                    f"quantised ops: {', '.join(QUANTIZED_OPS)}")})
+                    f"quantised ops: {', '.join(QUANTIZED_OPS)}"
+                    + ("; prediction heads, box decoding and NMS in float" if heads else ""))})
         return path, metadata
     if fmt.startswith("executorch"):
         example = example[:1]
@@ -701,14 +722,15 @@ def export(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         task = load_task(cfg)
         datamodule, reason = load_data(cfg, task)
+        check_data_for(cfg, reason)
     else:  # weights from the config (random or backbone.pretrained); the data decides the class count
         datamodule, reason = load_data(cfg, None)
+        check_data_for(cfg, reason)
         task = build_task(cfg, datamodule)
     task.eval()
     kind = task.data_kind  # the records it reads decide its inference outputs (toolkit.data.contract)
     if kind == "geolocation" and not task.partitions:
         raise ExportError("a geolocation model built without data has no cells: export a trained checkpoint (ckpt_path=...)")
-    check_data_for(cfg, reason)
     calibration, source = calibration_inputs(cfg, datamodule, kind)
     threads = settings.threads
     if threads:
