@@ -182,8 +182,7 @@ def whole_message(error: BaseException) -> str:
 
 def cause_line(error: BaseException) -> str:
     """The first meaningful line of a quantiser's or runtime's error, with its type: what a one-line report can hold."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip() and line.strip() not in ("Traceback",)]
-    first = lines[0] if lines else ""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
 
 
@@ -252,8 +251,10 @@ def check_data_for(cfg: DictConfig, reason: str | None) -> None:
 # ---- writers ---------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def quiet_exporter():
-    """The ONNX exporters print optimisation steps and log INFO lines that drown the report."""
+    """The ONNX exporters print optimisation steps and log INFO lines that drown the report (ONNX Runtime's
+    quantiser logs one line per output channel whose bias scale it raises, on the root logger)."""
     loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    loggers.append(logging.getLogger())
     levels = [q.level for q in loggers]
     try:
         for q in loggers:
