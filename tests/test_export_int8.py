@@ -78,7 +78,7 @@ def test_onnx_int8_calibrates_on_any_split(fp32_classifier, tmp_path, monkeypatc
 
 
 @needs_executorch
-@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("split", ["5_images", "1_image"])  # 48 in batches of 32: the mode=export test below
 def test_executorch_int8_calibrates_on_any_split(tmp_path, split):
     from toolkit.deploy.runtime import ExecuTorchModel
 
