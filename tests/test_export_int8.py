@@ -271,3 +271,19 @@ def test_ssd_int8_keeps_heads_decoding_and_nms_in_float(tmp_path):
     weights = {i.name for i in graph.initializer}
     head_convs = [node for node in graph.node if node.name in heads]
     assert len(head_convs) == 12 and all(node.input[1] in weights for node in head_convs)  # float weights
+
+
+def test_an_empty_calibration_split_stops_int8(make_cfg):
+    """Data that loads but whose calibration split holds no image: int8 stops (no silent random ranges), fp32
+    formats only need an example input."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import default_collate
+
+    from toolkit.modes.export import calibration_inputs
+
+    empty = SimpleNamespace(train_dataset=[], val_dataset=[], batch_size=4, collate_fn=lambda: default_collate)
+    with pytest.raises(DataError, match=r"the train split of SimpleNamespace has no images to calibrate onnx_int8 on"):
+        calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx,onnx_int8]"]), empty, "classification")
+    example, source = calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx]"]), empty, "classification")
+    assert source == "random images" and example[0].shape[1:] == (3, 32, 32)

@@ -197,7 +197,7 @@ def calibration_loader(datamodule, split: str):
     if split == "train" and hasattr(dataset, "transform") and hasattr(evaluated, "transform"):
         dataset = copy.copy(dataset)
         dataset.transform = evaluated.transform
-    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=True, num_workers=0,
+    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=len(dataset) > 0, num_workers=0,  # empty: no batches
                       generator=torch.Generator().manual_seed(0), collate_fn=datamodule.collate_fn())
 
 
