@@ -239,7 +239,7 @@ def check_data_for(cfg: DictConfig, reason: str | None) -> None:
     fix = "pass the data settings the model was trained with (data=..., data.root=... or the data's paths)"
     if int8 and settings.calibration != "random":
         raise DataError(f"export: {', '.join(int8)} needs calibration images and the configured data cannot be "
-                        f"used: {reason} Fix: {fix}, or export.calibration=random to calibrate on random images "
+                        f"used: {reason.rstrip('.')}. Fix: {fix}, or export.calibration=random to calibrate on random images "
                         "(the int8 file then loses accuracy)")
     what = (f"{', '.join(int8)} calibrated on random images (export.calibration=random: expect lost accuracy); "
             if int8 else "")
@@ -854,7 +854,9 @@ def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
                   if any(name.endswith("_int8") for name in report["formats"]) else "")
     lines = [f"export of {report['task_class']} at {report['resolution']} px{calibrated}; "
              f"threads {report['threads'] or 'default'}"
-             + ("" if report.get("verified", True) else f"; not verified ({report.get('not_verified')})")]
+             + ("" if report.get("verified", True) else "; not verified ("
+                + ("export.verify=false" if report.get("not_verified") == "export.verify=false"
+                   else "the data cannot be used: see the warning above") + ")")]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines += [f"{fmt}: skipped: {why}" for fmt, why in report["skipped"].items()]
     return "\n".join(lines)
