@@ -103,6 +103,7 @@ def validate_mode_settings(cfg: DictConfig) -> None:
             if getattr(task_class, "data_kind", None) == "detection" and not issubclass(task_class, SSDTask):
                 raise ConfigError("export.postprocess", "none", f"{task_class.__name__} needs NMS between its RPN and "
                                   "RoI stages, so it has no raw-head form; use export.postprocess=nms")
+        _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
         _check_int(settings, "export", "calibration_batches", 1)
         _check_int(settings, "export", "verify_batches", 1)
         _check_int(settings, "export", "batch_size", 1)

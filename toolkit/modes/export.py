@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from toolkit.deploy.metadata import encode, sidecar_path
-from toolkit.errors import ToolkitError
+from toolkit.errors import DataError, ToolkitError
 from toolkit.modes.common import build_datamodule, build_task, load_task, output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -198,15 +198,37 @@ def image_batches(loader, count: int | None, kind: str) -> list[torch.Tensor]:
 
 
 def load_data(cfg: DictConfig, task) -> tuple[Any, str | None]:
-    """(datamodule set up for fit and validate, None) or (None, why the configured data cannot be used).
-    `task`: the checkpoint's task (its backbone sets the input statistics), or None for a config-built model."""
+    """(datamodule set up for fit and validate, None) or (None, why the configured data cannot be used: the whole
+    message of the error, on one line). `task`: the checkpoint's task (its backbone sets the input statistics), or
+    None for a config-built model."""
     try:
         datamodule = build_datamodule(cfg, task)
         datamodule.prepare_data()
         datamodule.setup("fit")
         return datamodule, None
     except (ToolkitError, InstantiationException, OSError, RuntimeError, ValueError) as e:
-        return None, str(e).splitlines()[0]
+        return None, whole_message(toolkit_cause(e) or e)
+
+
+def toolkit_cause(error: BaseException) -> BaseException | None:
+    """The ToolkitError behind `error` (Hydra's instantiate wraps the datamodule's own errors in its message)."""
+    while error is not None:
+        if isinstance(error, ToolkitError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def whole_message(error: BaseException) -> str:
+    """An error's message as one line, all of it (a first line alone cut "looked for: ..." lists off)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
+
+
+def cause_line(error: BaseException) -> str:
+    """The first meaningful line of a quantiser's or runtime's error, with its type: what a one-line report can hold."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
 
 
 def calibration_loader(datamodule, split: str):
@@ -220,29 +242,64 @@ def calibration_loader(datamodule, split: str):
     if split == "train" and hasattr(dataset, "transform") and hasattr(evaluated, "transform"):
         dataset = copy.copy(dataset)
         dataset.transform = evaluated.transform
-    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=True, num_workers=0,
+    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=len(dataset) > 0, num_workers=0,  # empty: no batches
                       generator=torch.Generator().manual_seed(0), collate_fn=datamodule.collate_fn())
 
 
+def int8_formats(formats) -> list[str]:
+    return [f for f in formats if f.endswith("_int8")]
+
+
 def calibration_inputs(cfg: DictConfig, datamodule, kind: str) -> tuple[list[torch.Tensor], str]:
+    """(input batches, where they come from): int8 calibration images, and the example input of every exporter.
+    Random images only when `export.calibration=random` asks for them, or as the mere example input of fp32
+    formats (they need a shape, not values); an int8 format with no images to calibrate on stops here."""
     settings = cfg.export
     count = int(settings.calibration_batches)
+    int8 = int8_formats(settings.formats)
     if datamodule is not None and settings.calibration != "random":
         loader = calibration_loader(datamodule, settings.calibration)
         batches = image_batches(loader, count * (int(cfg.data.batch_size) if kind == "detection" else 1), kind)
         if batches:
             return batches, f"{type(datamodule).__name__} {settings.calibration} split"
+        if int8:
+            raise DataError(f"export: the {settings.calibration} split of {type(datamodule).__name__} has no images to "
+                            f"calibrate {', '.join(int8)} on: give data with images there, "
+                            f"export.calibration={'val' if settings.calibration == 'train' else 'train'}, or "
+                            "export.calibration=random (random images: the int8 file loses accuracy)")
     generator = torch.Generator().manual_seed(0)
     size = int(cfg.data.resolution)
     shape = (1 if kind == "detection" else int(settings.batch_size), 3, size, size)
     return [torch.randn(*shape, generator=generator) for _ in range(count)], "random images"
 
 
+def check_data_for(cfg: DictConfig, reason: str | None) -> None:
+    """What an export does when its data cannot be loaded (`reason`): int8 formats stop, unless
+    `export.calibration=random` asks for random calibration images; fp32 files are written unverified. Either
+    way the log says the whole reason and the fix."""
+    if reason is None:
+        return
+    settings = cfg.export
+    int8 = int8_formats(settings.formats)
+    fix = "pass the data settings the model was trained with (data=..., data.root=... or the data's paths)"
+    if int8 and settings.calibration != "random":
+        raise DataError(f"export: {', '.join(int8)} needs calibration images and the configured data cannot be "
+                        f"used: {reason.rstrip('.')}. Fix: {fix}, or export.calibration=random to calibrate on random images "
+                        "(the int8 file then loses accuracy)")
+    what = (f"{', '.join(int8)} calibrated on random images (export.calibration=random: expect lost accuracy); "
+            if int8 else "")
+    checked = "verification skipped: the files are written but not scored" if settings.verify else "export.verify=false"
+    log.warning("export: the configured data cannot be used (%s) -> %s%s. To verify the files, %s.",
+                reason, what, checked, fix)
+
+
 # ---- writers ---------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def quiet_exporter():
-    """The ONNX exporters print optimisation steps and log INFO lines that drown the report."""
+    """The ONNX exporters print optimisation steps and log INFO lines that drown the report (ONNX Runtime's
+    quantiser logs one line per output channel whose bias scale it raises, on the root logger)."""
     loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    loggers.append(logging.getLogger())
     levels = [q.level for q in loggers]
     try:
         for q in loggers:
@@ -291,12 +348,33 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
 
 #: export.calibration_method -> the name of ONNX Runtime's calibrator (onnxruntime.quantization.CalibrationMethod)
 CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}
+#: export.int8_activations -> ONNX Runtime's QuantType of activations (weights are always signed int8)
+ACTIVATION_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+#: the only operators quantised: the network's convolutions and matrix products (see `quantized_nodes`)
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+#: activations that ONNX Runtime folds into the output range of the quantised layer before them (it removes them;
+#: one whose input is float, as box decoding's clamps, stays): without this every ReLU sits between a Quantize and
+#: a Dequantize and each layer pays that round trip (3x slower than fp32 on a small SSD)
+FOLDED_ACTIVATIONS = ["Relu", "Clip"]
 
 
-def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "percentile") -> Path:
-    """QDQ static quantisation: per-channel int8 weights, int8 activations with ranges from `calibration` by
-    `method` (ONNX Runtime's MinMax, Percentile or Entropy calibrator). Only convolutions and matrix products are
-    quantised: box decoding and NMS stay in float."""
+def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], method: str = "percentile", *,
+                  activations: str = "uint8", per_image: bool = False, exclude: tuple[str, ...] = ()) -> Path:
+    """QDQ static quantisation: per-channel symmetric int8 weights, activations (`activations`: "uint8", ONNX
+    Runtime's fast U8S8 kernels on x86, or "int8") with ranges from `calibration` by `method` (ONNX Runtime's
+    MinMax, Percentile or Entropy calibrator). Only convolutions and matrix products are quantised: box decoding
+    and NMS stay in float.
+
+    The calibrator runs one image per call: its histogram collectors stack every call's outputs into one array, so
+    batches of unequal size (a split that is not a multiple of the batch) cannot be mixed. `per_image`: also
+    collect the ranges one image at a time (ONNX Runtime's strided collection), for graphs whose intermediate
+    shapes change from image to image (Faster R-CNN's proposals, inputs of several sizes). The fp32 graph must
+    take a batch of one (classifier files have a dynamic batch axis, detector files take one image).
+    `exclude`: names of nodes kept in float.
+    The quantiser's files go to a temporary folder and `path` is written under a temporary name, renamed when
+    complete: a failure leaves nothing behind."""
+    import tempfile
+
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -306,23 +384,71 @@ def quantize_onnx(fp32: Path, path: Path, calibration: list[torch.Tensor], metho
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from toolkit.io import atomic_path
+
+    images = [{"image": np.ascontiguousarray(x[i : i + 1].numpy())} for x in calibration for i in range(len(x))]
+    if not images:
+        raise ExportError("onnx_int8: no calibration images")
+
     class Reader(CalibrationDataReader):
+        """One image per call; `set_range` is ONNX Runtime's hook for strided collection."""
+
         def __init__(self):
-            self.items = iter([{"image": x.numpy()} for x in calibration])
+            self.set_range(0, len(images))
+
+        def __len__(self):
+            return len(images)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.items = iter(images[start_index:end_index])
 
         def get_next(self):
             return next(self.items, None)
 
-    prepared = path.with_name(path.stem + "_prep.onnx")
-    with quiet_exporter():
+    options = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if per_image or len({item["image"].shape for item in images}) > 1:
+        options["CalibStridedMinMax"] = 1  # despite its name, every calibrator's collection in steps of 1 image
+    with tempfile.TemporaryDirectory(prefix="toolkit_quantize_") as work, atomic_path(path) as partial, quiet_exporter():
+        prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+        quantize_static(str(prepared), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, ACTIVATION_TYPES[activations]),
+                        weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS + FOLDED_ACTIVATIONS,
+                        nodes_to_exclude=list(exclude),
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    prepared.unlink(missing_ok=True)
+                        extra_options=options)
     return path
+
+
+#: where a detector's prediction layers sit in the exported graph's node names (SSD's classification and regression
+#: heads; Faster R-CNN's RPN and box predictors): kept in float, see `prediction_layers`
+PREDICTION_LAYERS = ("/head/classification_head/", "/head/regression_head/", "/rpn/head/cls_logits",
+                     "/rpn/head/bbox_pred", "/box_predictor/")
+
+
+def prediction_layers(fp32: Path) -> tuple[str, ...]:
+    """Names of a detector graph's final prediction layers (box offsets and class logits). They stay in float: an
+    int8 output rounds every score and box offset to one of 256 levels over the whole range, which reorders
+    near-tied detections and shifts boxes, while these layers are a small part of the computation."""
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    return tuple(node.name for node in graph.node
+                 if node.op_type in QUANTIZED_OPS and any(part in node.name for part in PREDICTION_LAYERS))
+
+
+def quantized_nodes(graph) -> list[str]:
+    """Names of the nodes of an ONNX graph (and its subgraphs) that read a DequantizeLinear output: what runs in
+    int8. The check that box decoding and NMS stay float."""
+    found: list[str] = []
+    dequantized = {o for node in graph.node if node.op_type == "DequantizeLinear" for o in node.output}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized & set(node.input):
+            found.append(f"{node.op_type}:{node.name}")
+        for attribute in node.attribute:
+            if attribute.g.node:
+                found += quantized_nodes(attribute.g)
+    return found
 
 
 def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor] | None,
@@ -344,14 +470,16 @@ def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, cali
 
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
             prepared = prepare_pt2e(torch.export.export(module, (example,), dynamic_shapes=shapes).module(), quantizer)
-            with torch.no_grad():
+            with torch.no_grad():  # observers keep running ranges: batches of any size, a split of one image
                 for images in calibration:
-                    prepared(images)
+                    for chunk in images.split(MAX_PTE_BATCH if dynamic_batch else 1):  # the exported batch range
+                        prepared(chunk)
             module = convert_pt2e(prepared)
         program = torch.export.export(module, (example,), dynamic_shapes=shapes)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path.write_bytes(lowered.buffer)
-    return path
+    from toolkit.io import write_bytes_atomic
+
+    return write_bytes_atomic(path, lowered.buffer)
 
 
 def quantize_fx(module: nn.Module, calibration: list[torch.Tensor], backend: str = "qnnpack") -> nn.Module:
@@ -395,7 +523,25 @@ class TorchScriptModel:
 
 def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibration: list[torch.Tensor],
                  metadata_for) -> tuple[Path, dict[str, Any]]:
-    """Write one format; returns (file, its metadata)."""
+    """Write one format; returns (file, its metadata). Any failure of an exporter, quantiser or runtime is one
+    `ExportError` line naming the format and the cause, and leaves no file of that format behind (each is written
+    under a temporary name and renamed when complete)."""
+    try:
+        return _write_format(fmt, task, kind, cfg, out, calibration, metadata_for)
+    except ExportError as e:
+        if str(e).startswith(fmt):
+            raise
+        raise ExportError(f"{fmt}: {e}") from e
+    except (ToolkitError, MemoryError):
+        raise
+    except Exception as e:  # the quantisers' and runtimes' own errors: bare tracebacks otherwise
+        raise ExportError(f"{fmt}: export failed: {cause_line(e)}") from e
+
+
+def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibration: list[torch.Tensor],
+                  metadata_for) -> tuple[Path, dict[str, Any]]:
+    from toolkit.io import atomic_path, write_json_atomic
+
     postprocess = str(cfg.export.get("postprocess", "nms")) if kind == "detection" else "nms"
     module, outputs = inference_module(task, kind, fmt, postprocess)
     path = out / FILE_NAMES[fmt]
@@ -408,14 +554,24 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
         if fmt == "onnx" or not fp32.is_file():
             if kind != "detection" and len(example) < 2:
                 example = example.repeat(2, 1, 1, 1)  # a batch of 1 would be specialised
-            export_onnx(module, example, fp32, int(cfg.export.opset), outputs, kind,
-                        dynamic_size=metadata.get("input_size") is None)
-            write_onnx_metadata(fp32, metadata)
+            with atomic_path(fp32) as partial:
+                export_onnx(module, example, partial, int(cfg.export.opset), outputs, kind,
+                            dynamic_size=metadata.get("input_size") is None)
+                write_onnx_metadata(partial, metadata)
         if fmt == "onnx_int8":
-            method = str(cfg.export.calibration_method)
-            quantize_onnx(fp32, path, calibration, method)
-            write_onnx_metadata(path, {**metadata, "quantization": f"onnxruntime QDQ static int8, per-channel weights, "
-                                                                   f"{method} activation ranges"})
+            method, activations = str(cfg.export.calibration_method), str(cfg.export.get("int8_activations", "uint8"))
+            # Faster R-CNN's second stage sees a different number of proposals in every image
+            varying = kind == "detection" and hasattr(task.model, "roi_heads")
+            heads = prediction_layers(fp32) if kind == "detection" else ()
+            with atomic_path(path) as partial:
+                quantize_onnx(fp32, partial, calibration, method, activations=activations, per_image=varying,
+                              exclude=heads)
+                write_onnx_metadata(partial, {**metadata, "quantization": (
+                    f"onnxruntime QDQ static int8: per-channel symmetric int8 weights, {activations} activations "
+                    f"(ONNX Runtime QuantType {ACTIVATION_TYPES[activations]}), {method} activation ranges; "
+                    f"quantised ops: {', '.join(QUANTIZED_OPS)} (the {'/'.join(FOLDED_ACTIVATIONS)} after them folded "
+                    "into their output ranges)"
+                    + ("; prediction heads, box decoding and NMS in float" if heads else ""))})
         return path, metadata
     if fmt.startswith("executorch"):
         example = example[:1]
@@ -427,10 +583,13 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
         if kind in ("detection", "geolocation"):
             raise ExportError(f"{fmt}: legacy TorchScript export covers single-output models only; use onnx or executorch")
         traced = quantize_fx(module, calibration) if fmt == "torchscript_int8" else module
-        save_torchscript(traced, example, path)
-    from toolkit.io import write_json_atomic
-
-    write_json_atomic(sidecar_path(path), metadata)
+        with atomic_path(path) as partial:
+            save_torchscript(traced, example, partial)
+    try:
+        write_json_atomic(sidecar_path(path), metadata)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a file without its metadata is of no use to anyone
+        raise
     return path, metadata
 
 
@@ -633,16 +792,15 @@ def export(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         task = load_task(cfg)
         datamodule, reason = load_data(cfg, task)
+        check_data_for(cfg, reason)
     else:  # weights from the config (random or backbone.pretrained); the data decides the class count
         datamodule, reason = load_data(cfg, None)
+        check_data_for(cfg, reason)
         task = build_task(cfg, datamodule)
     task.eval()
     kind = task.data_kind  # the records it reads decide its inference outputs (toolkit.data.contract)
     if kind == "geolocation" and not task.partitions:
         raise ExportError("a geolocation model built without data has no cells: export a trained checkpoint (ckpt_path=...)")
-    if datamodule is None:
-        log.warning("export: the configured data cannot be used (%s): calibrating on random images and skipping the "
-                    "accuracy check; int8 files calibrated this way lose accuracy", reason)
     calibration, source = calibration_inputs(cfg, datamodule, kind)
     threads = settings.threads
     if threads:
@@ -671,7 +829,10 @@ def export(cfg: DictConfig) -> dict:
         try:
             path, metadata = write_format(fmt, task, kind, cfg, out, calibration, metadata_for)
         except ExportError as e:
-            if fmt.startswith("executorch") and kind == "detection" or fmt.startswith("torchscript"):
+            # a format this model has no form in (the writers' own message, no underlying error): the rest goes on
+            unavailable = e.__cause__ is None and (fmt.startswith("executorch") and kind == "detection"
+                                                   or fmt.startswith("torchscript"))
+            if unavailable:
                 print(f"export: {fmt} skipped: {e}")
                 report["skipped"][fmt] = str(e)
                 continue
@@ -684,32 +845,81 @@ def export(cfg: DictConfig) -> dict:
             entry.update({name: metrics.get(name) for name in metric_names(task, kind)})
             entry["agreement"] = agreement(kind, reference_outputs, model.outputs)
         entry.update(speed(runner, kind, calibration[0], settings, metadata))
+        entry["warnings"] = quality_warnings(entry, report["pytorch"], metric_names(task, kind), task.mode)
         report["formats"][fmt] = entry
+    report["verified"] = verify
+    if not verify:
+        report["not_verified"] = "export.verify=false" if not settings.verify else f"the data cannot be used: {reason}"
     path = write_json(out / "export.json", report)
     print(format_export_report(report, metric_names(task, kind)))
+    for fmt, entry in report["formats"].items():
+        if entry["warnings"]:
+            log.warning("export: %s is worse than the PyTorch model: %s", fmt, "; ".join(entry["warnings"]))
     print(f"export report written to {path}")
     return {"export": report, "export_file": str(path), "output_dir": str(out)}
 
 
+#: a format that changes the task's metric by more than this (1 point of a 0..1 metric) against PyTorch is flagged
+METRIC_TOLERANCE = 0.01
+#: agreement with PyTorch below which a format is flagged: 90 % of decisions (top-1 class, box of the same class at
+#: IoU >= 0.9, attribute decision); embeddings have no decision, their mean cosine to PyTorch's must reach 0.99
+#: (an int8 file that keeps its ranking of pairs stays above it; 0.99 is an angle of 8 degrees)
+AGREEMENT_FLOORS = {"top1_agreement": 0.90, "box_match_iou0.9": 0.90, "attribute_agreement": 0.90, "mean_cosine": 0.99}
+AGREEMENT_WORDS = {"top1_agreement": "top-1 classes", "box_match_iou0.9": "boxes (same class, IoU >= 0.9)",
+                   "attribute_agreement": "attribute decisions"}
+
+
+def quality_warnings(entry: dict[str, Any], pytorch: dict[str, Any], metrics: list[str], mode: str) -> list[str]:
+    """Why a written file is worse than the PyTorch model, in words ([] when it is not): each of the task's
+    `metrics` worse than PyTorch's by more than METRIC_TOLERANCE (`mode`: the task's "max" or "min", which way is
+    better), and agreement below AGREEMENT_FLOORS."""
+    warnings_: list[str] = []
+    for name in metrics:
+        value, reference = entry.get(name), pytorch.get(name)
+        if value is None or reference is None:
+            continue
+        worse = reference - value if mode == "max" else value - reference
+        if worse > METRIC_TOLERANCE:
+            change = (f"loses {100 * worse:.1f} points of {name}" if mode == "max"
+                      else f"raises {name} by {worse:.4g} (lower is better)")
+            warnings_.append(f"{change} vs pytorch ({value:.4f} vs {reference:.4f})")
+    agree = entry.get("agreement") or {}
+    for key, floor in AGREEMENT_FLOORS.items():
+        if key not in agree or agree[key] >= floor:
+            continue
+        if key == "mean_cosine":
+            warnings_.append(f"mean cosine to pytorch's embeddings {agree[key]:.4f} (< {floor})")
+        else:
+            warnings_.append(f"agrees with pytorch on {100 * agree[key]:.1f}% of {AGREEMENT_WORDS[key]} (< {100 * floor:.0f}%)")
+    return warnings_
+
+
 def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
+    """The printed table; a file worse than PyTorch (its `warnings`, see `quality_warnings`) is marked LOW."""
     batch = report["batch_size"]
-    header = ["format", "size MB", *metrics, "agreement", "ms/img @1", f"img/s @{batch}"]
+    header = ["format", "size MB", *metrics, "agreement", "ms/img @1", f"img/s @{batch}", "!"]
     rows = []
 
     def cells(name: str, entry: dict[str, Any], size: float | None) -> list[str]:
         agree = entry.get("agreement") or {}
-        key = next((k for k in ("top1_agreement", "box_match_iou0.9", "attribute_agreement", "mean_cosine") if k in agree), None)
+        key = next((k for k in AGREEMENT_FLOORS if k in agree), None)
         throughput = entry.get(f"images_per_s_batch{batch}")
         return [name, "-" if size is None else f"{size:.2f}",
                 *("-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics),
                 "-" if key is None else f"{100 * agree[key]:.2f}% {key.split('_')[0]}",
-                f"{entry['latency_ms_batch1']:.2f}", "-" if throughput is None else f"{throughput:.1f}"]
+                f"{entry['latency_ms_batch1']:.2f}", "-" if throughput is None else f"{throughput:.1f}",
+                "LOW" if entry.get("warnings") else ""]
 
     rows.append(cells("pytorch (fp32)", report["pytorch"], None))
     rows += [cells(name, entry, entry["size_mb"]) for name, entry in report["formats"].items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"export of {report['task_class']} at {report['resolution']} px; int8 calibrated on "
-             f"{report['calibration_images']} images ({report['calibration']}); threads {report['threads'] or 'default'}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    calibrated = (f"; int8 calibrated on {report['calibration_images']} images ({report['calibration']})"
+                  if any(name.endswith("_int8") for name in report["formats"]) else "")
+    lines = [f"export of {report['task_class']} at {report['resolution']} px{calibrated}; "
+             f"threads {report['threads'] or 'default'}"
+             + ("" if report.get("verified", True) else "; not verified ("
+                + ("export.verify=false" if report.get("not_verified") == "export.verify=false"
+                   else "the data cannot be used: see the warning above") + ")")]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines += [f"{fmt}: skipped: {why}" for fmt, why in report["skipped"].items()]
     return "\n".join(lines)
