@@ -35,8 +35,11 @@ class FasterRCNNTask(DetectionTask):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        rpn = getattr(self.model, "rpn", None)  # absent while export verification stands a runtime in for the model
+        if rpn is None:
+            return
         resolution = getattr(self.trainer.datamodule, "resolution", None) if self._trainer is not None else None
-        sizes = sorted({size for level in self.model.rpn.anchor_generator.sizes for size in level})
+        sizes = sorted({size for level in rpn.anchor_generator.sizes for size in level})
         if resolution is not None and resolution < 4 * sizes[0]:
             log.warning("data.resolution=%d is small for anchors of %s pixels (the paper's sizes for 300/600 inputs): "
                         "small objects get no well-matched anchor; use data.resolution=300 or 600, or smaller "

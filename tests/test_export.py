@@ -352,6 +352,15 @@ def test_faster_rcnn_says_why_it_has_no_executorch_file(make_cfg, capsys):
     assert "executorch skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_faster_rcnn_onnx_is_verified_in_its_runtime(make_cfg):
+    """Verification stands the runtime in for the model: the task's hooks must not reach for the RPN then."""
+    frcnn = run(make_cfg(["task=detection_frcnn", *DETECTION_DATA, "mode=export", "export.formats=[onnx]",
+                          "export.verify_batches=1", *QUICK]))["export"]
+    onnx = frcnn["formats"]["onnx"]
+    assert onnx["val/map"] is not None and "box_match_iou0.9" in onnx["agreement"]
+
+
 def test_missing_runtime_names_the_extra(make_cfg, monkeypatch):
     import toolkit.modes.export as export_mode
 

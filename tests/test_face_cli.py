@@ -79,10 +79,11 @@ def test_face_embedding_commands(tmp_path, make_cfg):
     hparams = torch.load(student, map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hparams["embedding_dim"] == 64  # the teacher's width (projected from the 256-d backbone)
 
-    # python -m toolkit task=face_embedding mode=eval ckpt_path=... data.pairs=lfw_pairs.txt
+    # python -m toolkit task=face_embedding mode=eval ckpt_path=... data.root=.../lfw data.pairs=lfw_pairs.txt: the
+    # checkpoint remembers its training folder, so LFW's folder is named as the data to evaluate on
     shutil.copy(data_dir / "pairs.txt", tmp_path / "lfw_pairs.txt")
-    proc = ok(run_cli(["task=face_embedding", "mode=eval", f"ckpt_path={student}", "data.pairs=lfw_pairs.txt", *FAST,
-                       "data.resolution=32"], tmp_path, env={"TOOLKIT_DATA_DIR": str(data_dir)}))
+    proc = ok(run_cli(["task=face_embedding", "mode=eval", f"ckpt_path={student}", f"data.root={data_dir / 'lfw'}",
+                       "data.pairs=lfw_pairs.txt", *FAST, "data.resolution=32"], tmp_path))
     assert "val/accuracy" in proc.stdout
     out = newest("face_embedding/runs/*/verification.json", logs).parent
     report = json.loads((out / "verification.json").read_text())

@@ -101,7 +101,7 @@ def test_trust_file_loads_a_trusted_file_that_pickles_python_objects(make_cfg, t
 
 def test_a_checkpoint_naming_a_foreign_task_class_is_refused(make_cfg, tmp_path):
     """The file is plain data (it loads with weights_only), but its `task_class` would import any class."""
-    trained = run(make_cfg([*TINY, "trainer.max_steps=1"]))
+    trained = run(make_cfg([*TINY, "data.n_train=8"]))  # one batch: one step, then the validation that saves best
     ckpt = torch.load(trained["best_checkpoint"], map_location="cpu", weights_only=True)
     ckpt["task_class"] = "subprocess.Popen"
     forged = tmp_path / "forged.ckpt"
