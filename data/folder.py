@@ -54,7 +54,12 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found. Expected <root>/<class name>/<images>; "
                         "set the data root in the config (e.g. data.root=... or paths.data_dir=...).")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    for p in entries:  # a link that cannot be followed may be a class folder: losing a class silently is worse
+        if p.is_symlink() and (reason := unreadable_reason(p)) is not None:
+            raise DataError(f"{p}: {reason}, where class folders are read. Point the link at a folder of images, "
+                            "or remove it.")
+    found = sorted(p.name for p in entries if p.is_dir())
     if classes is not None:
         extra = sorted(set(found) - set(classes))
         if extra:
@@ -69,8 +74,9 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
         folder = root / name
         images, others = _folder_images(folder) if folder.is_dir() else ([], [])
         if not images:
+            only = f"; it holds only {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
             raise DataError(f"{folder}: class folder {'is missing' if not folder.is_dir() else 'has no images'} "
-                            f"(class {label} {name!r}; image extensions: {', '.join(IMAGE_EXTENSIONS)}). "
+                            f"(class {label} {name!r}; image extensions: {', '.join(IMAGE_EXTENSIONS)}{only}). "
                             "Add images or remove the class folder from every split.")
         samples += [(p, label) for p in images]
         ignored += [f"{name}/{o}" for o in others]

@@ -57,6 +57,14 @@ class ExecuTorchModel:
         self._torch = torch
         if threads:
             torch.set_num_threads(int(threads))  # XNNPACK's thread pool follows the intra-op setting
+        with open(path, "rb") as f:
+            header = f.read(8)
+        # ExecuTorch's loader aborts the whole process (C++ terminate) on some files that are not programs:
+        # a program is a flatbuffer whose file identifier, bytes 4-8, is "ET" and a schema version ("ET12")
+        if len(header) < 8 or header[4:6] != b"ET":
+            raise DataError(f"{path}: not an ExecuTorch program (no 'ET' file identifier); the file is empty, damaged "
+                            "or another format: copy it again, or export it again with `python -m toolkit mode=export "
+                            "ckpt_path=...`")
         try:
             self.method = Runtime.get().load_program(str(path)).load_method("forward")
         except (RuntimeError, ValueError) as e:  # ExecuTorch's refusal of a damaged or foreign file
