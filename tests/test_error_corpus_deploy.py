@@ -280,3 +280,31 @@ def test_a_code_running_pickle_is_refused_without_torchs_advice(tmp_path, evil, 
     assert "weights_only" not in proc.stdout + proc.stderr  # torch's "re-run with weights_only=False"
     assert "add_safe_globals" not in proc.stdout + proc.stderr and "payload ran" not in proc.stdout
     assert "run code" in line
+
+
+def test_every_form_of_torchs_refusal_names_the_object_and_never_its_advice(tmp_path):
+    """torch words its refusals three ways (a blocked module, an object off its allowlist, not a pickle at all);
+    each is one message naming the file, and none repeats torch's `weights_only=False` or allowlist advice."""
+    from toolkit.errors import DataError
+    from toolkit.io import UnsafeFileError, load_torch_file
+
+    class Opener:
+        def __reduce__(self):
+            return open, (str(tmp_path / "payload_ran"), "w")
+
+    files = {"blocked.pt": Payload(), "allowlist.pt": Opener(), "module.pt": torch.nn.Linear(1, 1)}
+    for name, obj in files.items():
+        torch.save({"x": obj}, tmp_path / name, _use_new_zipfile_serialization=name != "module.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junkjunk")
+    (tmp_path / "plain.pt").write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00]\x94K\x01a.")  # pickle of [1]
+    expected = {"blocked.pt": "posix.system", "allowlist.pt": "io.open", "module.pt": "torch.nn.modules.linear.Linear"}
+    for name, needs in expected.items():
+        with pytest.raises(UnsafeFileError) as error:
+            load_torch_file(tmp_path / name)
+        assert f"the Python object {needs}" in str(error.value) and "trust_file=true" in str(error.value)
+        assert "weights_only" not in str(error.value) and "safe_globals" not in str(error.value)
+    for name in ("junk.pt", "plain.pt"):
+        with pytest.raises(DataError, match="not a readable torch file") as error:
+            load_torch_file(tmp_path / name)
+        assert not isinstance(error.value, UnsafeFileError) and "weights_only" not in str(error.value)
+    assert not (tmp_path / "payload_ran").exists()
