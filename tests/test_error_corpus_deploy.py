@@ -308,3 +308,25 @@ def test_every_form_of_torchs_refusal_names_the_object_and_never_its_advice(tmp_
             load_torch_file(tmp_path / name)
         assert not isinstance(error.value, UnsafeFileError) and "weights_only" not in str(error.value)
     assert not (tmp_path / "payload_ran").exists()
+
+
+def test_an_output_folder_that_cannot_be_made(tmp_path):
+    tiny_onnx(tmp_path / "model.onnx")
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    assert_one_line_error(deploy(["model.onnx", photos(tmp_path / "in"), "--out", "taken"], tmp_path), "taken")
+
+
+def test_training_loaders_and_deploy_read_a_gif_alike(tmp_path):
+    """A GIF is an image everywhere: class folders take it as a sample, and training's reader and deploy's
+    decode it to the same first-frame pixels."""
+    from toolkit.data.decode import read_rgb
+    from toolkit.data.folder import scan_class_folders
+    from toolkit.data.images import load_rgb
+
+    root = class_folders(tmp_path / "data")
+    frames = [Image.new("RGB", (40, 30), c) for c in ((250, 10, 10), (10, 10, 250))]
+    frames[0].save(root / "cat" / "anim.gif", save_all=True, append_images=frames[1:])
+    _, samples = scan_class_folders(root)
+    assert (root / "cat" / "anim.gif", 0) in samples
+    assert np.array_equal(read_rgb(root / "cat" / "anim.gif"), load_rgb(root / "cat" / "anim.gif"))
+    assert tuple(load_rgb(root / "cat" / "anim.gif")[0, 0]) == (250, 10, 10)
