@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(error: BaseException) -> str:
     """A ToolkitError's message; an OS refusal (the output folder read-only, a full disk) with the path it names."""
     if isinstance(error, OSError) and not isinstance(error, ToolkitError):
-        where = f" {error.filename}" if error.filename else ""
-        return f"cannot write or read{where}: {error.strerror or error}; check the folder (--out) and free space"
+        where = f"{error.filename}: " if error.filename else ""
+        return (f"{where}{error.strerror or error}; check that the files can be read and that --out names a folder "
+                "that can be written, on a disk with free space")
     return " ".join(str(error).split("\n"))
 
 
