@@ -38,6 +38,13 @@ def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
     return [folder / n for n in sorted(images)], sorted(others)
 
 
+def _listing(root: Path) -> list[Path]:
+    try:
+        return list(root.iterdir())
+    except OSError as e:
+        raise DataError(f"{root}: dataset folder cannot be read ({e.strerror}). Fix its permissions.") from e
+
+
 def _is_plain(entry: os.DirEntry) -> bool:
     """A regular file or a folder, from the directory listing alone (no stat for a plain entry)."""
     return entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
@@ -54,7 +61,7 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found. Expected <root>/<class name>/<images>; "
                         "set the data root in the config (e.g. data.root=... or paths.data_dir=...).")
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in _listing(root) if not p.name.startswith(".")]
     for p in entries:  # a link that cannot be followed may be a class folder: losing a class silently is worse
         if p.is_symlink() and (reason := unreadable_reason(p)) is not None:
             raise DataError(f"{p}: {reason}, where class folders are read. Point the link at a folder of images, "
@@ -72,7 +79,11 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     ignored: list[str] = []
     for label, name in enumerate(classes):
         folder = root / name
-        images, others = _folder_images(folder) if folder.is_dir() else ([], [])
+        try:
+            images, others = _folder_images(folder) if folder.is_dir() else ([], [])
+        except OSError as e:  # no permission to list it (the system's refusal, named with the folder)
+            raise DataError(f"{folder}: class folder cannot be read ({e.strerror}). Fix its permissions, or remove "
+                            "it from every split.") from e
         if not images:
             only = f"; it holds only {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
             raise DataError(f"{folder}: class folder {'is missing' if not folder.is_dir() else 'has no images'} "

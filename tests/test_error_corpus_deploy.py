@@ -330,3 +330,21 @@ def test_training_loaders_and_deploy_read_a_gif_alike(tmp_path):
     assert (root / "cat" / "anim.gif", 0) in samples
     assert np.array_equal(read_rgb(root / "cat" / "anim.gif"), load_rgb(root / "cat" / "anim.gif"))
     assert tuple(load_rgb(root / "cat" / "anim.gif")[0, 0]) == (250, 10, 10)
+
+
+def test_a_class_folder_without_read_permission_is_named(tmp_path, monkeypatch):
+    """chmod 000 cannot be tested as root (the tests' user here), who reads anything: the refusal is simulated."""
+    import toolkit.data.folder as folder_module
+    from toolkit.errors import DataError
+
+    root = class_folders(tmp_path / "data")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "dog":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(folder_module.os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"dog: class folder cannot be read \(Permission denied\)"):
+        folder_module.scan_class_folders(root)
