@@ -244,6 +244,7 @@ def test_a_class_folder_that_is_a_looping_link_is_named(tmp_path):
     assert_one_line_error(proc, "owl", "symbolic link loop", "remove it")
 
 
+@pytest.mark.slow
 def test_unreadable_entries_beside_images_are_left_out_and_named(tmp_path):
     """A looping link, a broken link and a FIFO named .jpg in a class folder (training used to stop with an
     ELOOP traceback): named in the scan's warning, like every file that is not an image, and training runs."""
