@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from toolkit.data.base import BaseDataModule
 from toolkit.data.decode import read_rgb
-from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.data.images import IMAGE_EXTENSIONS, unreadable_reason
 from toolkit.data.listfiles import Duplicates, read_lines
 from toolkit.data.transforms import classification_eval_transform, classification_train_transform
 from toolkit.errors import DataError
@@ -20,18 +20,34 @@ log = logging.getLogger(__name__)
 
 
 def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """(image files, names of other files) directly inside `folder`; one directory read, no stat per file
-    (ImageNet's train split is 1.28M files)."""
+    """(image files, names of other entries) directly inside `folder`; one directory read, no stat per regular file
+    (ImageNet's train split is 1.28M files). Entries that cannot be read as files (a broken or looping link, a FIFO
+    named `.jpg`: opening it would wait forever) are not samples: named with the others, with the reason."""
     images, others = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if not entry.is_file():  # a sub-folder or a broken link: reported with the other non-images
-                others.append(entry.name + ("/" if entry.is_dir() else " (broken link)"))
-                continue
-            (images if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS else others).append(entry.name)
+            reason = unreadable_reason(entry) if entry.is_symlink() or not _is_plain(entry) else None
+            if reason is not None:
+                others.append(f"{entry.name} ({reason})")
+            elif entry.is_dir():
+                others.append(entry.name + "/")
+            else:
+                (images if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS else others).append(entry.name)
     return [folder / n for n in sorted(images)], sorted(others)
+
+
+def _listing(root: Path) -> list[Path]:
+    try:
+        return list(root.iterdir())
+    except OSError as e:
+        raise DataError(f"{root}: dataset folder cannot be read ({e.strerror}). Fix its permissions.") from e
+
+
+def _is_plain(entry: os.DirEntry) -> bool:
+    """A regular file or a folder, from the directory listing alone (no stat for a plain entry)."""
+    return entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
 
 
 def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -45,7 +61,12 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found. Expected <root>/<class name>/<images>; "
                         "set the data root in the config (e.g. data.root=... or paths.data_dir=...).")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in _listing(root) if not p.name.startswith(".")]
+    for p in entries:  # a link that cannot be followed may be a class folder: losing a class silently is worse
+        if p.is_symlink() and (reason := unreadable_reason(p)) is not None:
+            raise DataError(f"{p}: {reason}, where class folders are read. Point the link at a folder of images, "
+                            "or remove it.")
+    found = sorted(p.name for p in entries if p.is_dir())
     if classes is not None:
         extra = sorted(set(found) - set(classes))
         if extra:
@@ -58,15 +79,20 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     ignored: list[str] = []
     for label, name in enumerate(classes):
         folder = root / name
-        images, others = _folder_images(folder) if folder.is_dir() else ([], [])
+        try:
+            images, others = _folder_images(folder) if folder.is_dir() else ([], [])
+        except OSError as e:  # no permission to list it (the system's refusal, named with the folder)
+            raise DataError(f"{folder}: class folder cannot be read ({e.strerror}). Fix its permissions, or remove "
+                            "it from every split.") from e
         if not images:
+            only = f"; it holds only {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
             raise DataError(f"{folder}: class folder {'is missing' if not folder.is_dir() else 'has no images'} "
-                            f"(class {label} {name!r}; image extensions: {', '.join(IMAGE_EXTENSIONS)}). "
+                            f"(class {label} {name!r}; image extensions: {', '.join(IMAGE_EXTENSIONS)}{only}). "
                             "Add images or remove the class folder from every split.")
         samples += [(p, label) for p in images]
         ignored += [f"{name}/{o}" for o in others]
     if ignored:
-        log.warning("%s: ignored %d file(s) without an image extension: %s%s", root, len(ignored),
+        log.warning("%s: ignored %d file(s) that are not readable images (no image extension, unreadable): %s%s", root, len(ignored),
                     ", ".join(ignored[:5]), " ..." if len(ignored) > 5 else "")
     return classes, samples
 

@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -306,15 +307,40 @@ def load_torch_file(path: str | Path, *, trust: bool | None = None, mmap: bool =
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap or None)
     except pickle.UnpicklingError as e:
-        needs = re.search(r"GLOBAL (\S+)", str(e)) if "Unsupported global" in str(e) else None
-        if trust or needs is None:  # not a pickle torch reads (junk, a truncated file): no object to blame
+        needs = None if trust else refused_object(str(e))
+        if needs is None:  # not a pickle torch reads (junk, a truncated file): no object to blame
             raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_weights_only_detail(e)})") from e
+        # never torch's own advice (re-run with weights_only=False, or allowlist the object): that runs the code
         raise UnsafeFileError(
-            f"{what} {str(path)!r} holds Python objects beyond tensors and plain values ({needs[1]}), and unpickling "
-            f"them can run code; it was not loaded. If you trust this file, load it with {opt_in} "
-            "(docs/security.md).") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+            f"{what} {str(path)!r} asks for the Python object {needs}, beyond tensors and plain values, and "
+            f"unpickling it can run code: it was refused and the file was not loaded. {opt_in} would unpickle the "
+            "file in full and run code from it: give it only for a file you made or trust (docs/security.md).") from e
+    # what torch's readers raise on damaged bytes (a truncated zip, a flipped byte in a legacy file's header)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, struct.error,
+            AssertionError) as e:
         raise DataError(f"{what} {str(path)!r}: not a readable torch file ({_first_line(e)})") from e
+
+
+#: how torch's weights-only unpickler names what a file asks for, in each of its refusals (torch 2.6+):
+#: "Unsupported global: GLOBAL io.open was not an allowed global", "Trying to load unsupported GLOBAL posix.system
+#: whose module posix is blocked", "... classes allowlisted via `add_safe_globals` but got <class 'x.Y'>",
+#: "Trying to call reduce for unrecognized function <built-in function system>"
+_REFUSED_OBJECT = (
+    re.compile(r"\bGLOBAL\s+(\S+)"),
+    re.compile(r"but got <class '([^']+)'>"),
+    re.compile(r"reduce for unrecognized function (.+?)(?: which belongs to .*)?$", re.MULTILINE),
+    re.compile(r"instantiate unsupported class (\S+)"),
+)
+
+
+def refused_object(message: str) -> str | None:
+    """The Python object (`posix.system`, `io.open`) torch's weights-only unpickler refused, from its message;
+    None when the refusal names none (the file is not a pickle at all, or is damaged)."""
+    for pattern in _REFUSED_OBJECT:
+        match = pattern.search(message)
+        if match:
+            return match[1].strip().rstrip(".")[:120]
+    return None
 
 
 def _first_line(error: BaseException) -> str:
@@ -323,6 +349,14 @@ def _first_line(error: BaseException) -> str:
 
 
 def _weights_only_detail(error: BaseException) -> str:
-    """The line of torch's weights-only error that says what was wrong (its first lines are generic advice)."""
-    match = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return match[1].strip()[:200] if match else _first_line(error)
+    """What torch's weights-only unpickler found wrong, without torch's advice around it: its message tells the
+    user to re-run with `weights_only=False` (or to allowlist the object), which is exactly what runs a crafted
+    file's code, so no line that mentions weights_only (or the allowlist) is ever repeated."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(Weights only load failed\.|\(\d\))?\s*", "", line)
+        line = re.sub(r"^.*WeightsUnpickler error:\s*", "", line)
+        line = re.split(r"\s*Please use `torch\.serialization", line)[0].strip()
+        if line and not re.search(r"weights.only|safe_globals|trust|documentation of torch\.load", line, re.IGNORECASE):
+            return line[:200]
+    return "torch's safe unpickler could not read it"

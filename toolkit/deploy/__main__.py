@@ -1,28 +1,26 @@
-"""`python -m toolkit.deploy MODEL IMAGE_OR_FOLDER... [--out DIR]`: predictions from an exported file, torch-free for ONNX."""
+"""`python -m toolkit.deploy MODEL IMAGE_OR_FOLDER... [--out DIR]`: predictions from an exported file, torch-free for ONNX.
+
+A problem with the user's files (the model, its metadata, an image, the output folder) ends with one line,
+`error: ...`, naming the file and the fix, and exit code 2; `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.deploy.inputs import collect_inputs
 from toolkit.errors import ToolkitError
 
 
 def collect(inputs: list[str]) -> list[Path]:
-    images: list[Path] = []
-    for spec in inputs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise ToolkitError(f"{spec}: no such image file or folder")
-    if not images:
-        raise ToolkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(inputs)}")
-    return images
+    """The image files among `inputs` (files and folders); what is left out is named in one line on stderr."""
+    found = collect_inputs(inputs, key="image input")
+    if found.not_images or found.unreadable:
+        print(f"warning: {found.summary()}", file=sys.stderr)
+    return found.images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +31,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     parser.add_argument("--score-thresh", type=float, default=None, help="detectors: keep boxes scoring at least this")
     parser.add_argument("--top-k", type=int, default=None, help="classifiers/geolocation: how many classes/cells per image")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="leave out images that cannot be decoded (each named, and counted) instead of stopping")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     from toolkit.deploy.predict import predict_files
 
     try:
-        result = predict_files(args.model, collect(args.images), args.out, args.threads, args.score_thresh, args.top_k)
-    except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for name, value in (("--threads", args.threads), ("--top-k", args.top_k)):
+            if value is not None and value < 1:
+                raise ToolkitError(f"{name} {value}: must be at least 1")
+        if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
+            raise ToolkitError(f"--score-thresh {args.score_thresh}: must be a score from 0 to 1")
+        result = predict_files(args.model, collect(args.images), args.out, args.threads, args.score_thresh,
+                               args.top_k, skip_corrupt=args.skip_corrupt)
+    except (ToolkitError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     for f in result["files"]:
         print(f"wrote {f}")
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """A ToolkitError's message; an OS refusal (the output folder read-only, a full disk) with the path it names."""
+    if isinstance(error, OSError) and not isinstance(error, ToolkitError):
+        where = f"{error.filename}: " if error.filename else ""
+        return (f"{where}{error.strerror or error}; check that the files can be read and that --out names a folder "
+                "that can be written, on a disk with free space")
+    return " ".join(str(error).split("\n"))
 
 
 if __name__ == "__main__":

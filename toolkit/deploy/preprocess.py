@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.data.eval_preprocess import network_input, rule_from_metadata
-from toolkit.data.images import load_rgb
+from toolkit.data.images import SKIP_HINT, load_rgb
 
 
 def decode_min_side(metadata: dict[str, Any]) -> int | None:
@@ -22,8 +22,10 @@ def decode_min_side(metadata: dict[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
-def preprocess(path: str | Path, metadata: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
-    """(3 x H x W float32 input, (height, width) of the decoded image: the frame boxes map back to) for one file."""
-    rgb = load_rgb(path, decode_min_side(metadata))
+def preprocess(path: str | Path, metadata: dict[str, Any], *,
+               skip_hint: str = SKIP_HINT) -> tuple[np.ndarray, tuple[int, int]]:
+    """(3 x H x W float32 input, (height, width) of the decoded image: the frame boxes map back to) for one file.
+    `skip_hint`: how the user skips unreadable files, in the error that names one."""
+    rgb = load_rgb(path, decode_min_side(metadata), skip_hint=skip_hint)
     array = network_input(rgb, rule_from_metadata(metadata), metadata["mean"], metadata["std"])
     return array, (int(rgb.shape[0]), int(rgb.shape[1]))

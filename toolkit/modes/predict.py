@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from toolkit.compilation import compile_task_model, int8_trainer_settings
-from toolkit.data.images import IMAGE_EXTENSIONS
+from toolkit.data.images import SKIP_HINT
+from toolkit.deploy.inputs import collect_inputs
 from toolkit.deploy.metadata import FORMAT_SUFFIXES
 from toolkit.errors import ConfigError
 from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir
@@ -19,17 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def collect_images(spec: str | None) -> list[Path]:
+    """The images of `predict.input` (a file or a folder); files left out (not images, unreadable) are counted and
+    named in one log line (`toolkit.deploy.inputs`, the rule `python -m toolkit.deploy` follows)."""
     if not spec:
         raise ConfigError("predict.input", spec, "give an image file or a folder of images")
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if images:
-            return images
-        raise ConfigError("predict.input", spec, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    raise ConfigError("predict.input", spec, "no such file or folder")
+    found = collect_inputs([str(spec)], key="predict.input")
+    if found.not_images or found.unreadable:
+        log.warning("%s", found.summary())
+    return found.images
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -40,7 +38,8 @@ def predict(cfg: DictConfig) -> dict:
     if Path(str(cfg.get("ckpt_path") or "")).suffix in FORMAT_SUFFIXES:  # an exported file: its runtime, no torch model
         from toolkit.deploy.predict import predict_files
 
-        result = predict_files(cfg.ckpt_path, images, out)
+        result = predict_files(cfg.ckpt_path, images, out, skip_corrupt=bool(cfg.data.get("skip_corrupt")),
+                               skip_hint=SKIP_HINT)
     else:
         result = predict_checkpoint(cfg, images, out)
     for f in result["files"]:
