@@ -56,7 +56,7 @@ def storage_error_message(error: BaseException, *, places: Mapping[str, str | Pa
     if cause.errno == errno.EDQUOT:
         return f"disk quota exceeded writing {where} ({reason}): free space in your quota, or {hint}"
     if cause.errno == errno.EROFS:
-        return f"{where} is on a read-only file system ({reason}): {hint}"
+        return f"{where} is on a read-only file system: {hint}"
     return f"{where}: {reason}: give this user access to it, or {hint}"
 
 

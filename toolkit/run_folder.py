@@ -32,7 +32,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from toolkit.disk_errors import storage_error_message
 from toolkit.errors import ToolkitError
@@ -113,28 +113,30 @@ class ClaimRunFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_further_rank():
-            _one_line_on_error(lambda: claim_run_folder(config.hydra.run.dir), config)
+            _claim_or_exit(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_further_rank():
-            _one_line_on_error(lambda: claim_run_folder(config.hydra.sweep.dir), config)
+            _claim_or_exit(config, "hydra.sweep.dir")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or is_further_rank():
             return
         own = tuple(name for name in (config.hydra.output_subdir, f"{config.hydra.job.name}.log") if name)
-        _one_line_on_error(lambda: claim_run_folder(config.hydra.runtime.output_dir, own=own), config)
+        _claim_or_exit(config, "hydra.runtime.output_dir", own=own)
 
 
-def _one_line_on_error(claim, config: DictConfig) -> None:
-    """Run `claim`; stop the process on any error. Hydra turns an exception raised by a callback into a warning and
-    goes on, which here would mean a run in a folder it did not claim: a refusal or a folder that cannot be written
-    is one line and exit code 2, anything else a traceback and exit code 1."""
+def _claim_or_exit(config: DictConfig, key: str, own: tuple[str, ...] = ()) -> None:
+    """Claim the folder `config.<key>`; stop the process on any error. Hydra turns an exception raised by a callback
+    into a warning and goes on, which here would mean a run in a folder it did not claim: a refusal or a folder that
+    cannot be written is one line and exit code 2, anything else a traceback and exit code 1."""
     HydraConfig.instance().set_config(config)  # the folder's `${hydra:...}` interpolations need it (run_job sets it later)
+    folder = None
     try:
-        claim()
+        folder = OmegaConf.select(config, key, throw_on_missing=True)  # resolves it: unique_dir creates the folder
+        claim_run_folder(folder, own=own)
     except Exception as error:
-        message = _cause_message(error, config)
+        message = _cause_message(error, config, folder)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             traceback.print_exc()
         if message is None:
@@ -143,15 +145,12 @@ def _one_line_on_error(claim, config: DictConfig) -> None:
         sys.exit(2)
 
 
-def _cause_message(error: BaseException, config: DictConfig) -> str | None:
+def _cause_message(error: BaseException, config: DictConfig, folder: str | None) -> str | None:
     """A refusal (also when OmegaConf wrapped it: the folder comes from a resolver), or a folder that cannot be written."""
     seen = error
     while seen is not None:
         if isinstance(seen, ToolkitError):
             return str(seen)
         seen = seen.__cause__ or seen.__context__
-    try:
-        log_dir = config.paths.log_dir
-    except Exception:  # a config without it, or one whose interpolation fails: the error names the file anyway
-        log_dir = None
-    return storage_error_message(error, places={"paths.log_dir": log_dir})
+    log_dir = OmegaConf.select(config, "paths.log_dir", default=None, throw_on_resolution_failure=False)
+    return storage_error_message(error, places={"paths.output_dir": folder, "paths.log_dir": log_dir})
