@@ -165,7 +165,7 @@ def test_two_trainings_started_together_into_one_folder_the_winner_keeps_its_tra
     winner_and_loser(race([*TINY_TRAIN, f"hydra.run.dir={folder}"], tmp_path), folder)
     with (folder / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["step"] for r in rows if r.get("train/loss")] == [str(s) for s in range(4)]  # 16 images / 4, 1 epoch
+    assert [r["step"] for r in rows if r.get("train/loss_step")] == [str(s) for s in range(4)]  # 16 images / 4, 1 epoch
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
