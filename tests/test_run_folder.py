@@ -50,6 +50,8 @@ def test_a_folder_holding_anything_is_refused_naming_what_it_holds_and_the_fix(t
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunFolderTaken, match="is a file, not a folder"):
         claim_run_folder(tmp_path / "file")
+    with pytest.raises(RunFolderTaken, match="cannot be created: .* is not a folder"):
+        claim_run_folder(tmp_path / "file" / "run")
 
 
 def test_a_sweep_job_claims_the_folder_that_holds_only_its_own_hydra_record(tmp_path):

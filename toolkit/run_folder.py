@@ -56,7 +56,11 @@ def claim_run_folder(folder: str | Path, *, own: tuple[str, ...] = ()) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderTaken(f"run folder {folder} is a file, not a folder: {FIX}")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:  # a file where a parent folder should be
+        raise RunFolderTaken(f"run folder {folder} cannot be created: {error.filename or folder} is not a folder: "
+                             f"{FIX}") from error
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in own)
     if found:
         raise RunFolderTaken(f"run folder {folder} holds another run's files ({_describe(folder, found)}); a run folder "
