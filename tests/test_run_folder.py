@@ -111,6 +111,21 @@ def test_of_four_processes_claiming_the_same_folders_at_once_exactly_one_wins_ea
 
 
 # ---- through the CLI -----------------------------------------------------------------------------------------
+def test_a_folder_of_an_older_run_is_refused_through_the_cli_before_any_work(tmp_path):
+    """A run folder from before the marker (checkpoints, metrics, Hydra's record, a log): refused in the Hydra callback,
+    before the toolkit imports torch, and left byte-identical (its log gains no line)."""
+    folder = tmp_path / "runs" / "old"
+    for name, text in ((".hydra/overrides.yaml", "- seed=1\n"), ("checkpoints/last.ckpt", "weights"),
+                       ("csv/metrics.csv", "epoch,step\n0,1\n"), ("toolkit.log", "first run\n")):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    before = snapshot(folder)
+    done = run_cli(["seed=7", f"hydra.run.dir={folder}"], cwd=tmp_path)
+    assert_one_line_error(done, f"run folder {folder} holds another run's files (.hydra/, checkpoints/, csv/, toolkit.log)",
+                          "nothing in it was changed", "hydra.run.dir")
+    assert snapshot(folder) == before
+
+
 @pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused_and_the_first_runs_files_stay_byte_identical(tmp_path):
     """The issue's case: a second `hydra.run.dir=runs/x` run replaced the first one's files. Now it stops before
