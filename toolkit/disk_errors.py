@@ -49,7 +49,8 @@ def storage_error_message(error: BaseException, *, places: Mapping[str, str | Pa
     if cause is None:
         return None
     where = cause.filename or folder or "a file of this run"
-    hint = _place_hint(where, places or {})
+    place = _place_hint(where, places or {})
+    hint = place or "choose a location this user can write"
     reason = cause.strerror or os.strerror(cause.errno)
     if cause.errno == errno.ENOSPC:
         return f"no space left on the disk of {where} ({reason}): free space there, or {hint}"
@@ -57,16 +58,17 @@ def storage_error_message(error: BaseException, *, places: Mapping[str, str | Pa
         return f"disk quota exceeded writing {where} ({reason}): free space in your quota, or {hint}"
     if cause.errno == errno.EROFS:
         return f"{where} is on a read-only file system: {hint}"
-    return f"{where}: {reason}: give this user access to it, or {hint}"
+    # no access: maybe a file the run reads (an image, an annotation file), so a place to write is advice only for a folder of the run
+    return f"{where}: {reason}: give this user access to it" + (f", or {place}" if place else "")
 
 
-def _place_hint(where: str | Path, places: Mapping[str, str | Path | None]) -> str:
+def _place_hint(where: str | Path, places: Mapping[str, str | Path | None]) -> str | None:
     target = Path(where).expanduser().absolute()
     for key in ("paths.cache_dir", "paths.output_dir", "paths.log_dir"):  # the innermost folder first
         folder = places.get(key)
         if folder and target.is_relative_to(Path(folder).expanduser().absolute()):
             return PLACE_HINTS[key]
-    return "choose a location this user can write"
+    return None
 
 
 def quiet_log_file_errors(logger: logging.Logger | None = None) -> None:
