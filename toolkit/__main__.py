@@ -9,7 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from toolkit.conf import CONF_DIR
+from toolkit.disk_errors import quiet_log_file_errors, storage_error_message
 from toolkit.errors import ConfigError, ToolkitError
+from toolkit.run_folder import claim_output_dir
 
 
 def unique_dir(path: str) -> str:
@@ -41,13 +43,15 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     from toolkit.run import run
 
     route_lightning_logs_through_hydra()
+    quiet_log_file_errors()  # a log file on a full disk: one warning, not a traceback per line
     try:
+        claim_output_dir(cfg)  # paths.output_dir set apart from the Hydra run folder (claimed by ClaimRunFolder)
         result = run(cfg)
     except Exception as e:
-        cause = toolkit_cause(e)
-        if cause is None:
+        message = error_line(e, cfg)
+        if message is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     objective = (result or {}).get("objective")  # what Hydra sweepers optimise, when a mode reports one
     return objective
@@ -71,6 +75,17 @@ def route_lightning_logs_through_hydra() -> None:
 def _not_a_lightning_tip(record) -> bool:
     """Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger / litmodels") say nothing about the run."""
     return not str(record.msg).startswith("💡 Tip:")
+
+
+def error_line(error: BaseException, cfg: DictConfig) -> str | None:
+    """The one line for an error the user can fix: a ToolkitError, or a full disk / read-only or forbidden folder
+    anywhere in the cause chain (naming the file, else the run folder); None for a bug (a traceback)."""
+    cause = toolkit_cause(error)
+    if cause is not None:
+        return str(cause)
+    paths = cfg.get("paths") or {}
+    places = {key: paths.get(key.removeprefix("paths.")) for key in ("paths.cache_dir", "paths.output_dir", "paths.log_dir")}
+    return storage_error_message(error, places=places, folder=paths.get("output_dir"))
 
 
 def toolkit_cause(error: BaseException) -> ToolkitError | None:

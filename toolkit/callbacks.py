@@ -61,7 +61,13 @@ class LastCheckpoint(Callback):
         if trainer.global_step == self._saved_at_step and not force:
             return
         tmp = self.dirpath / f".last.ckpt.{trainer.global_step}.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state, to resume; every rank calls it, rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # the whole state, to resume; every rank calls it, rank 0 writes
+        except OSError as error:  # a full disk: the old last.ckpt stays; the error names it, not the temporary name
+            tmp.unlink(missing_ok=True)
+            if error.filename == str(tmp) and error.errno is not None:
+                raise OSError(error.errno, error.strerror, str(self.path)) from error
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("last_checkpoint")

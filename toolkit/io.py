@@ -286,7 +286,14 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as file:  # a Python file: a failed write (full disk) is an OSError, not C++'s iostream error
+                torch.save(obj, file)
+        except (RuntimeError, OSError) as error:
+            failed = error if isinstance(error, OSError) else error.__context__
+            if isinstance(failed, OSError) and failed.errno is not None:  # name the file, not a descriptor
+                raise OSError(failed.errno, failed.strerror, str(path)) from error
+            raise
     return Path(path)
 
 
