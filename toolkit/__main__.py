@@ -188,7 +188,7 @@ def _has_key(cfg, key: str) -> bool:
         if isinstance(node, DictConfig):
             if node._is_none() or node._is_interpolation() or node._is_missing():
                 return True
-            if part not in node.keys():
+            if part not in list(node):  # DictConfig `in` resolves, and counts ??? as absent
                 return False
             node = node._get_node(part)
         elif isinstance(node, ListConfig):
@@ -204,7 +204,7 @@ def _config_paths(cfg, prefix: str = "") -> list[str]:
 
     paths = []
     if isinstance(cfg, DictConfig) and not (cfg._is_none() or cfg._is_interpolation() or cfg._is_missing()):
-        for key in cfg.keys():
+        for key in cfg:
             if not prefix and key == "hydra":
                 continue
             path = f"{prefix}{key}"
@@ -222,11 +222,11 @@ def unknown_key_hint(cfg, key: str) -> str:
 
     parts = key.split(".")
     depth, node = 0, cfg
-    while depth < len(parts) - 1 and isinstance(node, DictConfig) and parts[depth] in node.keys():
+    while depth < len(parts) - 1 and isinstance(node, DictConfig) and parts[depth] in list(node):
         node = node._get_node(parts[depth])
         depth += 1
     parent = ".".join(parts[:depth])
-    siblings = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    siblings = [str(k) for k in node] if isinstance(node, DictConfig) else []
     close = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(parts[depth], siblings, n=3)]
     if depth < len(parts) - 1:  # a missing section (`model.alpha`): its key anywhere else
         close = []
