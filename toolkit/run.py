@@ -10,6 +10,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.backbones import create_backbone_skeleton
+from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
 from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
@@ -53,6 +54,21 @@ def validate_backbone(backbone: DictConfig, *, weights: bool = True) -> None:
     create_backbone_skeleton(**settings)
     if weights:
         check_pretrained(settings)
+
+
+def validate_task(cfg: DictConfig) -> None:
+    """`task.*` keys the task class does not take (a typo added with `+task.x=...`): one line naming the key and
+    the closest ones, before any data is set up. `task.model` keys are the model builder's: toolkit.modes.common
+    names an unknown one when the task builds its model."""
+    from toolkit.modes.common import RUN_SETTINGS
+
+    task = cfg.get("task")
+    if not task or "_target_" not in task:
+        return
+    task_class = hydra.utils.get_class(task._target_)
+    settings = OmegaConf.to_container(task, resolve=False)
+    kwargs = {k: v for k, v in settings.items() if not k.startswith("_") and k not in RUN_SETTINGS}
+    check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
 
 
 def validate_data(cfg: DictConfig) -> None:
@@ -121,6 +137,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("mode", cfg.mode, f"allowed: {', '.join(MODES)}")
     if cfg.get("backbone") is not None:  # a checkpoint holds every trained weight: its pretrained file is not read
         validate_backbone(cfg.backbone, weights=cfg.mode == "train" or not cfg.get("ckpt_path"))
+    validate_task(cfg)
     validate_data(cfg)
     compile_setting = (cfg.get("task") or {}).get("compile", False)
     if compile_setting not in COMPILE_SETTINGS:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -57,6 +59,7 @@ def create_backbone(name: str, pretrained: str | None = None, norm_layer: Callab
         from toolkit.backbones.timm_backbone import TimmBackbone
 
         return TimmBackbone(name[len(TIMM_PREFIX) :], pretrained=pretrained, **kwargs)
+    check_keywords(_BUILDERS[name], kwargs, prefix="backbone", owner=f"backbone {name}")
     alpha = kwargs.get("alpha")
     if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0):
         raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
@@ -77,3 +80,32 @@ def create_backbone_skeleton(name: str, **kwargs) -> Backbone:
             return create_backbone(name, **kwargs)
     except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
         return create_backbone(name, **kwargs)
+
+
+def accepted_keywords(target: Callable) -> set[str] | None:
+    """The keyword arguments `target` (a function or a class) takes; None when it takes any (`**kwargs` that go
+    nowhere checkable). A class's `__init__(..., **kwargs)` forwards the rest to its base's (torchgeo's habit, the
+    tasks' rule), so the bases' keywords count too, up to the first `__init__` without `**kwargs`."""
+    functions = [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    names: set[str] = set()
+    for function in functions:
+        parameters = inspect.signature(function).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None
+
+
+def check_keywords(target: Callable, kwargs: dict, *, prefix: str, owner: str) -> None:
+    """A config section's keys against the keyword arguments of what it configures: an unknown one (a typo added
+    with `+`, a key from another version) is a ConfigError naming `<prefix>.<key>` and the closest keys, raised
+    before the call (a TypeError from inside it would name neither)."""
+    accepted = accepted_keywords(target)
+    if accepted is None:
+        return
+    for key, value in kwargs.items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=2)
+            did_you_mean = f"did you mean {' or '.join(f'{prefix}.{c}' for c in close)}? " if close else ""
+            raise ConfigError(f"{prefix}.{key}", value, f"{owner} takes no such setting; {did_you_mean}"
+                              f"its settings: {', '.join(sorted(accepted))}")
