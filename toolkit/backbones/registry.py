@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable
 
 import torch
@@ -82,6 +83,15 @@ def create_backbone_skeleton(name: str, **kwargs) -> Backbone:
         return create_backbone(name, **kwargs)
 
 
+def backbone_settings(name) -> set[str] | None:
+    """The `backbone.*` keys a registered backbone takes (its builder's keywords, `name`, `pretrained`); None for
+    timm models and names not registered (`create_backbone` names those)."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        return None
+    accepted = accepted_keywords(_BUILDERS[name])
+    return None if accepted is None else accepted | {"name", "pretrained"}
+
+
 def accepted_keywords(target: Callable) -> set[str] | None:
     """The keyword arguments `target` (a function or a class) takes; None when it takes any (`**kwargs` that go
     nowhere checkable). A class's `__init__(..., **kwargs)` forwards the rest to its base's (torchgeo's habit, the
@@ -109,3 +119,29 @@ def check_keywords(target: Callable, kwargs: dict, *, prefix: str, owner: str) -
             did_you_mean = f"did you mean {' or '.join(f'{prefix}.{c}' for c in close)}? " if close else ""
             raise ConfigError(f"{prefix}.{key}", value, f"{owner} takes no such setting; {did_you_mean}"
                               f"its settings: {', '.join(sorted(accepted))}")
+
+
+def unknown_keyword_error(error: BaseException, settings: dict, *, prefix: str) -> ConfigError | None:
+    """`error` (or its cause) is Python's TypeError for a call given a keyword of `settings` it does not take: that
+    key as a ConfigError naming `<prefix>.<key>`, the callee and its closest keywords; None for every other error.
+    For settings passed on to a callee chosen in code (`task.model` -> the task's model builder), where the
+    signature cannot be read before the call: only that message, for one of those keys, counts (any other
+    TypeError is a bug and stays a traceback)."""
+    while error is not None and not isinstance(error, TypeError):
+        error = error.__cause__ or error.__context__
+    match = re.fullmatch(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(error)) if error else None
+    if match is None or match.group(2) not in settings:
+        return None
+    callee_name, key = match.group(1).removesuffix(".__init__"), match.group(2)
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:  # the frame of the call: its module names the callee
+        traceback = traceback.tb_next
+    callee = traceback.tb_frame.f_globals.get(callee_name) if traceback is not None else None
+    accepted = accepted_keywords(callee) if callable(callee) else None
+    hint = [f"{callee_name} takes no such setting"]
+    close = difflib.get_close_matches(key, sorted(accepted or ()), n=2)
+    if close:
+        hint.append(f"did you mean {' or '.join(f'{prefix}.{c}' for c in close)}?")
+    if accepted:
+        hint.append(f"its settings: {', '.join(sorted(accepted))}")
+    return ConfigError(f"{prefix}.{key}", settings[key], "; ".join(hint))

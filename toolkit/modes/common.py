@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from toolkit.backbones.registry import unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
@@ -87,40 +88,10 @@ def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
     try:  # the task's own keys were checked against its signature (toolkit.run.validate_task); `task.model` here
         return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
     except Exception as error:
-        model_error = unknown_model_key(error, task_cfg.get("model") or {})
+        model_error = unknown_keyword_error(error, task_cfg.get("model") or {}, prefix="task.model")
         if model_error is None:
             raise
         raise model_error from error
-
-
-def unknown_model_key(error: BaseException, model_cfg: dict) -> ConfigError | None:
-    """A `task.model` key the task's model builder does not take, as a ConfigError naming it and the builder's keys;
-    None for every other error. `configure_models` passes `task.model` to a builder that each task picks, so the
-    TypeError Python raises on the call is the place to see it: only that message, for a key of `task.model`,
-    counts (a TypeError for anything else is a bug, and stays a traceback)."""
-    import difflib
-    import re
-
-    from toolkit.backbones.registry import accepted_keywords
-
-    while error is not None and not isinstance(error, TypeError):
-        error = error.__cause__ or error.__context__
-    match = re.fullmatch(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(error)) if error else None
-    if match is None or match.group(2) not in model_cfg:
-        return None
-    builder_name, key = match.group(1).removesuffix(".__init__"), match.group(2)
-    traceback = error.__traceback__
-    while traceback.tb_next is not None:  # the frame that called the builder: its module names the builder
-        traceback = traceback.tb_next
-    builder = traceback.tb_frame.f_globals.get(builder_name)
-    accepted = accepted_keywords(builder) if callable(builder) else None
-    close = difflib.get_close_matches(key, sorted(accepted or ()), n=2)
-    hint = [f"{builder_name} (the task's model) takes no such setting"]
-    if close:
-        hint.append(f"did you mean {' or '.join(f'task.model.{c}' for c in close)}?")
-    if accepted:
-        hint.append(f"its settings: {', '.join(sorted(accepted))}")
-    return ConfigError(f"task.model.{key}", model_cfg[key], "; ".join(hint))
 
 
 def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
