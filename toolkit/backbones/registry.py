@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 import re
 from collections.abc import Callable
 
@@ -62,7 +63,8 @@ def create_backbone(name: str, pretrained: str | None = None, norm_layer: Callab
         return TimmBackbone(name[len(TIMM_PREFIX) :], pretrained=pretrained, **kwargs)
     check_keywords(_BUILDERS[name], kwargs, prefix="backbone", owner=f"backbone {name}")
     alpha = kwargs.get("alpha")
-    if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0):
+    if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)
+                                  and alpha > 0):  # inf: an OverflowError from int() in the builder; nan: every test false
         raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
     model = _BUILDERS[name](**kwargs)
     if pretrained:
@@ -79,7 +81,10 @@ def create_backbone_skeleton(name: str, **kwargs) -> Backbone:
     try:
         with torch.device("meta"):
             return create_backbone(name, **kwargs)
-    except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
+    except (RuntimeError, NotImplementedError) as error:  # a builder that cannot run on the meta device
+        if "overflow" in str(error):  # a weight's byte count past 2^63 (alpha=1e9): never build that for real
+            raise ConfigError("backbone.alpha", kwargs.get("alpha"), "a backbone this wide has weights larger than "
+                              "any memory (their byte counts overflow); paper widths: 1.0, 0.75, 0.5, 0.25") from error
         return create_backbone(name, **kwargs)
 
 
