@@ -148,10 +148,18 @@ def validate_task(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(task, resolve=False)
     kwargs = {k: v for k, v in settings.items() if not k.startswith("_") and k not in RUN_SETTINGS}
     check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
+    if "eval_backend" in task:  # read when validation starts (after the data and a training epoch): checked now
+        from toolkit.detection.evaluator import resolve_backend
+
+        resolve_backend(task.eval_backend)
 
 
 def validate_data(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
+    if "_target_" in data:  # `+data.x=1` the data module does not take: named now, not as a TypeError from it
+        target = hydra.utils.get_object(data._target_)
+        kwargs = {k: v for k, v in OmegaConf.to_container(data, resolve=False).items() if not k.startswith("_")}
+        check_keywords(target, kwargs, prefix="data", owner=getattr(target, "__name__", "the data module"))
     resolution = data.get("resolution")
     if resolution is not None:
         multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
