@@ -14,8 +14,14 @@ from conftest import FAST, assert_one_line_error, run_cli
 
 from toolkit.errors import ConfigError
 
-TINY = [*FAST, "backbone.alpha=0.25", "data.resolution=32", "data.n_train=8", "data.n_val=6", "data.image_size=32",
-        "trainer.max_epochs=1"]
+TINY = [*FAST, "backbone.alpha=0.25", "data.resolution=32", "trainer.max_epochs=1"]
+SHAPES_SIZES = ["data.n_train=8", "data.n_val=6", "data.image_size=32"]  # data=shapes, the default data
+
+
+def tiny(args: list[str]) -> list[str]:
+    """TINY, with data=shapes' sizes unless the case picks other data (a task's config may pick its own)."""
+    other_data = any(a.startswith(("data=", "task=")) for a in args) and "data=shapes" not in args
+    return [*TINY, *([] if other_data else SHAPES_SIZES), *args]
 QUICK_PROFILE = ["mode=profile", "profile.latency=false", "backbone.alpha=0.25"]  # builds the task, reads no data
 
 
@@ -67,7 +73,7 @@ ADDED_KEYS = [
 
 @pytest.mark.parametrize(("args", "fragments"), ADDED_KEYS, ids=[" ".join(a) for a, _ in ADDED_KEYS])
 def test_key_added_with_plus_that_nothing_takes_is_one_line(tmp_path, args, fragments):
-    proc = run_cli([*TINY, *args], cwd=tmp_path)
+    proc = run_cli(tiny(args), cwd=tmp_path)
     assert_one_line_error(proc, *fragments)
     no_work_done(proc)
 
@@ -104,7 +110,7 @@ CHECKPOINTS = [
 @pytest.mark.parametrize(("change", "key"), CHECKPOINTS, ids=[k for _, k in CHECKPOINTS])
 def test_checkpoint_with_hyper_parameters_this_version_does_not_know(tmp_path, change, key):
     ckpt = tiny_checkpoint(tmp_path / "other_version.ckpt", **change)
-    proc = run_cli([*TINY, "mode=eval", f"ckpt_path={ckpt}"], cwd=tmp_path)
+    proc = run_cli(tiny(["mode=eval", f"ckpt_path={ckpt}"]), cwd=tmp_path)
     assert_one_line_error(proc, "other_version.ckpt", "written by another version of the toolkit", key)
     no_work_done(proc)
 
@@ -134,8 +140,8 @@ BOUNDS = [
 
 @pytest.mark.parametrize(("args", "fragments"), BOUNDS, ids=[" ".join(a) for a, _ in BOUNDS])
 def test_value_out_of_bounds_is_refused_before_any_work(tmp_path, args, fragments):
-    tiny = [a for a in TINY if not a.startswith(("backbone.alpha=", "data.resolution="))]
-    proc = run_cli([*tiny, *args], cwd=tmp_path)
+    base = [a for a in tiny([]) if not a.startswith(("backbone.alpha=", "data.resolution="))]
+    proc = run_cli([*base, *args], cwd=tmp_path)
     assert_one_line_error(proc, *fragments)
     no_work_done(proc)
 
@@ -153,7 +159,7 @@ VALUES = [
 
 @pytest.mark.parametrize(("args", "fragments"), VALUES, ids=[a[-1] for a, _ in VALUES])
 def test_invalid_value_is_a_config_error(tmp_path, args, fragments):
-    proc = run_cli([*TINY, *args], cwd=tmp_path)
+    proc = run_cli(tiny(args), cwd=tmp_path)
     assert_one_line_error(proc, *fragments)
     no_work_done(proc)
 
