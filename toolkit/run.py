@@ -80,8 +80,12 @@ def activation_floats(backbone: torch.nn.Module, resolution: int) -> tuple[int, 
     the sum for the backward pass, inference the largest pair. Counted with forward hooks on the meta device (no
     memory, no arithmetic); None for a backbone that cannot run there."""
     sizes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
-             for m in backbone.modules() if not list(m.children())]
+
+    def count(_module, inputs, out) -> None:
+        if torch.is_tensor(out) and not any(out is i for i in inputs):  # an in-place ReLU keeps no second tensor
+            sizes.append(out.numel())
+
+    hooks = [m.register_forward_hook(count) for m in backbone.modules() if not list(m.children())]
     try:
         parameter = next(backbone.parameters(), None)
         if parameter is None or parameter.device.type != "meta":
