@@ -68,6 +68,7 @@ ADDED_KEYS = [
     (["+task.labl_smoothing=0.1"], ["task.labl_smoothing", "ClassificationTask", "did you mean task.label_smoothing?"]),
     (["+trainer.max_epoch=1"], ["trainer.max_epoch", "did you mean trainer.max_epochs"]),
     (["data=folder", "data.root=nowhere", "+data.n_trian=5"], ["data.n_trian", "ClassFolderDataModule"]),
+    (["+data.n_trian=5"], ["data.n_trian", "takes no such setting", "did you mean data.n_train"]),  # data=shapes
 ]
 
 

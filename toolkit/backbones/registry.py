@@ -141,12 +141,15 @@ def unknown_keyword_error(error: BaseException, settings: dict, *, prefix: str) 
     traceback = error.__traceback__
     while traceback is not None and traceback.tb_next is not None:  # the frame of the call: its module names the callee
         traceback = traceback.tb_next
-    callee = traceback.tb_frame.f_globals.get(callee_name) if traceback is not None else None
+    frame = traceback.tb_frame if traceback is not None else None
+    caller_self = frame.f_locals.get("self") if frame is not None else None
+    if caller_self is not None and callee_name in {c.__name__ for c in type(caller_self).__mro__}:
+        callee = type(caller_self)  # `super().__init__(**kwargs)`: the keywords of the whole chain count
+    else:
+        callee = frame.f_globals.get(callee_name) if frame is not None else None
     accepted = accepted_keywords(callee) if callable(callee) else None
-    hint = [f"{callee_name} takes no such setting"]
     close = difflib.get_close_matches(key, sorted(accepted or ()), n=2)
-    if close:
-        hint.append(f"did you mean {' or '.join(f'{prefix}.{c}' for c in close)}?")
-    if accepted:
-        hint.append(f"its settings: {', '.join(sorted(accepted))}")
-    return ConfigError(f"{prefix}.{key}", settings[key], "; ".join(hint))
+    did_you_mean = f" did you mean {' or '.join(f'{prefix}.{c}' for c in close)}?" if close else ""
+    known = f" its settings: {', '.join(sorted(accepted))}" if accepted else ""
+    hint = f"{getattr(callee, '__name__', callee_name)} takes no such setting;{did_you_mean}{known}".rstrip(";")
+    return ConfigError(f"{prefix}.{key}", settings[key], hint)

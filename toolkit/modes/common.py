@@ -64,7 +64,13 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
     if check_task:
         check_data_config(reader, cfg.data._target_, extra.get("variant", cfg.data.get("variant")),
                           *_pair_names(cfg, reader))
-    return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    try:
+        return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    except Exception as error:  # `+data.x` for a data module chosen in code (data=shapes: by the task's kind)
+        unknown = unknown_keyword_error(error, OmegaConf.to_container(cfg.data, resolve=False), prefix="data")
+        if unknown is None:
+            raise
+        raise unknown from error
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
