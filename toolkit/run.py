@@ -160,10 +160,6 @@ def validate_task(cfg: DictConfig) -> None:
 
 def validate_data(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
-    if "_target_" in data:  # `+data.x=1` the data module does not take: named now, not as a TypeError from it
-        target = hydra.utils.get_object(data._target_)
-        kwargs = {k: v for k, v in OmegaConf.to_container(data, resolve=False).items() if not k.startswith("_")}
-        check_keywords(target, kwargs, prefix="data", owner=getattr(target, "__name__", "the data module"))
     resolution = data.get("resolution")
     if resolution is not None:
         multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1

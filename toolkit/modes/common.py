@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from toolkit.backbones.registry import unknown_keyword_error
+from toolkit.backbones.registry import check_keywords, unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
@@ -64,10 +64,14 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
     if check_task:
         check_data_config(reader, cfg.data._target_, extra.get("variant", cfg.data.get("variant")),
                           *_pair_names(cfg, reader))
+    settings = OmegaConf.to_container(cfg.data, resolve=False)
+    target = hydra.utils.get_object(cfg.data._target_)  # `+data.x=1` it does not take: named, not a TypeError from it
+    check_keywords(target, {k: v for k, v in settings.items() if not k.startswith("_")}, prefix="data",
+                   owner=getattr(target, "__name__", "the data module"))
     try:
         return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
     except Exception as error:  # `+data.x` for a data module chosen in code (data=shapes: by the task's kind)
-        unknown = unknown_keyword_error(error, OmegaConf.to_container(cfg.data, resolve=False), prefix="data")
+        unknown = unknown_keyword_error(error, settings, prefix="data")
         if unknown is None:
             raise
         raise unknown from error
