@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from toolkit.data.images import MAX_IMAGE_PIXELS, load_rgb
+from toolkit.errors import ConfigError
 
 DECODERS = ("torchvision", "pil")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -31,7 +32,7 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 def read_rgb(path: str | Path, min_side: int | None = None, decoder: str = "torchvision") -> np.ndarray:
     """Decode an image to an HxWx3 uint8 array; JPEGs with torchvision (`decoder="pil"`: always `load_rgb`)."""
     if decoder not in DECODERS:
-        raise ValueError(f"decoder {decoder!r}: allowed {', '.join(DECODERS)}")
+        raise ConfigError("data.decoder", decoder, f"allowed: {', '.join(DECODERS)}")
     if decoder == "pil" or Path(path).suffix.lower() not in JPEG_SUFFIXES:
         return load_rgb(path, min_side)
     try:

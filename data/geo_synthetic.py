@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from toolkit.data.generated import ensure_generated
 from toolkit.data.geo import GeoDataModule, GeoRecords
 from toolkit.data.shapes import SHAPE_NAMES, draw_shape, random_background
+from toolkit.errors import ConfigError
 
 #: (name, latitude, longitude) of the cities photos cluster around
 CITIES: tuple[tuple[str, float, float], ...] = (
@@ -86,8 +87,8 @@ class GeoSyntheticDataModule(GeoDataModule):
     def __init__(self, cache_dir: str, n_train: int = 600, n_val: int = 150, image_size: int = 64, seed: int = 0,
                  n_cities: int = 6, sigma_km: float = 3.0, scatter_fraction: float = 0.03,
                  cells: dict | None = None, **kwargs):
-        if not 1 <= n_cities <= len(CITIES):
-            raise ValueError(f"n_cities must be between 1 and {len(CITIES)}, got {n_cities}")
+        if not (isinstance(n_cities, int) and not isinstance(n_cities, bool) and 1 <= n_cities <= len(CITIES)):
+            raise ConfigError("data.n_cities", n_cities, f"an integer from 1 to {len(CITIES)} (the cities this generator knows)")
         self.spec = {"kind": "geo_synthetic", "n_train": n_train, "n_val": n_val, "image_size": image_size, "seed": seed,
                      "n_cities": n_cities, "sigma_km": sigma_km, "scatter_fraction": scatter_fraction, "tint": TINT}
         self.root = Path(cache_dir).expanduser() / (f"geo_{n_cities}cities_{image_size}px_{n_train}_{n_val}"

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from toolkit.data.generated import ensure_generated
 from toolkit.data.shapes import SHAPE_NAMES, draw_shape, random_background
 from toolkit.data.stanford_dogs import StanfordDogsDataModule
+from toolkit.errors import ConfigError
 
 #: the first breed folders of the real dataset (sorted wnid order, as its labels count them)
 BREED_FOLDERS = (
@@ -117,8 +118,8 @@ class StanfordDogsSyntheticDataModule(StanfordDogsDataModule):
 
     def __init__(self, cache_dir: str, n_breeds: int = 12, n_train: int = 600, n_val: int = 240, image_size: int = 64,
                  seed: int = 0, **kwargs):
-        if not 2 <= n_breeds <= len(BREED_FOLDERS):
-            raise ValueError(f"n_breeds must be between 2 and {len(BREED_FOLDERS)}, got {n_breeds}")
+        if not (isinstance(n_breeds, int) and not isinstance(n_breeds, bool) and 2 <= n_breeds <= len(BREED_FOLDERS)):
+            raise ConfigError("data.n_breeds", n_breeds, f"an integer from 2 to {len(BREED_FOLDERS)} (the breed folders this generator knows)")
         self.spec = {"kind": "stanford_dogs_synthetic", "n_breeds": n_breeds, "n_train": n_train, "n_val": n_val,
                      "image_size": image_size, "seed": seed, "coats": "hue-pairs", "radius": [0.25, 0.45], "background": "grey"}
         root = Path(cache_dir).expanduser() / f"stanford_dogs_{n_breeds}breeds_{image_size}px_{n_train}_{n_val}_seed{seed}"

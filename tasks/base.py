@@ -20,6 +20,7 @@ import torchmetrics
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import DataError, ToolkitError
 from toolkit.io import files_trusted, load_torch_file
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 #: the BatchNorm layers a frozen backbone keeps in eval mode (torch's public classes; `_BatchNorm` is private)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
+
+def _unknown_hparams_message(path, keys: list[str]) -> str:
+    """Refused, not dropped: a setting this version does not know may change the model the weights belong to."""
+    return (f"{path}: written by another version of the toolkit (or edited): hyper-parameters this version does not "
+            f"know: {', '.join(keys)}; load it with the toolkit version that wrote it, or remove those keys from the "
+            "checkpoint's hyper_parameters if they do not change the model")
 
 class BaseTask(LightningModule):
     #: the metric that picks the best checkpoint, and whether higher ("max") or lower ("min") is better
@@ -108,7 +115,21 @@ class BaseTask(LightningModule):
         backbone = overrides.get("backbone", hparams.get("backbone"))
         if isinstance(backbone, dict) and backbone.get("pretrained"):
             overrides["backbone"] = {**backbone, "pretrained": None}
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, **overrides)
+        settings = {**hparams, **overrides}
+        accepted = accepted_keywords(cls)
+        unknown = [f"task.{k}" for k in settings if accepted is not None and k not in accepted and not k.startswith("_")]
+        backbone_keys = backbone_settings(backbone.get("name")) if isinstance(backbone, dict) else None
+        unknown += [f"backbone.{k}" for k in backbone if backbone_keys is not None and k not in backbone_keys]
+        if unknown:
+            raise DataError(_unknown_hparams_message(path, unknown))
+        try:
+            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, **overrides)
+        except Exception as error:
+            model = settings.get("model")  # its keys are the model builder's: known to be unknown only on the call
+            known = unknown_keyword_error(error, model if isinstance(model, dict) else {}, prefix="task.model")
+            if known is None:
+                raise
+            raise DataError(_unknown_hparams_message(path, [known.key])) from error
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets tools that only hold a checkpoint (teachers, export) rebuild the right task without guessing

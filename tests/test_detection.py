@@ -263,7 +263,7 @@ def test_evaluator_reproduces_pycocotools_exactly(tmp_path):
 def test_default_backend_is_faster_coco_eval_when_installed():
     assert resolve_backend("auto") == "faster_coco_eval"
     assert resolve_backend("pycocotools") == "pycocotools"
-    with pytest.raises(ValueError, match="unknown COCO evaluation backend"):
+    with pytest.raises(ValueError, match="task.eval_backend"):
         resolve_backend("cocoapi")
 
 

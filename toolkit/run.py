@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
 import hydra.utils
+import torch
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from toolkit.backbones import create_backbone_skeleton
+from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
 from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
@@ -42,7 +46,7 @@ def _check_choice(section: DictConfig | dict, prefix: str, key: str, allowed: tu
         raise ConfigError(f"{prefix}.{key}", value, f"allowed: {', '.join(allowed)}")
 
 
-def validate_backbone(backbone: DictConfig, *, weights: bool = True) -> None:
+def validate_backbone(backbone: DictConfig, *, weights: bool = True):
     """Build the configured backbone on the meta device (no memory, no weight file read), so the registry and the
     builders, where each backbone setting is checked once, name a wrong `backbone.*` value before any work; then,
     with `weights`, find (or download, once) the `backbone.pretrained` file, so a missing one stops the run here."""
@@ -50,9 +54,108 @@ def validate_backbone(backbone: DictConfig, *, weights: bool = True) -> None:
     if pretrained not in (None, "") and not isinstance(pretrained, str):
         raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
     settings = {"name": None, **OmegaConf.to_container(backbone, resolve=True)}
-    create_backbone_skeleton(**settings)
+    skeleton = create_backbone_skeleton(**settings)
     if weights:
         check_pretrained(settings)
+    return skeleton
+
+
+#: bytes per parameter a training run holds: fp32 weights, gradients and two optimiser statistics (RMSprop's
+#: square average and momentum, Adam's two moments); evaluation holds the weights alone
+TRAIN_BYTES_PER_PARAMETER, EVAL_BYTES_PER_PARAMETER = 16, 4
+#: the resolution the activation count is taken at (on the meta device), scaled by (r / r0)^2 to the configured one
+ACTIVATION_PROBE_RESOLUTION = 64
+
+
+def machine_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def activation_floats(backbone: torch.nn.Module, resolution: int) -> tuple[int, int] | None:
+    """(sum, largest) of the backbone's layer outputs, in floats per image at `resolution`: training keeps roughly
+    the sum for the backward pass, inference the largest pair. Counted with forward hooks on the meta device (no
+    memory, no arithmetic); None for a backbone that cannot run there."""
+    sizes = []
+
+    def count(_module, inputs, out) -> None:
+        if torch.is_tensor(out) and not any(out is i for i in inputs):  # an in-place ReLU keeps no second tensor
+            sizes.append(out.numel())
+
+    hooks = [m.register_forward_hook(count) for m in backbone.modules() if not list(m.children())]
+    try:
+        parameter = next(backbone.parameters(), None)
+        if parameter is None or parameter.device.type != "meta":
+            return None
+        with torch.no_grad():
+            backbone(torch.empty(1, 3, resolution, resolution, device="meta"))
+    except Exception:  # noqa: BLE001 - a backbone that does not run on the meta device: no estimate, no bound
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return (sum(sizes), max(sizes)) if sizes else None
+
+
+def validate_memory(cfg: DictConfig, backbone: torch.nn.Module | None) -> None:
+    """Settings that cannot fit this machine's memory, refused before any work (alpha=1e9 would try a 128 GB
+    allocation; data.resolution=100000 would read the data, then fail in OpenCV). The bounds, against the
+    machine's RAM: weights (+ gradients and optimiser state when training: 16 bytes per parameter, 4 otherwise);
+    activations of a batch at data.resolution (training: the sum of the backbone's layer outputs, inference: its
+    two largest), counted at 64 px on the meta device and scaled by (r / 64)^2. Heads and data loading come on top,
+    so passing is no promise; failing is certain."""
+    if backbone is None:
+        return
+    ram = machine_memory_bytes()
+    training = cfg.mode == "train"
+    parameters = sum(p.numel() for p in backbone.parameters())
+    per_parameter = TRAIN_BYTES_PER_PARAMETER if training else EVAL_BYTES_PER_PARAMETER
+    weights = parameters * per_parameter
+    if weights > ram:
+        alpha = cfg.backbone.get("alpha")
+        largest = f"; at most about alpha={alpha * math.sqrt(ram / weights):.2g} here" if _is_number(alpha) else ""
+        raise ConfigError("backbone.alpha", alpha, f"{parameters / 1e6:,.0f} M parameters need about {_gib(weights)} "
+                          f"({per_parameter} bytes each{' when training' if training else ''}), more than this "
+                          f"machine's {_gib(ram)} of memory{largest} (paper widths: 1.0, 0.75, 0.5, 0.25)")
+    data = cfg.get("data") or {}
+    resolution, batch = data.get("resolution"), data.get("batch_size") or 1
+    if not _is_int(resolution):
+        return
+    counts = activation_floats(backbone, ACTIVATION_PROBE_RESOLUTION)
+    if counts is None:
+        return
+    per_image = counts[0] if training else 2 * counts[1]
+    scale = (resolution / ACTIVATION_PROBE_RESOLUTION) ** 2
+    needed = per_image * scale * batch * 4 + weights
+    if needed > ram:
+        largest = int(ACTIVATION_PROBE_RESOLUTION * math.sqrt(max(ram - weights, 0) / (per_image * batch * 4)))
+        raise ConfigError("data.resolution", resolution, f"{'training' if training else 'running'} a batch of "
+                          f"{batch} at {resolution} px needs about {_gib(needed)} (the backbone's layer outputs, "
+                          f"{'all kept for the backward pass' if training else 'the largest two'}), more than this "
+                          f"machine's {_gib(ram)} of memory; at most about {largest} px here at this data.batch_size "
+                          f"({PAPER_RESOLUTIONS})")
+
+
+def validate_task(cfg: DictConfig) -> None:
+    """`task.*` keys the task class does not take (a typo added with `+task.x=...`): one line naming the key and
+    the closest ones, before any data is set up. `task.model` keys are the model builder's: toolkit.modes.common
+    names an unknown one when the task builds its model."""
+    from toolkit.modes.common import RUN_SETTINGS
+
+    task = cfg.get("task")
+    if not task or "_target_" not in task:
+        return
+    task_class = hydra.utils.get_class(task._target_)
+    settings = OmegaConf.to_container(task, resolve=False)
+    kwargs = {k: v for k, v in settings.items() if not k.startswith("_") and k not in RUN_SETTINGS}
+    check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
+    if "eval_backend" in task:  # read when validation starts (after the data and a training epoch): checked now
+        from toolkit.detection.evaluator import resolve_backend
+
+        resolve_backend(task.eval_backend)
 
 
 def validate_data(cfg: DictConfig) -> None:
@@ -68,6 +171,59 @@ def validate_data(cfg: DictConfig) -> None:
     for key in ("n_train", "n_val"):  # sizes of generated data sets
         _check_int(data, "data", key, 1)
     _check_int(data, "data", "image_size", 16)
+
+
+#: trainer.precision values: the toolkit's `auto` and Lightning's names (lightning.pytorch's precision inputs)
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "64", "bf16", 32, 16, 64)
+
+
+def _check_batches(trainer: DictConfig, key: str) -> None:
+    value = trainer.get(key)
+    if value is not None and not ((_is_int(value) and value >= 0) or (isinstance(value, float) and 0.0 <= value <= 1.0)):
+        raise ConfigError(f"trainer.{key}", value, "a fraction of the batches (0.0-1.0) or a count of them (an integer >= 0)")
+
+
+def _check_devices(devices) -> None:
+    if devices is None or devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1)):
+        return
+    if isinstance(devices, str) and devices.strip():
+        parts = [p.strip() for p in devices.rstrip(",").split(",")]
+        if all(p.lstrip("-").isdigit() for p in parts) and (devices.strip() == "-1" or all(int(p) >= 0 for p in parts)):
+            return
+    if isinstance(devices, list | tuple | ListConfig) and devices and all(_is_int(d) and d >= 0 for d in devices):
+        return
+    raise ConfigError("trainer.devices", devices, "a count >= 1, -1 (all), auto, or a list of device indices (e.g. [0, 1])")
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    """The Trainer's values, one line each, before any data is set up (Lightning checks some of them only when the
+    Trainer is built, after the data; others, like a negative max_epochs, not at all). Keys the Trainer does not
+    take (`+trainer.max_epoch=1`) are named too."""
+    trainer = cfg.get("trainer")
+    if not trainer:
+        return
+    if "_target_" in trainer:
+        kwargs = {k: v for k, v in OmegaConf.to_container(trainer, resolve=False).items() if not k.startswith("_")}
+        check_keywords(hydra.utils.get_class(trainer._target_), kwargs, prefix="trainer", owner="the Trainer")
+    for key in ("max_epochs", "max_steps"):
+        _check_int(trainer, "trainer", key, -1)  # -1: no limit (Lightning's convention)
+    for key in ("min_epochs", "min_steps"):
+        _check_int(trainer, "trainer", key, 0)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        _check_batches(trainer, key)
+    _check_devices(trainer.get("devices"))
+    for key in ("num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
+        _check_int(trainer, "trainer", key, 1)
+    precision = trainer.get("precision")
+    if precision is not None and (isinstance(precision, bool) or precision not in PRECISIONS):
+        raise ConfigError("trainer.precision", precision, f"allowed: {', '.join(str(p) for p in PRECISIONS[:9])}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and not (_is_number(clip) and math.isfinite(clip) and clip >= 0):
+        raise ConfigError("trainer.gradient_clip_val", clip, "a finite number >= 0 (null: no clipping)")
+    fast = trainer.get("fast_dev_run")
+    if fast is not None and not (isinstance(fast, bool) or (_is_int(fast) and fast >= 0)):
+        raise ConfigError("trainer.fast_dev_run", fast, "true, false or a number of batches >= 0")
 
 
 def validate_mode_settings(cfg: DictConfig) -> None:
@@ -120,9 +276,13 @@ def validate_config(cfg: DictConfig) -> None:
     """Fail before any work, with one line naming the key and the allowed values."""
     if cfg.mode not in MODES:
         raise ConfigError("mode", cfg.mode, f"allowed: {', '.join(MODES)}")
+    skeleton = None
     if cfg.get("backbone") is not None:  # a checkpoint holds every trained weight: its pretrained file is not read
-        validate_backbone(cfg.backbone, weights=cfg.mode == "train" or not cfg.get("ckpt_path"))
+        skeleton = validate_backbone(cfg.backbone, weights=cfg.mode == "train" or not cfg.get("ckpt_path"))
+    validate_task(cfg)
     validate_data(cfg)
+    validate_trainer(cfg)
+    validate_memory(cfg, skeleton)
     compile_setting = (cfg.get("task") or {}).get("compile", False)
     if compile_setting not in COMPILE_SETTINGS:
         raise ConfigError("task.compile", compile_setting, "allowed: true, false, auto")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
+import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -57,8 +61,10 @@ def create_backbone(name: str, pretrained: str | None = None, norm_layer: Callab
         from toolkit.backbones.timm_backbone import TimmBackbone
 
         return TimmBackbone(name[len(TIMM_PREFIX) :], pretrained=pretrained, **kwargs)
+    check_keywords(_BUILDERS[name], kwargs, prefix="backbone", owner=f"backbone {name}")
     alpha = kwargs.get("alpha")
-    if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0):
+    if alpha is not None and not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)
+                                  and alpha > 0):  # inf: an OverflowError from int() in the builder; nan: every test false
         raise ConfigError("backbone.alpha", alpha, "the width multiplier must be a number > 0 (paper: 1.0, 0.75, 0.5, 0.25)")
     model = _BUILDERS[name](**kwargs)
     if pretrained:
@@ -75,5 +81,75 @@ def create_backbone_skeleton(name: str, **kwargs) -> Backbone:
     try:
         with torch.device("meta"):
             return create_backbone(name, **kwargs)
-    except (RuntimeError, NotImplementedError):  # a builder that cannot run on the meta device
+    except (RuntimeError, NotImplementedError) as error:  # a builder that cannot run on the meta device
+        if "overflow" in str(error):  # a weight's byte count past 2^63 (alpha=1e9): never build that for real
+            raise ConfigError("backbone.alpha", kwargs.get("alpha"), "a backbone this wide has weights larger than "
+                              "any memory (their byte counts overflow); paper widths: 1.0, 0.75, 0.5, 0.25") from error
         return create_backbone(name, **kwargs)
+
+
+def backbone_settings(name) -> set[str] | None:
+    """The `backbone.*` keys a registered backbone takes (its builder's keywords, `name`, `pretrained`); None for
+    timm models and names not registered (`create_backbone` names those)."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        return None
+    accepted = accepted_keywords(_BUILDERS[name])
+    return None if accepted is None else accepted | {"name", "pretrained"}
+
+
+def accepted_keywords(target: Callable) -> set[str] | None:
+    """The keyword arguments `target` (a function or a class) takes; None when it takes any (`**kwargs` that go
+    nowhere checkable). A class's `__init__(..., **kwargs)` forwards the rest to its base's (torchgeo's habit, the
+    tasks' rule), so the bases' keywords count too, up to the first `__init__` without `**kwargs`."""
+    functions = [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    names: set[str] = set()
+    for function in functions:
+        parameters = inspect.signature(function).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None
+
+
+def check_keywords(target: Callable, kwargs: dict, *, prefix: str, owner: str) -> None:
+    """A config section's keys against the keyword arguments of what it configures: an unknown one (a typo added
+    with `+`, a key from another version) is a ConfigError naming `<prefix>.<key>` and the closest keys, raised
+    before the call (a TypeError from inside it would name neither)."""
+    accepted = accepted_keywords(target)
+    if accepted is None:
+        return
+    for key, value in kwargs.items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=2)
+            did_you_mean = f"did you mean {' or '.join(f'{prefix}.{c}' for c in close)}? " if close else ""
+            raise ConfigError(f"{prefix}.{key}", value, f"{owner} takes no such setting; {did_you_mean}"
+                              f"its settings: {', '.join(sorted(accepted))}")
+
+
+def unknown_keyword_error(error: BaseException, settings: dict, *, prefix: str) -> ConfigError | None:
+    """`error` (or its cause) is Python's TypeError for a call given a keyword of `settings` it does not take: that
+    key as a ConfigError naming `<prefix>.<key>`, the callee and its closest keywords; None for every other error.
+    For settings passed on to a callee chosen in code (`task.model` -> the task's model builder), where the
+    signature cannot be read before the call: only that message, for one of those keys, counts (any other
+    TypeError is a bug and stays a traceback)."""
+    while error is not None and not isinstance(error, TypeError):
+        error = error.__cause__ or error.__context__
+    match = re.fullmatch(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(error)) if error else None
+    if match is None or match.group(2) not in settings:
+        return None
+    callee_name, key = match.group(1).removesuffix(".__init__"), match.group(2)
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:  # the frame of the call: its module names the callee
+        traceback = traceback.tb_next
+    frame = traceback.tb_frame if traceback is not None else None
+    caller_self = frame.f_locals.get("self") if frame is not None else None
+    if caller_self is not None and callee_name in {c.__name__ for c in type(caller_self).__mro__}:
+        callee = type(caller_self)  # `super().__init__(**kwargs)`: the keywords of the whole chain count
+    else:
+        callee = frame.f_globals.get(callee_name) if frame is not None else None
+    accepted = accepted_keywords(callee) if callable(callee) else None
+    close = difflib.get_close_matches(key, sorted(accepted or ()), n=2)
+    did_you_mean = f" did you mean {' or '.join(f'{prefix}.{c}' for c in close)}?" if close else ""
+    known = f" its settings: {', '.join(sorted(accepted))}" if accepted else ""
+    hint = f"{getattr(callee, '__name__', callee_name)} takes no such setting;{did_you_mean}{known}".rstrip(";")
+    return ConfigError(f"{prefix}.{key}", settings[key], hint)

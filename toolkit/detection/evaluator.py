@@ -31,6 +31,7 @@ import numpy as np
 import torch.distributed as dist
 from pycocotools.coco import COCO
 
+from toolkit.errors import ConfigError
 from toolkit.io import write_json_atomic
 
 #: the order of COCOeval.stats (torchmetrics' names)
@@ -44,7 +45,7 @@ BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 def resolve_backend(backend: str) -> str:
     """`auto` -> faster_coco_eval when it is installed, else pycocotools; other names are checked and kept."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose from {BACKENDS}")
+        raise ConfigError("task.eval_backend", backend, f"allowed: {', '.join(BACKENDS)}")
     if backend == "auto":
         return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
     return backend

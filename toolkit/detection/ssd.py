@@ -70,8 +70,8 @@ def default_taps(backbone: Backbone) -> list[str]:
     for stride in (16, 32):
         names = [t.name for t in info if t.reduction == stride]
         if not names:
-            raise ValueError(f"backbone has no stride-{stride} tap for SSD ({[(t.name, t.reduction) for t in info]}); "
-                             "pass task.model.taps explicitly")
+            raise ConfigError("task.model.taps", None, f"the backbone has no stride-{stride} tap for SSD; name two of its "
+                              f"taps (name/stride: {', '.join(f'{t.name}/{t.reduction}' for t in info)})")
         taps.append(names[-1])
     return taps
 
@@ -141,6 +141,10 @@ class MobileNetSSD(SSD):
         detections_per_img: int = 100,
         topk_candidates: int = 100,
     ):
+        names = backbone.feature_info.names()
+        if taps is not None and (isinstance(taps, str) or not all(t in names for t in taps) or len(taps) < 1):
+            raise ConfigError("task.model.taps", taps, f"a list of the backbone's taps, shallow to deep (null: the "
+                              f"default); its taps: {', '.join(names)}")
         taps = list(taps or default_taps(backbone))
         channels = backbone.feature_info.channels(taps)
         extras = nn.ModuleList()

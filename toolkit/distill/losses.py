@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from toolkit.errors import ConfigError
+
 
 def attribute_distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
@@ -15,7 +17,7 @@ def attribute_distillation_loss(
     per-attribute sigmoids; the T² factor keeps gradient magnitudes comparable across temperatures.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError("task.temperature", temperature, "must be > 0 (1 = the teacher's own probabilities)")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from toolkit.backbones.registry import check_keywords, unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
 from toolkit.data.contract import check_contract, check_data_config
@@ -63,7 +64,17 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
     if check_task:
         check_data_config(reader, cfg.data._target_, extra.get("variant", cfg.data.get("variant")),
                           *_pair_names(cfg, reader))
-    return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    settings = OmegaConf.to_container(cfg.data, resolve=False)
+    target = hydra.utils.get_object(cfg.data._target_)  # `+data.x=1` it does not take: named, not a TypeError from it
+    check_keywords(target, {k: v for k, v in settings.items() if not k.startswith("_")}, prefix="data",
+                   owner=getattr(target, "__name__", "the data module"))
+    try:
+        return hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    except Exception as error:  # `+data.x` for a data module chosen in code (data=shapes: by the task's kind)
+        unknown = unknown_keyword_error(error, settings, prefix="data")
+        if unknown is None:
+            raise
+        raise unknown from error
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -84,7 +95,13 @@ def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
         check_contract(task_class(cfg), getattr(datamodule, "kind", None), *_pair_names(cfg, task_class(cfg)))
         extra = datamodule.task_kwargs()
     task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
-    return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
+    try:  # the task's own keys were checked against its signature (toolkit.run.validate_task); `task.model` here
+        return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
+    except Exception as error:
+        model_error = unknown_keyword_error(error, task_cfg.get("model") or {}, prefix="task.model")
+        if model_error is None:
+            raise
+        raise model_error from error
 
 
 def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
