@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", choices=("arrows", "photos"), default=["arrows", "photos"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="data and run folders (default: a temporary one)")
