@@ -170,7 +170,7 @@ def tables(results: dict) -> dict[str, str]:
         advised = by_key.get((d, *ADVICE[d]))
         if advised is None:
             continue
-        name = lambda r: f"augment={r['augment']} flips {'on' if r['hflip'] else 'off'} {r['recipe']}"  # noqa: E731
+        name = lambda r: f"augment={r['augment']}, flips {'on' if r['hflip'] else 'off'}, {' '.join(RECIPES[r['recipe']])}"  # noqa: E731
         advice.append(f"| {d} | {name(advised)} | {advised['last_top1']:.3f} | {name(best)} | {best['last_top1']:.3f} | "
                       f"{100 * (advised['last_top1'] - best['last_top1']):+.1f} |")
     return {"presets": "\n".join(rows), "advice": "\n".join(advice)}
