@@ -22,7 +22,7 @@ from torch import nn
 
 from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
-from toolkit.errors import DataError, ToolkitError
+from toolkit.errors import ConfigError, DataError, ToolkitError
 from toolkit.io import files_trusted, load_torch_file
 from toolkit.predictions import PredictionFiles
 
@@ -156,16 +156,30 @@ class BaseTask(LightningModule):
         ]
 
     def configure_optimizers(self):
+        """`task.optimizer` / `task.scheduler` (the optimizer= / scheduler= presets, conf/optimizer/ and
+        conf/scheduler/): each a `_target_` class and its keyword arguments. A key the class does not take is a
+        ConfigError naming the keys it does (a node left over from another optimiser is the usual cause)."""
         opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
         weight_decay = opt_cfg.pop("weight_decay", 0.0)
         optimizer_cls = hydra.utils.get_class(opt_cfg.pop("_target_"))
+        check_keyword_arguments(optimizer_cls, {**opt_cfg, "weight_decay": weight_decay}, "task.optimizer",
+                                skip=("params",), hint="optimizer=<preset> replaces the whole node")
         optimizer = optimizer_cls(self.param_groups(weight_decay, opt_cfg["lr"]), **opt_cfg)
-        if not self.hparams.scheduler:
+        if not self.hparams.scheduler:  # scheduler=constant
             return optimizer
         sched_cfg = dict(self.hparams.scheduler)
         interval = sched_cfg.pop("interval", "epoch")
         frequency = sched_cfg.pop("frequency", 1)
-        scheduler = hydra.utils.get_class(sched_cfg.pop("_target_"))(optimizer, **sched_cfg)
+        scheduler_cls = hydra.utils.get_class(sched_cfg.pop("_target_"))
+        check_keyword_arguments(scheduler_cls, sched_cfg, "task.scheduler", skip=("optimizer", "last_epoch"),
+                                hint="scheduler=<preset> replaces the whole node")
+        scheduler = scheduler_cls(optimizer, **sched_cfg)
+        if getattr(scheduler, "steps_per_epoch", 0) is None and self._trainer is not None:
+            # per-step schedules counted in epochs (warm-up, cosine): epochs -> optimizer steps; reading
+            # estimated_stepping_batches sets the train loader up
+            _ = self.trainer.estimated_stepping_batches
+            per_epoch = self.trainer.num_training_batches // self.trainer.accumulate_grad_batches
+            scheduler.steps_per_epoch = max(int(per_epoch), 1) if per_epoch != float("inf") else None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": frequency}}
 
     def backbone_frozen(self) -> bool:
@@ -365,3 +379,18 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 def _strip_model_prefix(key: str) -> str:
     return key[len("model."):] if key.startswith("model.") else key
+
+
+def check_keyword_arguments(cls: type, kwargs: dict, key: str, *, skip: tuple[str, ...], hint: str) -> None:
+    """Every key of `kwargs` must be a parameter of `cls` (unless it takes **kwargs): else one ConfigError naming the
+    first unknown key and the ones `cls` takes."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [name for name in params if name not in skip]
+    for name, value in kwargs.items():
+        if name not in params:
+            raise ConfigError(f"{key}.{name}", value, f"{cls.__module__}.{cls.__qualname__} takes "
+                              f"{', '.join(allowed)} (and _target_); {hint}")

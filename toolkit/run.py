@@ -266,6 +266,20 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         _check_int(settings, "export", "threads", 1)
         _check_int(settings, "export", "latency_repeats", 1)
         _check_int(settings, "export", "opset", 7)
+    if cfg.mode == "tune":
+        settings = cfg.get("tune") or {}
+        low, high = settings.get("min_lr"), settings.get("max_lr")
+        if not (_is_number(low) and low > 0):
+            raise ConfigError("tune.min_lr", low, "the finder's first learning rate: a number > 0 (e.g. 1e-6)")
+        if not (_is_number(high) and high > low):
+            raise ConfigError("tune.max_lr", high, f"the finder's last learning rate: a number > tune.min_lr ({low})")
+        steps = settings.get("num_training")
+        if not (_is_int(steps) and steps >= 2):
+            raise ConfigError("tune.num_training", steps, "optimizer steps of the search: an integer >= 2 (e.g. 100)")
+        threshold = settings.get("early_stop_threshold")
+        if threshold is not None and not (_is_number(threshold) and threshold > 1):
+            raise ConfigError("tune.early_stop_threshold", threshold, "a number > 1 (stop once the loss exceeds it "
+                              "times the best so far), or null to run every step")
     if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
         raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")
     if not isinstance(cfg.get("init_from_strict", True), bool):

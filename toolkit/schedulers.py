@@ -1,7 +1,8 @@
-"""Learning-rate schedules the torch set lacks as one config-friendly class: linear warm-up + step decay."""
+"""Learning-rate schedules the torch set lacks as config-friendly classes: linear warm-up + step decay or + cosine."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
@@ -45,3 +46,31 @@ class WarmupMultiStepLR(LambdaLR):
             return scale
         epoch = step / per_epoch
         return scale * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+class WarmupCosineLR(LambdaLR):
+    """Linear warm-up from `warmup_factor` x lr over the first `warmup_epochs`, then cosine decay to `min_lr_ratio` x
+    lr at the end of `max_epochs` (timm's `--sched cosine --warmup-epochs`), set every optimizer step
+    (`interval: step`). `steps_per_epoch` turns epochs into steps; left None, the task fills it from the trainer
+    before training starts. The warm-up never takes more than half the run."""
+
+    def __init__(self, optimizer: Optimizer, max_epochs: int, warmup_epochs: float = 1.0, warmup_factor: float = 0.01,
+                 min_lr_ratio: float = 0.0, steps_per_epoch: int | None = None, last_epoch: int = -1):
+        if not max_epochs or max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1 (trainer.max_epochs), got {max_epochs}")
+        if warmup_epochs < 0 or not 0 < warmup_factor <= 1 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"need warmup_epochs >= 0, 0 < warmup_factor <= 1, 0 <= min_lr_ratio <= 1; got "
+                             f"{warmup_epochs}, {warmup_factor}, {min_lr_ratio}")
+        self.max_epochs, self.warmup_epochs = max_epochs, min(float(warmup_epochs), max_epochs / 2)
+        self.warmup_factor, self.min_lr_ratio = warmup_factor, min_lr_ratio
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(optimizer, self.factor, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The multiplier of the base lr at optimizer step `step` (0-based)."""
+        per_epoch = self.steps_per_epoch or 1  # unknown: steps count as epochs
+        warmup, total = self.warmup_epochs * per_epoch, self.max_epochs * per_epoch
+        if step < warmup:
+            return self.warmup_factor + (1 - self.warmup_factor) * step / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -13,6 +13,7 @@ MODES: dict[str, str] = {
     "export": "toolkit.modes.export:export",
     "teacher_cache": "toolkit.modes.teacher_cache:teacher_cache",
     "partition": "toolkit.modes.partition:partition",
+    "tune": "toolkit.modes.tune:tune",
 }
 
 
