@@ -45,3 +45,20 @@ def test_json_is_strict_nan_and_infinity_become_null(tmp_path):
     streamed.write({"score": math.nan})
     assert json.loads(streamed.commit().read_text()) == [{"score": None}]
     assert json_text({"v": 1.0}, default=float) == json.dumps({"v": 1.0}, indent=2)
+
+
+@pytest.mark.slow
+def test_a_runs_files_are_readable_by_colleagues(tmp_path):
+    """Through the CLI under umask 022: every file of the run folder (results JSON, marker, config, log) is 0644."""
+    from conftest import run_cli
+
+    old = os.umask(0o022)
+    try:
+        proc = run_cli(["mode=profile", "profile.latency=false", "backbone.alpha=0.25", "data.resolution=64",
+                        f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "profile.json" for p in files)
+    assert {p.relative_to(tmp_path): oct(mode_of(p)) for p in files if mode_of(p) != 0o644} == {}
