@@ -67,6 +67,7 @@ MODELS: dict[str, list[str]] = {
         "task.optimizer._target_=torch.optim.AdamW",
         "task.optimizer.lr=0.002",
         "~task.optimizer.momentum",
+        "~task.optimizer.nesterov",  # the SGD preset writes torch's default out; AdamW takes no such key
         "task.scheduler.warmup_steps=100",
         "task.model.rcnn.box_batch_size_per_image=32",
     ],

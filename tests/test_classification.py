@@ -268,7 +268,7 @@ def test_skip_corrupt_counts_in_log_and_metrics_file(make_cfg, photos_with_bad_f
         result = run(cfg)
     messages = "\n".join(r.getMessage() for r in caplog.records)
     assert all("skipped corrupt sample" in messages and str(p) in messages for p in bad)
-    assert "ignored 1 file(s) without an image extension: b/README.txt" in messages
+    assert "ignored 1 file(s) that are not readable images (no image extension, unreadable): b/README.txt" in messages
     assert "train/skipped_samples=2" in messages
     per_epoch = [float(r["train/skipped_samples"]) for r in read_metrics_csv(Path(result["output_dir"]))
                  if r.get("train/skipped_samples")]

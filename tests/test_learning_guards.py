@@ -91,7 +91,7 @@ GUARDS: dict[str, Guard] = {
     "detection_frcnn": Guard(["task=detection_frcnn", "data.resolution=128", "data.batch_size=4",
                               "trainer.max_epochs=60", "data.aspect_ratio_group_factor=null",
                               "task.lr_reference_batch=null", "task.optimizer._target_=torch.optim.AdamW",
-                              "~task.optimizer.momentum", "task.optimizer.lr=0.004", "task.scheduler=null",
+                              "~task.optimizer.momentum", "~task.optimizer.nesterov", "task.optimizer.lr=0.004", "task.scheduler=null",
                               "task.model.anchor_sizes=[16,32,64,128]", "task.model.rcnn.box_batch_size_per_image=16",
                               "task.model.rcnn.rpn_pre_nms_top_n_test=1000", "task.model.rcnn.rpn_post_nms_top_n_test=100",
                               "task.model.rcnn.rpn_pre_nms_top_n_train=1000", "task.model.rcnn.rpn_post_nms_top_n_train=100"],
