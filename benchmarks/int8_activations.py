@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
@@ -38,14 +39,7 @@ def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
 
 
 def estimate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for chunk in images.split(8):
-            model(chunk)
+    update_bn(images.split(8), model)  # torch's BN re-estimation (what toolkit.precise_bn uses)
     return model.eval()
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from toolkit.data import eval_preprocess
 from toolkit.data.detection_transforms import detection_transforms
@@ -127,14 +128,7 @@ def test_deploy_preprocessing_stays_torch_free(tmp_path):
 # ---- end to end: mode=predict on the checkpoint against toolkit.deploy on the exported file -------------------------
 def estimate_batchnorm(model: nn.Module, images: list[torch.Tensor]) -> None:
     """BatchNorm statistics of these inputs (fresh statistics make a random model's output input-independent)."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for batch in images:
-            model(batch)
+    update_bn(images, model)
     model.eval()
 
 

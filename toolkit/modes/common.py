@@ -286,7 +286,7 @@ def _choice(group: str) -> str | None:
 def record_resume(ckpt_path: str, out: Path) -> dict:
     """A resumed run trains in its own new folder: refuse the checkpoint's own run folder (its files stay as they
     are), check the file is plain data before Lightning reads it, and write `resumed_from.json` saying where the
-    run came from."""
+    run came from. Returns the checkpoint as read (its data config is the resumed run's: `restore_data_config`)."""
     ckpt = Path(ckpt_path).resolve()
     source_run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if source_run == out.resolve():
@@ -298,7 +298,7 @@ def record_resume(ckpt_path: str, out: Path) -> dict:
     write_json(out / "resumed_from.json", record)
     log.info("resuming from %s (step %s, epoch %s of run %s) into the new run folder %s", ckpt,
              record["global_step"], record["epoch"], source_run, out)
-    return record
+    return checkpoint
 
 
 def write_json(path: Path, payload: Any) -> Path:

@@ -25,7 +25,6 @@ from toolkit.modes.common import (
 )
 from toolkit.modes.profile import describe_model
 from toolkit.profiling.counting import count_model
-from toolkit.tasks.base import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg, cfg.get("ckpt_path"))
     out = output_dir(cfg)
     if ckpt_path:  # resuming: into this run's new folder, which records where it came from, on the same data
-        record_resume(ckpt_path, out)
-        restore_data_config(cfg, read_checkpoint(ckpt_path, mmap=True), ckpt_path)
+        restore_data_config(cfg, record_resume(ckpt_path, out), ckpt_path)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
