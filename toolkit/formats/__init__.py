@@ -1,0 +1,56 @@
+"""Export formats: how a task's inference module becomes one file a runtime loads (the torch side of export).
+
+One module per runtime family (`onnx.py`, `executorch.py`, `litert.py`, `openvino.py`, `coreml.py`, ...), each
+registering its `ExportFormat` objects with `register_format`. `mode=export`, `mode=select` and the benchmarks
+loop over `FORMATS`; nothing outside a format's own module knows how it is written. The task decides *what* is
+exported (`ExportRequest`: module, input, outputs, calibration inputs); the format decides *how*. The files are
+run torch-free by `toolkit.deploy` (one runtime adapter per file suffix, `toolkit.deploy.runtime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["FORMATS", "ExportFormat", "ExportRequest", "register_format"]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything a format needs to write one file, decided by the task's inference contract."""
+
+    module: Any  # torch.nn.Module in eval mode: the task's inference module for this format
+    example: Any  # torch.Tensor: a batch of preprocessed inputs (NCHW float32)
+    outputs: list[str]  # output names, in the module's output order
+    calibration: list[Any]  # torch.Tensor batches from the calibration split (int8 formats only)
+    metadata: dict[str, Any]  # what the file says about itself (preprocessing, labels, outputs, ...)
+    dynamic_batch: bool = True  # the batch dimension stays open
+    dynamic_size: bool = False  # the spatial size stays open (detectors resizing by their own rule)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # cfg.export: opset, calibration_method, int8 options
+    int8_options: dict[str, Any] = field(default_factory=dict)  # the task's int8 needs (e.g. layers kept in float)
+
+
+class ExportFormat(Protocol):
+    name: str  # the `export.formats` entry, e.g. "onnx_int8"
+    file_name: str  # the file written in the export folder, e.g. "model_int8.onnx"
+    extra: str  # the pip extra that installs its exporter and runtime: mobilenet-toolkit[<extra>]
+    requires: tuple[str, ...]  # modules it imports (checked before any work, one line naming the extra)
+    int8: bool  # quantised: needs calibration inputs
+
+    def write(self, request: ExportRequest, path: Path) -> dict[str, Any]:
+        """Write the file at `path` (complete or absent: a temporary name, then rename) with its metadata in the
+        file or beside it (`toolkit.deploy.metadata.sidecar_path`); return the metadata as written."""
+        ...
+
+
+#: every registered format by name, in registration order (the order `export.formats=all` exports them)
+FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(fmt: ExportFormat) -> ExportFormat:
+    if fmt.name in FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is registered twice")
+    FORMATS[fmt.name] = fmt
+    return fmt
