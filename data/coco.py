@@ -394,6 +394,8 @@ class CocoDetectionDataModule(BaseDataModule):
         val_ann: str | None = None,
         val_images: str | None = None,
         transform: str = "ssd",
+        augment: str = "paper",
+        hflip: bool = True,
         drop_empty_train: bool = False,
         aspect_ratio_group_factor: int | None = None,
         **kwargs,
@@ -405,9 +407,11 @@ class CocoDetectionDataModule(BaseDataModule):
         self.val_split = val_split
         self.explicit = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
         self.transform_name = transform
+        self.augment, self.hflip = augment, hflip
         self.drop_empty_train = drop_empty_train
         self.aspect_ratio_group_factor = aspect_ratio_group_factor
-        self.train_tf, self.eval_tf = detection_transforms(transform, self.resolution, self.mean, self.std)
+        self.train_tf, self.eval_tf = detection_transforms(transform, self.resolution, self.mean, self.std,
+                                                           augment=augment, hflip=hflip)
         self.categories: CategoryMap | None = None
 
     # -- locating files

@@ -1,19 +1,29 @@
-"""Albumentations pipelines for detection, chosen by name (`data.transform`): `ssd` and `keep_aspect`.
+"""Albumentations pipelines for detection, chosen by name (`data.transform`: `ssd`, `keep_aspect`) and augmentation
+preset (`data.augment`: `paper`, `finetune`, `none`, from `augment=`), with flips a switch of their own (`data.hflip`).
 
 Every pipeline takes `image=HxWx3 uint8, bboxes=[N,4] pascal_voc (xyxy pixels), labels=[N]` and returns a
-normalised 3xHxW float tensor with the boxes in the pixel coordinates of that tensor.
+normalised 3xHxW float tensor with the boxes in the pixel coordinates of that tensor. Geometry that moves boxes is
+albumentations' bbox-aware transforms (`HorizontalFlip`, `Resize`) or `SSDRandomCrop` (a `DualTransform`).
 
 Contract for eval pipelines: they are pure resizes (no crop, no pad), so a box predicted on the network
-input maps back to the original image by scaling alone (`toolkit.data.coco.boxes_to_original`).
+input maps back to the original image by scaling alone (`toolkit.data.coco.boxes_to_original`). The augmentation
+preset changes training only.
 
-- `ssd`: TF OD API ssd_mobilenet_v1 augmentation: SSD random crop (IoU-constrained, `SSDRandomCrop`),
-  horizontal flip, photometric distortion, then a fixed square resize to `resolution` x `resolution`.
-  Eval: the square resize only.
+- `ssd`: a fixed square resize to `resolution` x `resolution`. Training, by preset:
+  `paper` (TF OD API ssd_mobilenet_v1: SSD random crop, IoU-constrained, `SSDRandomCrop`; flip; photometric
+  distortion with ssd.pytorch's ranges), `finetune` (the whole image, no crop; flip; a mild photometric
+  distortion), `none` (the resize only). Eval: the square resize only.
 - `keep_aspect`: Faster R-CNN style: shorter side resized to `resolution`, longer side capped at
-  `resolution * 1000 / 600` (TF OD API's 600/1024 rule, torchvision's 800/1333), horizontal flip in training.
+  `resolution * 1000 / 600` (TF OD API's 600/1024 rule, torchvision's 800/1333). Training: `paper` and `finetune`
+  are torchvision's detection reference policy (the resize and a flip: already mild), `none` the resize only.
+  Eval: the resize only.
 
-Register another pipeline with `DETECTION_TRANSFORMS[name] = (train_builder, eval_builder)`; each
-builder is `fn(resolution, mean, std) -> A.Compose`.
+`hflip=False` removes the flip from every preset (turn it off for text, digits, arrows, left/right labels); the
+`none` preset sets it false itself, `data.hflip=true` puts it back.
+
+Register another pipeline with `DETECTION_TRANSFORMS[name] = ({preset: train_builder, ...}, eval_builder)`; a train
+builder is `fn(resolution, mean, std, hflip) -> A.Compose`, an eval builder `fn(resolution, mean, std)`. A preset
+the pipeline does not list is refused with one line (`ConfigError` on `augment`).
 """
 
 from __future__ import annotations
@@ -109,14 +119,34 @@ def _finish(ops: list, mean, std) -> A.Compose:
     return SeededCompose([*ops, EvalNormalize(mean, std), ToTensorV2()], bbox_params=A.BboxParams(**BBOX_PARAMS))
 
 
-def ssd_train_transform(resolution: int, mean, std) -> A.Compose:
-    """SSD random crop, flip, photometric distortion (ssd.pytorch's ranges), square resize."""
+def _flip(hflip: bool) -> list:
+    """A horizontal flip half the time, or nothing where a mirror would change the label."""
+    return [A.HorizontalFlip(p=0.5)] if hflip else []
+
+
+def ssd_train_transform(resolution: int, mean, std, hflip: bool = True) -> A.Compose:
+    """`paper`: SSD random crop, flip, photometric distortion (ssd.pytorch's ranges), square resize."""
     return _finish([
         SSDRandomCrop(),
-        A.HorizontalFlip(p=0.5),
+        *_flip(hflip),
         A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.5),
         A.Resize(resolution, resolution),
     ], mean, std)
+
+
+def ssd_finetune_transform(resolution: int, mean, std, hflip: bool = True) -> A.Compose:
+    """`finetune`: the whole image (no crop: a small object in a small data set is never cut out or zoomed away),
+    flip, a mild photometric distortion (+-10 % brightness, contrast, saturation), square resize."""
+    return _finish([
+        *_flip(hflip),
+        A.ColorJitter(brightness=(0.9, 1.1), contrast=(0.9, 1.1), saturation=(0.9, 1.1), hue=(-0.02, 0.02), p=0.5),
+        A.Resize(resolution, resolution),
+    ], mean, std)
+
+
+def ssd_plain_transform(resolution: int, mean, std, hflip: bool = False) -> A.Compose:
+    """`none`: the square resize only (the `none` preset sets `hflip` false; `data.hflip=true` adds the flip)."""
+    return _finish([*_flip(hflip), A.Resize(resolution, resolution)], mean, std)
 
 
 def ssd_eval_transform(resolution: int, mean, std) -> A.Compose:
@@ -144,26 +174,36 @@ def keep_aspect_size_ops(resolution: int) -> list:
     return [ResizeShorterSide(resolution, keep_aspect_max_size(resolution))]
 
 
-def keep_aspect_train_transform(resolution: int, mean, std) -> A.Compose:
-    return _finish([*keep_aspect_size_ops(resolution), A.HorizontalFlip(p=0.5)], mean, std)
+def keep_aspect_train_transform(resolution: int, mean, std, hflip: bool = True) -> A.Compose:
+    """torchvision's detection reference: the resize and a flip (`paper`, `finetune`; `none`: the `none` preset sets
+    `hflip` false, so the resize only)."""
+    return _finish([*keep_aspect_size_ops(resolution), *_flip(hflip)], mean, std)
 
 
 def keep_aspect_eval_transform(resolution: int, mean, std) -> A.Compose:
     return _finish(keep_aspect_size_ops(resolution), mean, std)
 
 
-Builder = Callable[[int, Sequence[float], Sequence[float]], A.Compose]
+TrainBuilder = Callable[[int, Sequence[float], Sequence[float], bool], A.Compose]
+EvalBuilder = Callable[[int, Sequence[float], Sequence[float]], A.Compose]
 
-#: name -> (train builder, eval builder)
-DETECTION_TRANSFORMS: dict[str, tuple[Builder, Builder]] = {
-    "ssd": (ssd_train_transform, ssd_eval_transform),
-    "keep_aspect": (keep_aspect_train_transform, keep_aspect_eval_transform),
+#: name -> ({augmentation preset: train builder}, eval builder)
+DETECTION_TRANSFORMS: dict[str, tuple[dict[str, TrainBuilder], EvalBuilder]] = {
+    "ssd": ({"paper": ssd_train_transform, "finetune": ssd_finetune_transform, "none": ssd_plain_transform},
+            ssd_eval_transform),
+    "keep_aspect": ({"paper": keep_aspect_train_transform, "finetune": keep_aspect_train_transform,
+                     "none": keep_aspect_train_transform}, keep_aspect_eval_transform),
 }
 
 
-def detection_transforms(name: str, resolution: int, mean, std) -> tuple[A.Compose, A.Compose]:
-    """(train, eval) pipelines registered under `name`."""
+def detection_transforms(name: str, resolution: int, mean, std, *, augment: str = "paper",
+                         hflip: bool = True) -> tuple[A.Compose, A.Compose]:
+    """(train, eval) pipelines registered under `name`, training with the `augment` preset, flips if `hflip`."""
     if name not in DETECTION_TRANSFORMS:
         raise ConfigError("data.transform", name, f"allowed: {', '.join(DETECTION_TRANSFORMS)}")
-    train, evaluate = DETECTION_TRANSFORMS[name]
-    return train(resolution, mean, std), evaluate(resolution, mean, std)
+    presets, evaluate = DETECTION_TRANSFORMS[name]
+    if augment not in presets:
+        raise ConfigError("augment", augment, f"data.transform={name} has the presets {', '.join(presets)}")
+    if not isinstance(hflip, bool):
+        raise ConfigError("data.hflip", hflip, "true or false (false for text, digits, arrows, left/right labels)")
+    return presets[augment](resolution, mean, std, hflip), evaluate(resolution, mean, std)

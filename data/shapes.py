@@ -34,9 +34,20 @@ SHAPES_VARIANTS = {
 }
 
 
-def shapes_datamodule(variant: str, **kwargs) -> BaseDataModule:
-    """Hydra target of `data=shapes`: the generated dataset of that variant."""
-    return variant_class(variant)(**kwargs)
+def shapes_datamodule(variant: str, augment: str = "paper", hflip: bool = True, **kwargs) -> BaseDataModule:
+    """Hydra target of `data=shapes`: the generated dataset of that variant.
+
+    The detection variant takes the `augment=` preset (`paper`, the default under `data=shapes`: SSD's crops, as the
+    detection benchmarks measured it) and the flip switch; the classification-like variants take the flip switch and
+    keep their generator's own crops, so any other preset is refused rather than ignored."""
+    cls = variant_class(variant)
+    if cls.kind == "detection":
+        return cls(augment=augment, hflip=hflip, **kwargs)
+    if augment != "paper":
+        raise ConfigError("augment", augment, f"data=shapes' {variant} images keep their generator's crops (only "
+                          "data.hflip applies); augment presets: data=folder (your images), stanford_dogs_synthetic, "
+                          "geo_synthetic, coco_custom, or data=shapes with a detection task")
+    return cls(hflip=hflip, **kwargs)
 
 
 def variant_class(variant: str) -> type[BaseDataModule]:
