@@ -85,3 +85,72 @@ def test_bad_tune_settings_stop_before_any_work(make_cfg, override, key):
 def test_bad_tune_setting_is_one_line_on_the_command_line(tmp_path):
     proc = run_cli(FAST + ["mode=tune", "tune.max_lr=1e-9"], cwd=tmp_path)
     assert_one_line_error(proc, "tune.max_lr", "tune.min_lr")
+
+
+# ---- the batch-size finder (tune.batch_size=true) ----------------------------------------------------------
+BATCH = ["mode=tune", "tune.batch_size=true", "tune.steps_per_trial=2"]
+
+
+def check_batch_search(result: dict, printed: str, sizes: list[int], limited_by: str = "cap") -> dict:
+    saved = json.loads((Path(result["output_dir"]) / "batch_size.json").read_text())
+    assert saved["suggested_batch_size"] == result["suggested_batch_size"] and saved["limited_by"] == limited_by
+    assert [row["batch_size"] for row in saved["trials"]] == sizes  # doubling from 2, never past the cap
+    assert all(row["images_per_s"] > 0 and row["steps"] >= 1 for row in saved["trials"])
+    assert f"data.batch_size={result['suggested_batch_size']}" in printed
+    return saved
+
+
+def test_batch_size_finder_on_a_class_folder_then_the_lr_search_at_that_batch(make_cfg, tmp_path, capsys):
+    root = write_split_folders(tmp_path / "photos")  # 16 training images
+    cfg = make_cfg(BATCH + SEARCH[1:] + ["task=classification", "data=folder", f"data.root={root}", "backbone.alpha=0.25",
+                                         "data.resolution=32", "data.batch_size=5", "data.num_workers=0",
+                                         "tune.max_batch_size=12"])
+    result = run(cfg)
+    printed = capsys.readouterr().out
+    saved = check_batch_search(result, printed, [2, 4, 8])  # 16 would pass tune.max_batch_size=12
+    assert result["suggested_batch_size"] == 8 and saved["configured_batch_size"] == 5 and saved["cap"] == 12
+    check_search(result, printed)
+    assert json.loads((Path(result["output_dir"]) / "lr_find.json").read_text())["at_batch_size"] == 8
+    assert "together: data.batch_size=8 task.optimizer.lr=" in printed
+
+
+def test_batch_size_finder_on_coco_data_is_capped_by_the_training_images(make_cfg, tmp_path, capsys):
+    generate_shapes_detection(tmp_path / "coco", n_train=6, n_val=2, image_size=64, seed=3)
+    coco = tmp_path / "coco"
+    cfg = make_cfg(BATCH + ["tune.lr=false", "task=detection_ssd", "data=coco_custom",
+                            f"data.train_ann={coco}/annotations/instances_train.json", f"data.train_images={coco}/train",
+                            f"data.val_ann={coco}/annotations/instances_val.json", f"data.val_images={coco}/val",
+                            "backbone.alpha=0.25", "data.resolution=64", "data.batch_size=24", "data.num_workers=0"])
+    result = run(cfg)
+    saved = check_batch_search(result, capsys.readouterr().out, [2, 4])  # 6 images: 8 would be a partial batch
+    assert result["suggested_batch_size"] == 4 and saved["cap"] == 6 and "suggested_lr" not in result
+    assert not (Path(result["output_dir"]) / "lr_find.json").exists()
+
+
+def test_batch_size_finder_stops_where_memory_runs_out(make_cfg, tmp_path, monkeypatch, capsys):
+    """The out-of-memory error PyTorch's CPU allocator raises, at batches over 4: the finder keeps 4."""
+    from toolkit.tasks.classification import ClassificationTask
+
+    step = ClassificationTask.training_step
+
+    def short_of_memory(self, batch, batch_idx):
+        if len(batch["image"]) > 4:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1000000000000 bytes.")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassificationTask, "training_step", short_of_memory)
+    root = write_split_folders(tmp_path / "photos")
+    cfg = make_cfg(BATCH + ["tune.lr=false", "task=classification", "data=folder", f"data.root={root}",
+                            "backbone.alpha=0.25", "data.resolution=32", "data.num_workers=0"])
+    result = run(cfg)
+    check_batch_search(result, capsys.readouterr().out, [2, 4], limited_by="memory")
+    assert result["suggested_batch_size"] == 4
+
+
+@pytest.mark.parametrize(("override", "key"), [("tune.batch_size_mode=linear", "tune.batch_size_mode"),
+                                               ("tune.max_batch_size=0", "tune.max_batch_size"),
+                                               ("tune.lr=false", "tune.lr")])
+def test_bad_batch_size_settings_stop_before_any_work(make_cfg, override, key):
+    with pytest.raises(ConfigError, match=key):
+        run(make_cfg(["mode=tune", override]))
