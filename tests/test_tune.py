@@ -96,6 +96,8 @@ def check_batch_search(result: dict, printed: str, sizes: list[int], limited_by:
     assert saved["suggested_batch_size"] == result["suggested_batch_size"] and saved["limited_by"] == limited_by
     assert [row["batch_size"] for row in saved["trials"]] == sizes  # doubling from 2, never past the cap
     assert all(row["images_per_s"] > 0 and row["steps"] >= 1 for row in saved["trials"])
+    speeds = {row["batch_size"]: row["images_per_s"] for row in saved["trials"] if row["batch_size"] <= saved["suggested_batch_size"]}
+    assert saved["fastest_batch_size"] == max(speeds, key=speeds.get)
     assert f"data.batch_size={result['suggested_batch_size']}" in printed
     return saved
 

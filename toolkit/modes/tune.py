@@ -157,8 +157,10 @@ def find_batch_size(trainer, task, datamodule, settings, out) -> dict:
         rows.append({"batch_size": size, "steps": len(times), "seconds_per_step": step,
                      "images_per_s": size / step if step > 0 else None})
     limited_by = "cap" if found >= largest else "memory"
+    timed = [row for row in rows if row["images_per_s"] and row["batch_size"] <= found]
+    fastest = max(timed, key=lambda row: row["images_per_s"])["batch_size"] if timed else None
     result = {"suggested_batch_size": found, "configured_batch_size": configured, "mode": settings.batch_size_mode,
-              "limited_by": limited_by, "cap": cap, "max_batch_size": int(settings.max_batch_size),
+              "limited_by": limited_by, "fastest_batch_size": fastest, "cap": cap, "max_batch_size": int(settings.max_batch_size),
               "training_images_per_process": images, "steps_per_trial": int(settings.steps_per_trial),
               "device": str(task.device), "trials": rows}
     write_json(out / "batch_size.json", result)
@@ -168,6 +170,8 @@ def find_batch_size(trainer, task, datamodule, settings, out) -> dict:
     for row in rows:
         speed = f"{row['images_per_s']:.1f} images/s" if row["images_per_s"] else "-"
         print(f"  batch {row['batch_size']:>5}: {row['seconds_per_step'] * 1000:.1f} ms per step, {speed}")
+    if fastest is not None and fastest != found:  # a CPU often trains no faster per image at the largest batch
+        print(f"most images per second: batch {fastest}")
     print(f"suggested batch size: {found} (configured: {configured}); train with\n  data.batch_size={found}")
     return result
 
