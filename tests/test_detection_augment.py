@@ -127,6 +127,9 @@ def test_a_preset_a_pipeline_lacks_is_refused(monkeypatch):
 def test_each_detection_data_configs_default_preset(make_cfg, overrides, augment):
     cfg = make_cfg(overrides)
     assert cfg.data.augment == augment and cfg.data.hflip == (augment != "none")
+    steps = transforms_of(build_datamodule(cfg).train_tf)  # the datamodule's pipeline follows (no file is read yet)
+    assert (A.HorizontalFlip in steps) == (augment != "none")
+    assert (SSDRandomCrop in steps) == (cfg.data.transform == "ssd" and augment == "paper")
 
 
 def write_coco(root) -> list[str]:
