@@ -101,13 +101,15 @@ def batch_size_trials(cap: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _step_timer(task, datamodule, seconds: dict[int, list[float]]):
-    """Time each training step by the batch size it ran at. Lightning sets the trainer's callbacks aside during the
-    batch-size trials, so the timer sits on the module's own batch hooks (instance attributes, removed afterwards)."""
+def _step_timer(task, datamodule, seconds: dict[int, list[float]], tried: set[int]):
+    """Time each training step by the batch size it ran at (`seconds`; `tried`: every batch size a step started at,
+    finished or not). Lightning sets the trainer's callbacks aside during the batch-size trials, so the timer sits on
+    the module's own batch hooks (instance attributes, removed afterwards)."""
     started = {}
     start_hook, end_hook = task.on_train_batch_start, task.on_train_batch_end
 
     def on_start(batch, batch_idx, *args):
+        tried.add(int(datamodule.batch_size))
         started["t"] = time.perf_counter()
         return start_hook(batch, batch_idx, *args)
 
@@ -140,7 +142,8 @@ def find_batch_size(trainer, task, datamodule, settings, out) -> dict:
     # Lightning starts from init_val only when the configured batch is smaller than the data set: start it there
     set_batch_size(task, datamodule, first)
     seconds: dict[int, list[float]] = {}
-    with _step_timer(task, datamodule, seconds):
+    tried: set[int] = set()
+    with _step_timer(task, datamodule, seconds, tried):
         found = Tuner(trainer).scale_batch_size(task, datamodule=datamodule, mode=settings.batch_size_mode,
                                                 steps_per_trial=int(settings.steps_per_trial), init_val=first,
                                                 max_trials=trials, max_val=cap + 1)
@@ -156,7 +159,9 @@ def find_batch_size(trainer, task, datamodule, settings, out) -> dict:
         step = statistics.median(steady)
         rows.append({"batch_size": size, "steps": len(times), "seconds_per_step": step,
                      "images_per_s": size / step if step > 0 else None})
-    limited_by = "cap" if found >= largest else "memory"
+    # a step that started and never finished ran out of memory (binsearch's 5 % margin alone leaves it under the cap)
+    ran_out = bool(tried - set(seconds)) or (settings.batch_size_mode == "power" and found < largest)
+    limited_by = "memory" if ran_out else "cap"
     timed = [row for row in rows if row["images_per_s"] and row["batch_size"] <= found]
     fastest = max(timed, key=lambda row: row["images_per_s"])["batch_size"] if timed else None
     result = {"suggested_batch_size": found, "configured_batch_size": configured, "mode": settings.batch_size_mode,
