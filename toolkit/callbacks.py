@@ -1,12 +1,19 @@
-"""Checkpoint callbacks shared by every task: `last.ckpt` mid-epoch and at every epoch end; the data a run trained on."""
+"""Callbacks shared by every task: `last.ckpt` mid-epoch and at every epoch end; the data a run trained on; the
+console (a one-line model summary, a progress bar that fits the terminal)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import CustomBarColumn
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
+log = logging.getLogger(__name__)
 
 #: the checkpoint entry `RememberData` writes
 DATA_CONFIG_KEY = "data_config"
@@ -74,3 +81,65 @@ class LastCheckpoint(Callback):
         self._saved_at_step = trainer.global_step
         for logger in trainer.loggers:  # metrics.csv on disk then covers every step the checkpoint holds
             logger.save()
+
+
+class ModelSummaryLine(ModelSummary):
+    """The model in one log line ("model: ImageClassifier, 214 K parameters (214 K trainable), 0.9 MB"), in place of
+    Lightning's table of the LightningModule's attributes (metrics, losses: zeros) and its FLOPs column (zero unless
+    the module sets an example input). `mode=profile` gives the full count, layer by layer type."""
+
+    def __init__(self) -> None:
+        super().__init__(max_depth=1)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        total = sum(p.numel() for p in pl_module.parameters())
+        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        size_mb = sum(p.numel() * p.element_size() for p in pl_module.parameters()) / 1e6
+        model = getattr(pl_module, "model", pl_module)
+        log.info("model: %s, %s parameters (%s trainable), %.1f MB of weights", type(model).__name__,
+                 get_human_readable_count(total), get_human_readable_count(trainable), size_mb)
+
+
+class CompactProgressBar(RichProgressBar):
+    """Lightning's Rich bar, fitted to the terminal (80 columns included): a short bar, no speed column, and the
+    metrics on the same line under short names ("loss 1.82 val/top1 0.156"), as many as fit. Rich wraps a metrics
+    column that is too wide into a tall block; this one is cut instead (every metric is in the run's metrics.csv)."""
+
+    #: columns of everything but the metrics: "Epoch 12/99 " + bar + " 123/456 " + "0:01:02 • 0:03:04 "
+    BAR_WIDTH = 16
+    FIXED_WIDTH = 13 + BAR_WIDTH + 10 + 19
+
+    def configure_columns(self, trainer: Trainer) -> list:
+        columns = super().configure_columns(trainer)
+        columns[1] = CustomBarColumn(complete_style=self.theme.progress_bar, finished_style=self.theme.progress_bar_finished,
+                                     pulse_style=self.theme.progress_bar_pulse, bar_width=self.BAR_WIDTH)
+        return columns[:4]  # without the it/s column
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        console = getattr(self, "_console", None)
+        room = (console.width if console is not None else 80) - self.FIXED_WIDTH
+        return short_metrics(super().get_metrics(trainer, pl_module), room)
+
+
+def short_metrics(metrics: dict, room: int) -> dict[str, str]:
+    """{short name: 3 significant digits} of the progress-bar metrics, the training loss first, cut to `room`
+    characters as "name: value" pairs joined by spaces (Lightning's metrics column). Lightning's "v_num" and
+    "_epoch" copies of step metrics are left out; "train/loss_step" reads "loss"."""
+    out: dict[str, str] = {}
+    for name, value in metrics.items():
+        if name == "v_num" or (name.endswith("_epoch") and f"{name[:-6]}_step" in metrics):
+            continue
+        if name.endswith("skipped_samples") and not value:
+            continue
+        short = name.removesuffix("_step").removeprefix("train/")
+        out[short] = f"{value:.3g}" if isinstance(value, float) else str(value)
+    ordered = dict(sorted(out.items(), key=lambda kv: kv[0] != "loss"))
+    fitted, used = {}, 0
+    for name, value in ordered.items():
+        width = len(name) + len(value) + 3
+        if used + width > room:
+            break
+        fitted[name], used = value, used + width
+    return fitted
