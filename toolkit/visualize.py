@@ -132,7 +132,7 @@ def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thum
 
 def mosaic(tiles: Sequence[tuple[Image.Image, str, bool | None]], out: Path, thumb: int = 160, columns: int = 4) -> Path:
     """Grid of (picture, caption, correct) tiles: the caption under each, green when `correct`, red when not
-    (None: black). What a training run writes as `val_predictions.jpg`."""
+    (None: black). What a training run writes as `val_predictions.png`."""
     cols = max(1, min(columns, len(tiles)))
     rows = max(1, math.ceil(len(tiles) / cols))
     face = font(12)
@@ -184,7 +184,10 @@ def curves_figure(epochs: dict[str, list[tuple[int, float]]], *, loss_keys: Sequ
         for key in keys:
             xs, ys = zip(*epochs[key], strict=True)
             ax.plot(xs, ys, marker="o", markersize=3, label=key)
-        ax.set_title(title)
+        ax.set_title(", ".join(keys) if title == "metric" else title)
+        values = [v for key in keys for _, v in epochs[key]]
+        if title == "loss" and min(values) > 0 and max(values) > 20 * min(values):  # one diverged epoch hides the rest
+            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
