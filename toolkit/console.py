@@ -7,9 +7,11 @@ What is filtered, and where (docs/configuration.md lists it for users):
   DataLoader's worker-count advice.
 - INFO lines of Lightning's `rank_zero` logger that describe the machine rather than the run ("GPU available",
   "TPU available", "`limit_train_batches=1.0` was configured", "already configured with model summary").
-- Native libraries that print to the process's file descriptors (ExecuTorch's cpuinfo lines, torch's CUDA_HOME
-  note, TensorFlow/absl's oneDNN notes when LiteRT or OpenVINO load it): `native_output_quieted()` around the one
-  noisy call, and `TF_CPP_MIN_LOG_LEVEL` for TensorFlow's C++ logging.
+- torch's "No CUDA runtime is found, using CUDA_HOME=..." warning (torch.compile on a machine with CUDA_HOME set
+  and no GPU), by a filter on its logger.
+- Native libraries that print to the process's file descriptors (ExecuTorch's cpuinfo lines, TensorFlow/absl's
+  oneDNN notes when LiteRT or OpenVINO load it): `native_output_quieted()` around the one noisy call, and
+  `TF_CPP_MIN_LOG_LEVEL` for TensorFlow's C++ logging.
 Warnings and errors of the toolkit itself are never filtered."""
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ QUIET_WARNINGS = (
     r"This DataLoader will create \d+ worker processes",
 )
 #: starts of Lightning INFO lines that describe the machine rather than the run
+#: {logger: starts of its lines} that describe the machine rather than the run, filtered unless verbose
+QUIET_LOG_LINES = {
+    "torch.utils.cpp_extension": ("No CUDA runtime is found",),  # torch.compile on a machine with CUDA_HOME set
+}
 QUIET_LIGHTNING_INFO = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "`Trainer(limit_",
                         "Trainer already configured with model summary callbacks", "💡 Tip:")
 
@@ -48,6 +54,10 @@ def _quiet_lightning_record(record: logging.LogRecord) -> bool:
     return not (record.levelno <= logging.INFO and str(record.msg).startswith(QUIET_LIGHTNING_INFO))
 
 
+def _quiet_log_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(QUIET_LOG_LINES.get(record.name, ()))
+
+
 #: set by `quiet_console`; `native_output_quieted` reads it
 _state = {"verbose": False}
 
@@ -57,6 +67,8 @@ def quiet_console(*, verbose: bool) -> None:
     _state["verbose"] = verbose
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     rank_zero.removeFilter(_quiet_lightning_record)
+    for name in QUIET_LOG_LINES:
+        logging.getLogger(name).removeFilter(_quiet_log_line)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"  # worker processes and subprocesses see it too
         warnings.filters[:] = [f for f in warnings.filters if not _is_ours(f)]
@@ -65,6 +77,8 @@ def quiet_console(*, verbose: bool) -> None:
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     rank_zero.addFilter(_quiet_lightning_record)
+    for name in QUIET_LOG_LINES:
+        logging.getLogger(name).addFilter(_quiet_log_line)
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 
@@ -121,13 +135,15 @@ def format_table(header: list[str], rows: list[list]) -> str:
 
 def metrics_table(metrics: dict[str, float]) -> str:
     """The table eval prints: one row per metric, 4 decimals (counts as integers); zero skipped-sample counts
-    are left out (metrics.json has every number)."""
+    are left out, and COCO's -1 (no ground truth of that size) reads "n/a" (metrics.json has every number)."""
     rows = []
     for name, value in sorted(metrics.items()):
         if name.endswith("skipped_samples"):
             if not value:
                 continue
             rows.append([name, f"{int(value)}"])
+        elif value == -1 and name.split("/")[-1].startswith(("map", "mar")):
+            rows.append([name, "n/a"])
         else:
             rows.append([name, f"{value:.4f}"])
     return format_table(["metric", "value"], rows)
