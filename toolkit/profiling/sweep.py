@@ -169,7 +169,7 @@ def sweep_figure(rows: list[dict[str, Any]], score: str = "top1", score_label: s
             ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis) if ykey in scale or ykey == LATENCY_KEY else (ax.xaxis,):
             axis.set_major_formatter(_plain_formatter())
-            axis.set_minor_formatter(FuncFormatter(_label_2_and_5))
+            axis.set_minor_formatter(FuncFormatter(lambda v, pos, axis=axis: _minor_label(axis, v)))
         ax.set_xlabel(f"{xlabel} (log scale)")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
@@ -223,6 +223,15 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, score: str = "top1", score
     finally:
         plt.close(fig)
     return path
+
+
+def _minor_label(axis, value: float) -> str:
+    """Every minor tick labelled on a log axis spanning less than a decade (else it shows one number or none),
+    the 2x and 5x ones otherwise."""
+    low, high = sorted(axis.get_view_interval())
+    if low > 0 and high / low < 10:
+        return f"{value:g}"
+    return _label_2_and_5(value, None)
 
 
 def _label_2_and_5(value: float, _position) -> str:
