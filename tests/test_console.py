@@ -193,3 +193,21 @@ def test_verbose_is_a_documented_key():
     conf = (Path(__file__).resolve().parents[1] / "conf" / "config.yaml").read_text()
     docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert re.search(r"^verbose: false", conf, re.M) and "TOOLKIT_VERBOSE" in docs
+
+
+def test_native_output_is_kept_from_the_console_unless_the_call_fails(capfd):
+    import os
+
+    from toolkit.console import native_output_quieted
+
+    with native_output_quieted(verbose=False):
+        os.write(2, b"[cpuinfo_utils.cpp:71] Reading file\n")  # what a C++ library prints: below Python's sys.stderr
+        os.write(1, b"native stdout\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError), native_output_quieted(verbose=False):
+        os.write(2, b"why it failed\n")
+        raise RuntimeError("load failed")
+    assert "why it failed" in capfd.readouterr().err  # replayed: nothing that explains an error is lost
+    with native_output_quieted(verbose=True):
+        os.write(2, b"shown\n")
+    assert capfd.readouterr().err == "shown\n"

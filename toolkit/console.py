@@ -8,7 +8,8 @@ What is filtered, and where (docs/configuration.md lists it for users):
 - INFO lines of Lightning's `rank_zero` logger that describe the machine rather than the run ("GPU available",
   "TPU available", "`limit_train_batches=1.0` was configured", "already configured with model summary").
 - torch's "No CUDA runtime is found, using CUDA_HOME=..." warning (torch.compile on a machine with CUDA_HOME set
-  and no GPU), by a filter on its logger.
+  and no GPU) and its pytree note on torchao's enums ("is an Enum subclass and is now natively supported"), by
+  filters on their loggers.
 - Native libraries that print to the process's file descriptors (ExecuTorch's cpuinfo lines, TensorFlow/absl's
   oneDNN notes when LiteRT or OpenVINO load it): `native_output_quieted()` around the one noisy call, and
   `TF_CPP_MIN_LOG_LEVEL` for TensorFlow's C++ logging.
@@ -35,9 +36,10 @@ QUIET_WARNINGS = (
     r"This DataLoader will create \d+ worker processes",
 )
 #: starts of Lightning INFO lines that describe the machine rather than the run
-#: {logger: starts of its lines} that describe the machine rather than the run, filtered unless verbose
+#: {logger: parts of its lines} that describe the machine or a library's internals rather than the run
 QUIET_LOG_LINES = {
     "torch.utils.cpp_extension": ("No CUDA runtime is found",),  # torch.compile on a machine with CUDA_HOME set
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),  # torchao/executorch at import
 }
 QUIET_LIGHTNING_INFO = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "`Trainer(limit_",
                         "Trainer already configured with model summary callbacks", "💡 Tip:")
@@ -55,7 +57,8 @@ def _quiet_lightning_record(record: logging.LogRecord) -> bool:
 
 
 def _quiet_log_line(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(QUIET_LOG_LINES.get(record.name, ()))
+    message = str(record.msg)
+    return not any(part in message for part in QUIET_LOG_LINES.get(record.name, ()))
 
 
 #: set by `quiet_console`; `native_output_quieted` reads it
