@@ -29,7 +29,7 @@ def font(size: int) -> ImageFont.ImageFont:
 
 def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black on light colours, white on dark ones (relative luminance)."""
-    return (0, 0, 0) if 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 140 else (255, 255, 255)
+    return (0, 0, 0) if 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 110 else (255, 255, 255)
 
 
 def _overlap(a: tuple, b: tuple) -> float:
