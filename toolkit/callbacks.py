@@ -199,7 +199,8 @@ class TrainingCurves(Callback):
 
 class ValidationMosaic(Callback):
     """`val_predictions.png` in the run folder when training ends: the trained model's predictions on the first
-    validation images (image tasks: classification captions "name 0.88", green when right and red when wrong;
+    validation images (image tasks: classification captions "name 0.88", green when right, red and "(is <true
+    class>)" when wrong;
     detection boxes drawn as `mode=predict` draws them). Other tasks write nothing."""
 
     FILE = "val_predictions.png"
@@ -251,7 +252,10 @@ class ValidationMosaic(Callback):
             if kind == "detection":
                 tiles.append((draw_boxes_on(img, record["detections"]), Path(record["path"]).name, None))
             else:
-                best = record["top_k"][0]
-                tiles.append((img, f"{best['name']} {best['score']:.2f}", best["label"] == truth[str(record["path"])]))
+                best, label = record["top_k"][0], truth[str(record["path"])]
+                caption = f"{best['name']} {best['score']:.2f}"
+                if best["label"] != label:  # wrong: say what it is
+                    caption += f" (is {pl_module.class_names[label]})"
+                tiles.append((img, caption, best["label"] == label))
         thumb = 160 if kind == "classification" else 256
         return mosaic(tiles, Path(trainer.default_root_dir) / self.filename, thumb=thumb, columns=4)

@@ -108,6 +108,12 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> str:
     return text[:3]
 
 
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    """`img` scaled (up or down, aspect kept) so its longer side is `size` pixels: small images fill their tile."""
+    scale = size / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
+
+
 def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thumb: int = 160, columns: int = 6,
                   max_images: int = 60) -> Path:
     """Grid of thumbnails, each with its file name and one caption line (the prediction) under it; writes a PNG."""
@@ -122,8 +128,7 @@ def contact_sheet(paths: Sequence[str], captions: Sequence[str], out: Path, thum
     for i, (path, caption) in enumerate(zip(paths, captions, strict=True)):
         x, y = (i % cols) * thumb, (i // cols) * (thumb + caption_h)
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((thumb, thumb))
+            img = _fit(img.convert("RGB"), thumb - 6)
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         draw.text((x + 3, y + thumb + 2), _fit_text(draw, Path(path).name, face, thumb - 6), fill=(90, 90, 90), font=face)
         draw.text((x + 3, y + thumb + 2 + line), _fit_text(draw, caption, face, thumb - 6), fill="black", font=face)
@@ -141,8 +146,7 @@ def mosaic(tiles: Sequence[tuple[Image.Image, str, bool | None]], out: Path, thu
     draw = ImageDraw.Draw(sheet)
     for i, (img, caption, correct) in enumerate(tiles):
         x, y = (i % cols) * thumb, (i // cols) * (thumb + caption_h)
-        img = img.convert("RGB")
-        img.thumbnail((thumb, thumb))
+        img = _fit(img.convert("RGB"), thumb - 6)
         sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         color = "black" if correct is None else (0, 128, 0) if correct else (200, 0, 0)
         draw.text((x + 3, y + thumb + 2), _fit_text(draw, caption, face, thumb - 6), fill=color, font=face)
