@@ -252,7 +252,8 @@ def pr_curves_figure(recall, precision, names: Sequence[str], ap50: Sequence[flo
     order = sorted(valid, key=lambda k: -ap50[k])
     if len(order) > max_classes:
         order = order[: max_classes // 2] + order[-(max_classes - max_classes // 2):]
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    outside = len(order) > 8  # a long legend beside the axes, where it hides no curve
+    fig, ax = plt.subplots(figsize=(8.6 if outside else 6.4, 5.2))
     for k in order:
         ax.plot(recall, np.clip(precision[:, k], 0, 1), linewidth=1, label=f"{names[k]} {ap50[k]:.3f}")
     if valid:
@@ -265,6 +266,9 @@ def pr_curves_figure(recall, precision, names: Sequence[str], ap50: Sequence[flo
     ax.set_ylabel("precision")
     ax.set_title("precision-recall at IoU 0.5 (legend: AP@0.5)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=1 if len(order) <= 10 else 2)
+    if outside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
