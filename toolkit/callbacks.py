@@ -246,16 +246,19 @@ class ValidationMosaic(Callback):
         finally:
             pl_module.train(was_training)
         tiles = []
+        thumb = 160 if kind == "classification" else 256
         for record in records:
             with Image.open(record["path"]) as img:
                 img = img.convert("RGB")
-            if kind == "detection":
-                tiles.append((draw_boxes_on(img, record["detections"]), Path(record["path"]).name, None))
+            if kind == "detection":  # drawn at the tile's size, so labels are sized for the tile
+                scale = (thumb - 6) / max(img.size)
+                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+                detections = [{**d, "box_xyxy": [v * scale for v in d["box_xyxy"]]} for d in record["detections"]]
+                tiles.append((draw_boxes_on(img, detections), Path(record["path"]).name, None))
             else:
                 best, label = record["top_k"][0], truth[str(record["path"])]
                 caption = f"{best['name']} {best['score']:.2f}"
                 if best["label"] != label:  # wrong: say what it is
                     caption += f" (is {pl_module.class_names[label]})"
                 tiles.append((img, caption, best["label"] == label))
-        thumb = 160 if kind == "classification" else 256
         return mosaic(tiles, Path(trainer.default_root_dir) / self.filename, thumb=thumb, columns=4)
