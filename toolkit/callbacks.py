@@ -254,7 +254,8 @@ class ValidationMosaic(Callback):
                 scale = (thumb - 6) / max(img.size)
                 img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
                 detections = [{**d, "box_xyxy": [v * scale for v in d["box_xyxy"]]} for d in record["detections"]]
-                tiles.append((draw_boxes_on(img, detections), Path(record["path"]).name, None))
+                caption = f"{Path(record['path']).name}: {len(detections)} box{'es' if len(detections) != 1 else ''}"
+                tiles.append((draw_boxes_on(img, detections), caption, None))
             else:
                 best, label = record["top_k"][0], truth[str(record["path"])]
                 caption = f"{best['name']} {best['score']:.2f}"
