@@ -28,6 +28,8 @@ def trained(tmp_path_factory):
     detections = json.loads((run_dir / "detections_val.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert {d["category_id"] for d in detections} <= {10, 21, 32, 43, 54, 65}  # the file's ids, not labels
+    for picture in ("training_curves.png", "val_predictions.png"):  # the run folder's pictures, detectors too
+        assert (run_dir / picture).read_bytes()[:4] == b"\x89PNG"
     return {"root": root, "env": env, "ckpt": result["best_checkpoint"]}
 
 
