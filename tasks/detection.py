@@ -121,8 +121,9 @@ class DetectionTask(BaseTask):
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             out = Path(self.trainer.default_root_dir)
             self._write_detections(out, stats)
-            log.info("epoch %d: COCO mAP %.4f, mAP@0.5 %.4f (%d detections)", self.current_epoch, stats["map"],
-                     stats["map_50"], len(self.evaluator.results))
+            if self.trainer.state.fn == "fit":  # a training epoch's line; eval and export verification print their own
+                log.info("epoch %d: COCO mAP %.4f, mAP@0.5 %.4f (%d detections)", self.current_epoch, stats["map"],
+                         stats["map_50"], len(self.evaluator.results))
 
     def _write_detections(self, out: Path, stats: dict[str, float]) -> list[Path]:
         names = dict(zip(self.category_ids, self.class_names, strict=True))
@@ -134,9 +135,25 @@ class DetectionTask(BaseTask):
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
         if self.evaluator is None:
             return
+        from toolkit.console import format_table
+        from toolkit.visualize import pr_curves_figure, save_figure
+
         stats = {k[len("val/"):]: v for k, v in metrics.items() if k.startswith("val/")}
-        for path in self._write_detections(Path(output_dir), stats):
-            log.info("wrote %s", path)
+        written = self._write_detections(Path(output_dir), stats)
+        ev = self.evaluator
+        if ev.precision_50 is None:
+            return
+        names = dict(zip(self.category_ids, self.class_names, strict=True))
+        gt = {cid: len(ev.coco_gt.getAnnIds(catIds=[cid], imgIds=ev.image_ids, iscrowd=False)) for cid in ev.category_ids}
+        rows = sorted(([names.get(cid, str(cid)), gt[cid], ev.per_class[cid], ev.per_class_50[cid]]
+                       for cid in ev.category_ids if ev.per_class.get(cid, -1) >= 0), key=lambda r: (-r[2], r[0]))
+        print(f"AP per class ({len(rows)} classes with ground truth, best first):")
+        print(format_table(["class", "boxes", "AP", "AP50"], [[n, g, f"{a:.3f}", f"{a50:.3f}"] for n, g, a, a50 in rows]))
+        labels = [names.get(cid, str(cid)) for cid in ev.category_ids]
+        ap50 = [ev.per_class_50[cid] for cid in ev.category_ids]
+        png = save_figure(pr_curves_figure(ev.recall_points, ev.precision_50, labels, ap50), Path(output_dir) / "pr_curves.png")
+        for path in [*written, png]:
+            print(f"wrote {path}")
 
     # ---- predict ---------------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
@@ -157,7 +174,8 @@ class DetectionTask(BaseTask):
         """`predictions.json` (all images) plus, per image, `<n>_<stem>.json` and `<n>_<stem>.png` with boxes drawn."""
         from toolkit.detection.draw import draw_detections
 
-        return DetectionFiles(output_dir, draw_detections)
+        return DetectionFiles(output_dir, draw_detections,
+                              categories=dict(zip(self.category_ids, self.class_names, strict=True)))
 
     # ---- fine-tuning --------------------------------------------------------------------------------------
     def load_init_weights(self, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:

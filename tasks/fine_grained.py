@@ -12,7 +12,7 @@ import torchmetrics
 from torch import nn
 
 from toolkit.io import atomic_path, write_text_atomic
-from toolkit.tasks.classification import ClassificationTask
+from toolkit.tasks.classification import ClassificationTask, per_class_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,40 +29,11 @@ class FineGrainedTask(ClassificationTask):
         """`confused_pairs`: rows of confused_pairs.csv; `keep_pretrained_head`: `init_from` keeps a head whose shape
         matches. The rest: `ClassificationTask`."""
         super().__init__(num_classes=num_classes, **kwargs)
-        self.confusion: torch.Tensor | None = None  # the last validation/test epoch's confusion matrix
 
     def configure_metrics(self) -> None:
         super().configure_metrics()
         for metrics in (self.train_metrics, self.val_metrics, self.test_metrics):
             metrics.add_metrics({"mean_class_acc": torchmetrics.classification.MulticlassAccuracy(self.num_classes, average="macro")})
-        self.val_confusion = torchmetrics.classification.MulticlassConfusionMatrix(self.num_classes)
-        self.test_confusion = self.val_confusion.clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = super().forward(x)
-        self._last_logits = logits.detach()  # the parent's step computes them; the confusion matrix reuses them
-        return logits
-
-    def validation_step(self, batch: dict, batch_idx: int):
-        super().validation_step(batch, batch_idx)
-        if "image" in batch:
-            self.val_confusion.update(self._last_logits, batch["label"])
-
-    def test_step(self, batch: dict, batch_idx: int):
-        super().test_step(batch, batch_idx)
-        if "image" in batch:
-            self.test_confusion.update(self._last_logits, batch["label"])
-
-    def _keep_confusion(self, metric: torchmetrics.Metric) -> None:
-        if self.updated_on_any_rank(metric):
-            self.confusion = metric.compute().cpu()
-        metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._keep_confusion(self.val_confusion)
-
-    def on_test_epoch_end(self) -> None:
-        self._keep_confusion(self.test_confusion)
 
     # ---- fine-tuning ------------------------------------------------------------------------------
     def load_init_weights(self, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
@@ -98,22 +69,13 @@ class FineGrainedTask(ClassificationTask):
         return rows
 
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
-        """confusion_matrix.csv, per_class_accuracy.csv, confused_pairs.csv and a Markdown summary."""
+        """The classification outputs (confusion matrix, per-class accuracy), then confused_pairs.csv and a
+        Markdown summary."""
+        super().write_eval_outputs(metrics, output_dir)
         if self.confusion is None:
             return
         cm = self.confusion
-        names = self.class_names
-        with atomic_path(output_dir / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["true \\ predicted", *names])
-            writer.writerows([names[i], *map(int, row)] for i, row in enumerate(cm.tolist()))
-        support, correct = cm.sum(1), cm.diag()
-        per_class = sorted(((names[i], int(support[i]), int(correct[i]), float(correct[i] / support[i]))
-                            for i in range(len(names)) if support[i] > 0), key=lambda r: r[3])
-        with atomic_path(output_dir / "per_class_accuracy.csv") as tmp, tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["class", "images", "correct", "accuracy"])
-            writer.writerows([n, s, c, f"{a:.4f}"] for n, s, c, a in per_class)
+        per_class = [(r[0], r[1], r[2], r[3]) for r in per_class_rows(cm, self.class_names, None)]
         pairs = self.confused_pair_rows(cm, self.hparams.confused_pairs)
         with atomic_path(output_dir / "confused_pairs.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["rank", "class_a", "class_b", "a_as_b", "b_as_a", "total", "share_of_pair"])

@@ -170,17 +170,21 @@ def _fresh_venv_with_our_dependencies(where: Path) -> Path:
 
 
 def test_wheel_installs_into_a_fresh_venv_and_runs_from_anywhere(tmp_path):
-    """`pip install .` (not editable) from a clean copy: tasks/, data/ and conf/ land inside the toolkit package
-    as plain files, and `python -m toolkit` runs the installed copy from another folder."""
+    """`pip install .` (not editable) from a clean copy builds without a warning from our configuration (SPDX
+    license, packages found by setup.py), tasks/, data/ and conf/ land inside the toolkit package as plain files, and `python -m toolkit` runs the installed copy from another folder."""
     src = _clean_copy(tmp_path / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
+                            str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    log = build.stdout + build.stderr  # -v: the build backend's own output, where setuptools warns
+    ours = [line for line in log.splitlines() if any(w in line for w in (
+        "Warning", "absent from the `packages`", "project.license", "license classifier", "!!"))]
+    assert ours == [], "the build warns about our packaging configuration:\n" + "\n".join(ours[:20])
     (wheel,) = (tmp_path / "dist").glob("mobilenet_toolkit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {f"toolkit/{p.relative_to(src)}" for folder in ("tasks", "data", "conf") for p in (src / folder).rglob("*")
                if p.suffix in (".py", ".yaml")}
     sources |= {str(p.relative_to(src)) for p in (src / "toolkit").rglob("*.py")}
-    assert sources - names == set(), "missing from the wheel (add new sub-packages to pyproject's packages list)"
+    assert sources - names == set(), "missing from the wheel (setup.py finds the packages)"
     assert "toolkit/conf/hydra/help/toolkit.yaml" in names and not any(n.startswith(("tasks/", "data/", "conf/"))
                                                                        for n in names)
 

@@ -28,6 +28,8 @@ def trained(tmp_path_factory):
     detections = json.loads((run_dir / "detections_val.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert {d["category_id"] for d in detections} <= {10, 21, 32, 43, 54, 65}  # the file's ids, not labels
+    for picture in ("training_curves.png", "val_predictions.png"):  # the run folder's pictures, detectors too
+        assert (run_dir / picture).read_bytes()[:4] == b"\x89PNG"
     return {"root": root, "env": env, "ckpt": result["best_checkpoint"]}
 
 
@@ -42,6 +44,10 @@ def test_eval_writes_all_twelve_numbers_and_detections(trained):
     assert all(f"val/{n}" in metrics for n in names)
     assert (metrics_file.parent / "detections_val.json").is_file()
     assert "AP @[.50:.95]" in (metrics_file.parent / "ap_table.md").read_text()
+    assert proc.stdout.count("val/map_50 ") == 1 and "epoch 0: COCO" not in proc.stdout + proc.stderr  # one table
+    table = proc.stdout.split("AP per class (")[1].splitlines()
+    assert table[1].split() == ["class", "boxes", "AP", "AP50"] and len(table) > 3
+    assert (metrics_file.parent / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_predict_writes_json_and_pictures(trained):
@@ -56,6 +62,15 @@ def test_predict_writes_json_and_pictures(trained):
         assert {"box_xyxy", "score", "label", "category_id", "name"} <= set(det)
         assert det["category_id"] in {10, 21, 32, 43, 54, 65} and 0 <= det["box_xyxy"][0] <= det["box_xyxy"][2] <= 64
     assert len(list((out.parent / "predictions").glob("*.png"))) == 4
+    n = sum(len(r["detections"]) for r in records)  # one summary line, no line per file
+    assert f"predicted 4 images: {n} detections; wrote predictions.json, coco_results.json" in proc.stdout
+    assert "wrote /" not in proc.stdout
+    from pycocotools.coco import COCO  # the COCO results file, as pycocotools reads it
+
+    coco = COCO(str(out.parent / "coco_images.json"))
+    results = coco.loadRes(str(out.parent / "coco_results.json")) if n else None
+    if results is not None:
+        assert len(results.getAnnIds()) == n and {a["category_id"] for a in results.anns.values()} <= set(coco.getCatIds())
     # the command line's threshold replaces the checkpoint's 0.3: the low-scoring boxes are written too
     assert "task.predict_score_thresh=0.0 from the command line replaces the checkpoint's 0.3" in proc.stdout + proc.stderr
     assert min(d["score"] for r in records for d in r["detections"]) < 0.3

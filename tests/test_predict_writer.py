@@ -158,8 +158,14 @@ def test_every_task_kind_writes_what_it_wrote_from_all_records_in_memory(tmp_pat
     out = tmp_path / "det"
     names = stream(DetectionFiles(out, draw), det)
     stems = [f"{i:05d}_{Path(p).stem}" for i, p in enumerate(paths)]  # numbered across batches
-    assert names == ["predictions.json", *(f"predictions/{s}.{ext}" for s in stems for ext in ("json", "png"))]
+    assert names == ["predictions.json", "coco_results.json", "coco_images.json",
+                     *(f"predictions/{s}.{ext}" for s in stems for ext in ("json", "png"))]
     assert (out / "predictions.json").read_text() == main_json(det)
+    assert json.loads((out / "coco_results.json").read_text()) == [  # COCO's [x, y, width, height]
+        {"image_id": i, "category_id": 3, "bbox": [1.0, 2.0, 19.5, 23.0], "score": 0.9} for i in range(5)]
+    images = json.loads((out / "coco_images.json").read_text())
+    assert images["images"][4] == {"id": 4, "file_name": paths[4], "width": 40, "height": 34}
+    assert images["categories"] == [{"id": 3, "name": "car"}] and images["annotations"] == []
     assert [json.loads((out / "predictions" / f"{s}.json").read_text()) for s in stems] == det
     assert drawn == [(r["path"], r["detections"]) for r in det]
 

@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from toolkit.conf import CONF_DIR
+from toolkit.console import quiet_console, verbose_requested
 from toolkit.disk_errors import quiet_log_file_errors, storage_error_message
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.run_folder import claim_output_dir
@@ -42,6 +43,7 @@ def register_resolvers() -> None:
 def _hydra_entry(cfg: DictConfig) -> float | None:
     from toolkit.run import run
 
+    quiet_console(verbose=verbose_requested(cfg))  # filters third-party noise at its source; verbose=true: all of it
     route_lightning_logs_through_hydra()
     quiet_log_file_errors()  # a log file on a full disk: one warning, not a traceback per line
     try:
@@ -69,12 +71,6 @@ def route_lightning_logs_through_hydra() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_lightning_tip)  # one function: added once over a sweep's jobs
-
-
-def _not_a_lightning_tip(record) -> bool:
-    """Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger / litmodels") say nothing about the run."""
-    return not str(record.msg).startswith("💡 Tip:")
 
 
 def error_line(error: BaseException, cfg: DictConfig) -> str | None:

@@ -37,6 +37,8 @@ class PredictionWriter(BasePredictionWriter):
         #: after the loop: the files written (rank 0) and how many records they hold
         self.written: list[Path] = []
         self.count = 0
+        #: what the files counted for the summary line: (number, unit), e.g. (7, "detections")
+        self.predictions: tuple[int, str] = (0, "predictions")
         #: the most records handed over at once: one batch (tests check that nothing accumulates)
         self.largest_batch = 0
 
@@ -67,6 +69,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.part is None:
+            self.predictions = (self.files.predictions, self.files.unit)
             self.count, self.written = self.files.count, self.files.close()
             self.files = None
             return
@@ -79,6 +82,7 @@ class PredictionWriter(BasePredictionWriter):
                 merged = (obj["record"] for obj in merge_json_lines(parts))
                 while chunk := list(islice(merged, MERGE_CHUNK)):
                     files.add(chunk)
+                self.predictions = (files.predictions, files.unit)
                 self.count, self.written = files.count, files.close()
             for part in parts:
                 part.unlink()

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.io import CsvFile, JsonArrayFile, NpyRowsFile, StreamedFile, TextLinesFile, write_json_atomic
+from toolkit.io import (
+    CsvFile,
+    JsonArrayFile,
+    NpyRowsFile,
+    StreamedFile,
+    TextLinesFile,
+    json_text,
+    write_json_atomic,
+)
 from toolkit.visualize import contact_sheet
 
 #: how many images (the first ones, in input order) the contact sheet `predictions.png` shows
@@ -28,6 +36,8 @@ class PredictionFiles:
     csv_header: list[str] | None = None
     #: whether the records go to predictions.json
     writes_json = True
+    #: what `predictions` counts, in the summary line `mode=predict` prints
+    unit = "predictions"
 
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
@@ -37,6 +47,11 @@ class PredictionFiles:
         self.streams: list[StreamedFile] = []
         self.json = self.stream(JsonArrayFile(self.output_dir / "predictions.json")) if self.writes_json else None
         self.csv = self.stream(CsvFile(self.output_dir / "predictions.csv", self.csv_header)) if self.csv_header else None
+
+    @property
+    def predictions(self) -> int:
+        """What the summary line counts (`unit`): one per image unless a subclass counts more."""
+        return self.count
 
     def stream(self, file: StreamedFile) -> StreamedFile:
         self.streams.append(file)
@@ -152,19 +167,74 @@ class EmbeddingFiles(PredictionFiles):
         self.count += len(records)
 
 
+class CocoImagesFile(StreamedFile):
+    """The image list of a COCO annotation file, streamed: `{"images": [...], "categories": [...],
+    "annotations": []}`. With `coco_results.json` it is what pycocotools reads (`COCO(images).loadRes(results)`)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "w", encoding="utf-8")
+        self.count = 0
+        self.categories: dict[int, str] = {}
+
+    def write(self, image: dict) -> None:
+        self.file.write(('{"images": [\n' if self.count == 0 else ",\n") + "  " + json_text(image, indent=None))
+        self.count += 1
+
+    def finish(self) -> None:
+        categories = [{"id": cid, "name": name} for cid, name in sorted(self.categories.items())]
+        self.file.write(('{"images": [' if self.count == 0 else "\n") + "],\n"
+                        f' "categories": {json_text(categories, indent=None)},\n "annotations": []}}\n')
+
+
 class DetectionFiles(PredictionFiles):
     """`predictions.json` plus, per image, `predictions/<n>_<stem>.json` and `.png` with the boxes drawn by
-    `draw(image_path, detections, out_png)` (`n`: the image's place in the input, from 0)."""
+    `draw(image_path, detections, out_png)` (`n`: the image's place in the input, from 0); and the detections in
+    COCO's formats: `coco_results.json` (`[{"image_id": n, "category_id", "bbox": [x, y, width, height] in the
+    image's pixels, "score"}]`) and `coco_images.json` (the images, `id` n with `file_name`, `width`, `height`, and
+    the categories: `categories` {id: name} when given, else those detected)."""
 
-    def __init__(self, output_dir: str | Path, draw: Callable[[str, list[dict], Path], Path]):
+    unit = "detections"
+
+    def __init__(self, output_dir: str | Path, draw: Callable[[str, list[dict], Path], Path],
+                 categories: dict[int, str] | None = None):
         super().__init__(output_dir)
         self.draw = draw
         self.folder = self.output_dir / "predictions"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.coco_results = self.stream(JsonArrayFile(self.output_dir / "coco_results.json"))
+        self.coco_images = self.stream(CocoImagesFile(self.output_dir / "coco_images.json"))
+        self.coco_images.categories.update(categories or {})
+        self.detections = 0
+
+    @property
+    def predictions(self) -> int:
+        return self.detections
 
     def write(self, records: list[dict]) -> None:
         for i, record in enumerate(records, start=self.count):
             stem = f"{i:05d}_{Path(record['path']).stem}"
             self.written += [write_json_atomic(self.folder / f"{stem}.json", record),
                              self.draw(record["path"], record["detections"], self.folder / f"{stem}.png")]
+            image = {"id": i, "file_name": str(record["path"])}
+            image.update({k: record[k] for k in ("width", "height") if k in record})
+            self.coco_images.write(image)
+            for det in record["detections"]:
+                x1, y1, x2, y2 = det["box_xyxy"]
+                self.coco_results.write({"image_id": i, "category_id": int(det["category_id"]),
+                                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                         "score": det["score"]})
+                self.coco_images.categories.setdefault(int(det["category_id"]), str(det.get("name", det["category_id"])))
+            self.detections += len(record["detections"])
         super().write(records)
+
+
+def summary_line(*, images: int, files: list[str | Path], output_dir: str | Path, predictions: int | None = None,
+                 unit: str = "predictions") -> str:
+    """The one line `mode=predict` prints: images, predictions, and where the files are ("predicted 4 images:
+    7 detections; wrote predictions.json, coco_results.json, coco_images.json and 8 per-image files to DIR")."""
+    out = Path(output_dir)
+    top = [Path(f).name for f in files if Path(f).parent == out]
+    nested = [f for f in files if Path(f).parent != out]
+    listed = ", ".join(top) + (f" and {len(nested)} per-image files ({Path(nested[0]).parent.name}/)" if nested else "")
+    counted = f": {predictions} {unit}" if predictions is not None and unit != "predictions" else ""
+    return f"predicted {images} image{'s' if images != 1 else ''}{counted}; wrote {listed or 'nothing'} to {out}"

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.console import native_output_quieted
 from toolkit.deploy.metadata import check_outputs, metadata_from_props, read_metadata, where
 from toolkit.deploy.onnx_file import MissingRuntimeError, is_onnxruntime_error, onnx_session
 from toolkit.errors import DataError, ToolkitError
@@ -66,7 +67,8 @@ class ExecuTorchModel:
                             "or another format: copy it again, or export it again with `python -m toolkit mode=export "
                             "ckpt_path=...`")
         try:
-            self.method = Runtime.get().load_program(str(path)).load_method("forward")
+            with native_output_quieted():  # XNNPACK's cpuinfo lines on stderr (replayed if loading fails)
+                self.method = Runtime.get().load_program(str(path)).load_method("forward")
         except (RuntimeError, ValueError) as e:  # ExecuTorch's refusal of a damaged or foreign file
             raise DataError(f"{path}: not a readable ExecuTorch program ({str(e).strip()[:200] or type(e).__name__}); "
                             "copy it again, or export it again with `python -m toolkit mode=export ckpt_path=...`") from e

@@ -77,6 +77,12 @@ class CocoEvaluator:
         self.image_ids: list[int] = []
         self.results: list[dict] = []
         self.per_class: dict[int, float] = {}
+        #: after compute: AP@0.5 per category id, and COCOeval's precision at its 101 recall points (IoU 0.5, all
+        #: areas, 100 detections) per category, [101, K] in `category_ids` order (-1: no ground truth)
+        self.per_class_50: dict[int, float] = {}
+        self.recall_points = None
+        self.precision_50 = None
+        self.category_ids: list[int] = []
         self.summary = ""
 
     def update(self, results: Iterable[dict], image_ids: Iterable[int]) -> None:
@@ -128,12 +134,23 @@ def evaluate_coco(coco_gt: COCO, results: list[dict], image_ids: list[int] | Non
     if into is not None:
         into.summary = summary
         into.per_class = per_class_ap(evaluator)
+        into.per_class_50 = per_class_ap(evaluator, iou=0.5)
+        into.recall_points = np.asarray(evaluator.params.recThrs, dtype=float)
+        into.precision_50 = np.asarray(evaluator.eval["precision"])[_iou_index(evaluator, 0.5), :, :, 0, -1]
+        into.category_ids = [int(c) for c in evaluator.params.catIds]
     return stats
 
 
-def per_class_ap(evaluator) -> dict[int, float]:
-    """AP@[.5:.95] per category id (area all, 100 detections); -1 where the category has no GT."""
-    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+def _iou_index(evaluator, iou: float) -> int:
+    return int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - iou)))
+
+
+def per_class_ap(evaluator, iou: float | None = None) -> dict[int, float]:
+    """AP@[.5:.95] (or at one `iou` threshold) per category id (area all, 100 detections); -1 where the category
+    has no GT."""
+    precision = np.asarray(evaluator.eval["precision"])  # [T, R, K, A, M]
+    if iou is not None:
+        precision = precision[_iou_index(evaluator, iou): _iou_index(evaluator, iou) + 1]
     out = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]

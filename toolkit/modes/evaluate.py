@@ -7,13 +7,13 @@ import logging
 from omegaconf import DictConfig
 
 from toolkit.compilation import compile_task_model, int8_trainer_settings
+from toolkit.console import metrics_table
 from toolkit.modes.common import (
     build_datamodule,
     build_trainer,
     load_task,
     output_dir,
     plain_metrics,
-    print_metrics,
     write_json,
 )
 
@@ -37,13 +37,13 @@ def evaluate(cfg: DictConfig) -> dict:
 
     compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None, calibration=calibration)
     trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
-    (metrics,) = trainer.validate(task, datamodule=datamodule)
+    (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)  # one table: ours, below
     metrics = plain_metrics(metrics)
     write_json(out / "metrics.json", metrics)
-    task.write_eval_outputs(metrics, out)
     precision = str(trainer.precision)
     if precision not in ("32-true", "32"):  # asked for (auto evaluates in fp32): these numbers depend on the hardware
         print(f"evaluated under trainer.precision={precision}: fp32 numbers with trainer.precision=32-true")
-    print_metrics(metrics)
-    log.info("metrics written to %s", out / "metrics.json")
+    print(metrics_table(metrics))
+    task.write_eval_outputs(metrics, out)  # per-class tables and pictures, after the summary
+    print(f"metrics written to {out / 'metrics.json'}")
     return {"metrics": metrics, "output_dir": str(out), "precision": precision}

@@ -15,6 +15,7 @@ from toolkit.deploy.inputs import collect_inputs
 from toolkit.deploy.metadata import FORMAT_SUFFIXES
 from toolkit.errors import ConfigError
 from toolkit.modes.common import build_datamodule, build_trainer, load_task, output_dir
+from toolkit.predictions import summary_line
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ def predict(cfg: DictConfig) -> dict:
                                skip_hint=SKIP_HINT)
     else:
         result = predict_checkpoint(cfg, images, out)
-    for f in result["files"]:
-        print(f"wrote {f}")
+    if result["files"]:  # rank 0 (DDP: the others write nothing)
+        predictions, unit = result.get("predictions") or (None, "predictions")
+        print(summary_line(images=result["count"], files=result["files"], output_dir=result["output_dir"],
+                           predictions=predictions, unit=unit))
+        for f in result["files"]:
+            log.debug("wrote %s", f)
     return {k: result[k] for k in ("count", "files", "output_dir")}
 
 
@@ -63,4 +68,5 @@ def predict_checkpoint(cfg: DictConfig, images: list[Path], out: Path) -> dict:
     writer = PredictionWriter(out, images)
     trainer.callbacks.append(writer)
     trainer.predict(task, dataloaders=loader, return_predictions=False)
-    return {"count": writer.count, "files": [str(f) for f in writer.written], "output_dir": str(out)}
+    return {"count": writer.count, "files": [str(f) for f in writer.written], "output_dir": str(out),
+            "predictions": writer.predictions}

@@ -10,6 +10,7 @@ import logging
 from omegaconf import DictConfig
 
 from toolkit.compilation import compile_task_model
+from toolkit.console import metrics_table
 from toolkit.io import files_trusted
 from toolkit.modes.common import (
     build_datamodule,
@@ -17,7 +18,6 @@ from toolkit.modes.common import (
     build_trainer,
     output_dir,
     plain_metrics,
-    print_metrics,
     record_resume,
     resolve_checkpoint,
     restore_data_config,
@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict:
         validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
         if validation:
             print(f"validation after epoch {trainer.current_epoch - 1}:")
-            print_metrics(validation)
+            print(metrics_table(validation))
         if result["best_score"] is not None:
             print(f"best {result['monitor']}: {result['best_score']:.4f}")
         log.info("best checkpoint: %s", best or ("(none: trainer.fast_dev_run writes none)" if trainer.fast_dev_run

@@ -1,8 +1,9 @@
 """Hydra callback: after a `-m` sweep, gather every job's results into one CSV and a PNG plot.
 
-- `mode=profile` jobs (profile.json): profile_sweep.csv/png. The plot has the paper's Figures 4-5
-  axes (ImageNet accuracy against mult-adds and against parameters, log x) when
-  `profile.results_file` gives accuracies; otherwise it shows mult-adds and parameters per model.
+- `mode=profile` jobs (profile.json): profile_sweep.csv/png. The plot is the paper's Figures 4-5 (ImageNet
+  accuracy against mult-adds and against parameters, log x, one labelled point per alpha x resolution) plus
+  accuracy against the measured latency, when `profile.results_file` gives accuracies; otherwise the cost alone
+  (parameters and measured latency against mult-adds).
 - `mode=train` jobs (train_metrics.json): train_sweep.csv/png, the same axes with each job's own
   best validation score (the task's checkpoint metric, e.g. val/top1) against its model's cost.
 
@@ -120,53 +121,117 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] =
     return path
 
 
-def plot_rows(rows: list[dict[str, Any]], path: Path, score: str = "top1", score_label: str = "Top-1 accuracy",
-              no_score_hint: str = "set profile.results_file") -> Path:
-    """`score` vs mult-adds and vs params (log x, Figures 4-5) where rows have one, else the counts per model."""
+#: the latency a sweep plots: median ms of one image (batch 1) through the fp32 eager path
+LATENCY_KEY = "latency_b1_fp32_ms"
+
+
+def sweep_figure(rows: list[dict[str, Any]], score: str = "top1", score_label: str = "Top-1 accuracy",
+                 no_score_hint: str = "set profile.results_file"):
+    """The paper's pictures of a width x resolution sweep, one labelled point per model (colour: width alpha):
+    with scores, `score` against mult-adds (Figure 4) and against parameters (Figure 5), log x, and against the
+    measured latency where it was timed; without, the cost alone: parameters and latency against mult-adds.
+    Returns the matplotlib Figure (tests check its panels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
-    with_acc = [r for r in rows if r[score] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    if with_acc:
-        groups: dict[str, list[dict[str, Any]]] = {}  # one colour per width (alpha) / model
-        for r in with_acc:
-            groups.setdefault(f"alpha {r['alpha']}" if r["alpha"] is not None else r["model"], []).append(r)
-        for ax, key, xlabel in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
-            for name, group in groups.items():
-                ax.scatter([r[key] / 1e6 for r in group], [r[score] for r in group], label=name)
-            for r in with_acc:
-                ax.annotate(r["label"], (r[key] / 1e6, r[score]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(FuncFormatter(_label_2_and_5))
-            ax.legend(fontsize=8)
-            ax.set_xlabel(f"{xlabel} (log scale)")
-            ax.set_ylabel(score_label)
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_title(f"{score_label} vs mult-adds (paper Figure 4)")
-        axes[1].set_title(f"{score_label} vs parameters (paper Figure 5)")
-        missing = len(rows) - len(with_acc)
-        if missing:
-            fig.suptitle(f"{missing} model(s) without a {score_label} are not shown ({no_score_hint})")
+    with_score = [r for r in rows if r.get(score) is not None]
+    timed = [r for r in rows if r.get(LATENCY_KEY) is not None]
+    if with_score:
+        panels = [("mult_adds", "Million Mult-Adds", score, score_label, f"{score_label} vs mult-adds (Fig. 4)"),
+                  ("params", "Million Parameters", score, score_label, f"{score_label} vs parameters (Fig. 5)")]
+        if any(r.get(LATENCY_KEY) is not None for r in with_score):
+            panels.append((LATENCY_KEY, "ms per image (batch 1, fp32)", score, score_label, f"{score_label} vs latency"))
+        shown = with_score
     else:
-        labels = [r["label"] for r in rows]
-        for ax, key, title in ((axes[0], "mult_adds", "Million Mult-Adds"), (axes[1], "params", "Million Parameters")):
-            ax.bar(range(len(rows)), [r[key] / 1e6 for r in rows])
-            ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-            if max(r[key] for r in rows) > 10 * min(r[key] for r in rows):
-                ax.set_yscale("log")
-            ax.set_ylabel(title)
-            ax.set_title(f"{title} per model (no {score_label}: {no_score_hint})")
-            ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+        panels = [("mult_adds", "Million Mult-Adds", "params", "Million Parameters", "parameters vs mult-adds")]
+        if timed:
+            panels.append(("mult_adds", "Million Mult-Adds", LATENCY_KEY, "ms per image (batch 1, fp32)",
+                           "latency vs mult-adds"))
+        shown = rows
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False, layout="constrained")
+    groups: dict[str, list[dict[str, Any]]] = {}  # one colour per width (alpha) / model
+    for r in shown:
+        groups.setdefault(f"alpha {r['alpha']}" if r["alpha"] is not None else str(r["model"]), []).append(r)
+    scale = {"mult_adds": 1e6, "params": 1e6}
+    for ax, (xkey, xlabel, ykey, ylabel, title) in zip(axes[0], panels, strict=True):
+        for name, group in groups.items():
+            points = [r for r in group if r.get(xkey) is not None and r.get(ykey) is not None]
+            ax.scatter([r[xkey] / scale.get(xkey, 1) for r in points], [r[ykey] / scale.get(ykey, 1) for r in points],
+                       label=name, s=28, zorder=3)
+            for r in points:
+                ax.annotate(_point_label(r), (r[xkey] / scale.get(xkey, 1), r[ykey] / scale.get(ykey, 1)), fontsize=7,
+                            xytext=(0, 5), textcoords="offset points", ha="center")
+        ax.set_xscale("log")
+        if ykey in scale or ykey == LATENCY_KEY:  # costs span orders of magnitude: log on both axes
+            ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis) if ykey in scale or ykey == LATENCY_KEY else (ax.xaxis,):
+            axis.set_major_formatter(_plain_formatter())
+            axis.set_minor_formatter(FuncFormatter(lambda v, pos, axis=axis: _minor_label(axis, v)))
+        ax.set_xlabel(f"{xlabel} (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.margins(x=0.15, y=0.1)
+    labelled_by_resolution = all(isinstance(r.get("alpha"), int | float) for r in shown)
+    axes[0][0].legend(fontsize=8, title="labels: resolution" if labelled_by_resolution else None, title_fontsize=8)
+    missing = len(rows) - len(shown)
+    if missing:
+        fig.suptitle(f"{missing} model(s) without a {score_label} not shown ({no_score_hint})", fontsize=9)
+    elif not with_score:
+        fig.suptitle(f"cost per model (no {score_label}: {no_score_hint})", fontsize=9)
+    return fig
+
+
+def _point_label(row: dict[str, Any]) -> str:
+    """A point's resolution (its colour gives the width alpha), or the row's label for a model without alpha."""
+    return str(row["resolution"]) if isinstance(row.get("alpha"), int | float) else str(row["label"])
+
+
+def _plain_formatter():
+    """Tick labels as plain numbers (100, 200, 500) on a log axis, no offset or powers of ten."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    formatter.set_useOffset(False)
+    return formatter
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of titles, axis labels and tick labels whose drawn boxes overlap (rendered at the figure's size)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t is not None and t.get_text()]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+
+
+def plot_rows(rows: list[dict[str, Any]], path: Path, score: str = "top1", score_label: str = "Top-1 accuracy",
+              no_score_hint: str = "set profile.results_file") -> Path:
+    """`sweep_figure` written to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(rows, score, score_label, no_score_hint)
+    try:
+        with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
+
+
+def _minor_label(axis, value: float) -> str:
+    """Every minor tick labelled on a log axis spanning less than a decade (else it shows one number or none),
+    the 2x and 5x ones otherwise."""
+    low, high = sorted(axis.get_view_interval())
+    if low > 0 and high / low < 10:
+        return f"{value:g}"
+    return _label_2_and_5(value, None)
 
 
 def _label_2_and_5(value: float, _position) -> str:
