@@ -29,6 +29,17 @@ PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 12
 PREDICT_LOCATIONS = ("mean", "center")
 
 
+def cell_log_scores(logits: tuple[torch.Tensor, ...], ancestors: list[torch.Tensor]) -> torch.Tensor:
+    """The finest head's log-probabilities plus, for each coarser head k, the log-probability of each fine cell's
+    ancestor `ancestors[k]` (-1: none, adds nothing). Written with ops every exporter takes (index_select, where):
+    the exported file (`toolkit.tasks.inference.GeolocationOutputs`) computes it with this same function."""
+    scores = logits[-1].float().log_softmax(-1)
+    for k, ancestor in enumerate(ancestors):
+        gathered = logits[k].float().log_softmax(-1).index_select(1, ancestor.clamp(min=0))
+        scores = scores + torch.where(ancestor >= 0, gathered, torch.zeros_like(gathered))
+    return scores
+
+
 class GeoClassifier(nn.Module):
     """`backbone` then one `ClassifierHead` per partitioning; returns a tuple of logits, coarse to fine."""
 
@@ -116,14 +127,13 @@ class GeolocationTask(BaseTask):
     def cell_log_scores(self, logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """(B, cells of the finest partitioning) log-scores: the finest head's log-probabilities, plus its
         ancestors' in every coarser partitioning when hierarchical (a dropped ancestor adds nothing)."""
-        scores = logits[-1].float().log_softmax(-1)
-        if self.hparams.hierarchical and len(logits) > 1:
-            for k in range(len(logits) - 1):
-                ancestors = getattr(self, f"ancestor_{k}")
-                coarse = logits[k].float().log_softmax(-1)
-                gathered = coarse[:, ancestors.clamp(min=0)]
-                scores = scores + torch.where(ancestors >= 0, gathered, torch.zeros_like(gathered))
-        return scores
+        return cell_log_scores(logits, self.ancestor_maps(len(logits)))
+
+    def ancestor_maps(self, heads: int) -> list[torch.Tensor]:
+        """The fine cells' ancestor index in each coarser partitioning (-1: dropped), [] when not hierarchical."""
+        if not self.hparams.hierarchical or heads < 2:
+            return []
+        return [getattr(self, f"ancestor_{k}") for k in range(heads - 1)]
 
     def locate(self, logits: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2) predicted lat/lon and (B,) the index of the chosen fine cell."""
