@@ -25,6 +25,7 @@ from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import ConfigError, DataError, ToolkitError
 from toolkit.io import files_trusted, load_torch_file
 from toolkit.predictions import PredictionFiles
+from toolkit.tasks.inference import InferenceContract
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class BaseTask(LightningModule):
     resolution_multiple: int = 1
     #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
     data_kind: ClassVar[str]
+    #: what the task computes at inference, for export, verification and the torch-free predictor
+    #: (`toolkit.tasks.inference`); the default: `self.model`, one tensor out
+    inference_contract: ClassVar[type[InferenceContract]] = InferenceContract
 
     def __init__(
         self,
@@ -90,6 +94,11 @@ class BaseTask(LightningModule):
     def example_input(self, resolution: int, batch_size: int = 1) -> Any:
         """An input `self.model` accepts; profiling and export trace the model with it."""
         return torch.randn(batch_size, 3, resolution, resolution)
+
+    def inference(self) -> InferenceContract:
+        """The task's inference contract: the module each export format writes, its metadata, how a runtime's
+        outputs are scored (`toolkit.tasks.inference`)."""
+        return self.inference_contract(self)
 
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
         """Write task-specific evaluation files (tables, detections, plots) next to metrics.json."""

@@ -23,7 +23,8 @@ from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
 from toolkit.io import atomic_path, write_text_atomic
 from toolkit.predictions import GeolocationFiles
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, register_task
+from toolkit.tasks.inference import GeolocationContract
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
 PREDICT_LOCATIONS = ("mean", "center")
@@ -53,7 +54,9 @@ class GeoClassifier(nn.Module):
         return tuple(head(features) for head in self.heads)
 
 
+@register_task
 class GeolocationTask(BaseTask):
+    inference_contract = GeolocationContract
     monitor = "val/within_25km"
     mode = "max"
     resolution_multiple = 32
