@@ -18,6 +18,7 @@ from torch import nn
 
 from toolkit.backbones import create_backbone
 from toolkit.errors import ConfigError
+from toolkit.geo.cell_scores import cell_log_scores
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
@@ -28,17 +29,6 @@ from toolkit.tasks.inference import GeolocationContract
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
 PREDICT_LOCATIONS = ("mean", "center")
-
-
-def cell_log_scores(logits: tuple[torch.Tensor, ...], ancestors: list[torch.Tensor]) -> torch.Tensor:
-    """The finest head's log-probabilities plus, for each coarser head k, the log-probability of each fine cell's
-    ancestor `ancestors[k]` (-1: none, adds nothing). Written with ops every exporter takes (index_select, where):
-    the exported file (`toolkit.tasks.inference.GeolocationOutputs`) computes it with this same function."""
-    scores = logits[-1].float().log_softmax(-1)
-    for k, ancestor in enumerate(ancestors):
-        gathered = logits[k].float().log_softmax(-1).index_select(1, ancestor.clamp(min=0))
-        scores = scores + torch.where(ancestor >= 0, gathered, torch.zeros_like(gathered))
-    return scores
 
 
 class GeoClassifier(nn.Module):

@@ -256,7 +256,7 @@ class GeolocationOutputs(nn.Module):
         self.register_buffer("cell_latlon", latlon.clone(), persistent=False)
 
     def forward(self, x: torch.Tensor):
-        from toolkit.tasks.geolocation import cell_log_scores
+        from toolkit.geo.cell_scores import cell_log_scores
 
         logits = self.model(x)
         scores = cell_log_scores(logits, [getattr(self, f"ancestor_{k}") for k in range(self.ancestors)])
