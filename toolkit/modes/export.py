@@ -173,7 +173,7 @@ def export(cfg: DictConfig) -> dict:
                                 metadata=metadata, dynamic_batch=not contract.one_image,
                                 dynamic_size=metadata.get("input_size") is None, settings=settings,
                                 int8_options=contract.int8_options(fmt.name) if fmt.int8 else {},
-                                trace=contract.one_image)
+                                trace=contract.trace)
         path = out / fmt.file_name
         write_format(fmt, request, path)
         entry: dict[str, Any] = {"file": str(path), "size_mb": path.stat().st_size / 1e6}
