@@ -104,13 +104,14 @@ class InferenceContract:
     def check(self) -> None:
         """Refuse a model that cannot be exported at all (ExportError), before any file is written."""
 
-    def no_form(self, fmt: str) -> str | None:
-        """Why the model has no form in format `fmt` (export skips it and says so), or None."""
+    def no_form(self, fmt: str, *, nms_in_graph: bool = True) -> str | None:
+        """Why the model has no form in format `fmt` (export skips it and says so), or None. `nms_in_graph`: the
+        format's runtime has NMS and RoIAlign kernels (False: detectors run NMS after it, `ExportFormat.graph_nms`)."""
         if fmt.startswith("torchscript") and not self.single_output:
             return f"{fmt}: legacy TorchScript export covers single-output models only; use onnx or executorch"
         return None
 
-    def module(self, fmt: str, *, postprocess: str = "nms") -> tuple[nn.Module, list[str]]:
+    def module(self, fmt: str, *, postprocess: str = "nms", nms_in_graph: bool = True) -> tuple[nn.Module, list[str]]:
         """(module in eval mode, output names) of what the task computes at inference, in the form `fmt` holds.
         `postprocess` (export.postprocess): where detectors run NMS; other tasks have none."""
         return self.task.model.eval(), list(self.output_names)
@@ -121,8 +122,8 @@ class InferenceContract:
         return {}
 
     # ---- what the file says about itself ------------------------------------------------------------------------
-    def metadata(self, *, fmt: str, resolution: int, datamodule, outputs: list[str],
-                 postprocess: str = "nms") -> dict[str, Any]:
+    def metadata(self, *, fmt: str, resolution: int, datamodule, outputs: list[str], postprocess: str = "nms",
+                 nms_in_graph: bool = True) -> dict[str, Any]:
         """Everything a runtime user needs besides the file: preprocessing, classes, outputs (keys: see
         toolkit.deploy.metadata). The resize rule and JPEG decoding are the `mode=predict` loader's own
         (toolkit.data.eval_preprocess)."""
@@ -146,7 +147,7 @@ class InferenceContract:
                           "rule": "JPEGs decode at libjpeg's reduced scale (PIL Image.draft('RGB', (n, n)) with n = "
                                   "jpeg_draft_min_side) when that is set; other files, and JPEGs when it is null, "
                                   "decode in full; then RGB"}
-        meta.update(self.output_metadata(fmt, resolution, postprocess))
+        meta.update(self.output_metadata(fmt, resolution, postprocess, nms_in_graph))
         return meta
 
     #: the eval transform's defaults where there is no data: the crop kept, and the JPEG draft side (x resolution)
@@ -164,7 +165,7 @@ class InferenceContract:
         meta["input_size"] = [int(v) for v in rule["crop"]] if rule["mode"] == "center_crop" else None
         return rule, min_side
 
-    def output_metadata(self, fmt: str, resolution: int, postprocess: str) -> dict[str, Any]:
+    def output_metadata(self, fmt: str, resolution: int, postprocess: str, nms_in_graph: bool) -> dict[str, Any]:
         """What reading the outputs needs (class names, cells, NMS settings...)."""
         return {}
 
@@ -211,7 +212,7 @@ class ClassifierContract(InferenceContract):
     output_names = ("logits",)
     draft_side = 2
 
-    def output_metadata(self, fmt: str, resolution: int, postprocess: str) -> dict[str, Any]:
+    def output_metadata(self, fmt: str, resolution: int, postprocess: str, nms_in_graph: bool) -> dict[str, Any]:
         return {"class_names": list(self.task.class_names), "predict_top_k": int(self.task.hparams.predict_top_k)}
 
     def decisions(self, ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
@@ -225,7 +226,7 @@ class AttributesContract(InferenceContract):
     output_names = ("logits",)
     default_crop = 1.0
 
-    def output_metadata(self, fmt: str, resolution: int, postprocess: str) -> dict[str, Any]:
+    def output_metadata(self, fmt: str, resolution: int, postprocess: str, nms_in_graph: bool) -> dict[str, Any]:
         return {"attribute_names": list(self.task.attribute_names)}
 
     def decisions(self, ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
@@ -277,11 +278,11 @@ class GeolocationContract(ClassifierContract):
             raise ExportError("a geolocation model built without data has no cells: export a trained checkpoint "
                               "(ckpt_path=...)")
 
-    def module(self, fmt: str, *, postprocess: str = "nms") -> tuple[nn.Module, list[str]]:
+    def module(self, fmt: str, *, postprocess: str = "nms", nms_in_graph: bool = True) -> tuple[nn.Module, list[str]]:
         names = [f"logits_{k}" for k in range(len(self.task.partitions))] + ["cell_log_scores", "latlon"]
         return GeolocationOutputs(self.task).eval(), names
 
-    def output_metadata(self, fmt: str, resolution: int, postprocess: str) -> dict[str, Any]:
+    def output_metadata(self, fmt: str, resolution: int, postprocess: str, nms_in_graph: bool) -> dict[str, Any]:
         task = self.task
         fine = task.partitions[-1]
         return {"cells": {"tokens": list(fine["tokens"]),
@@ -318,13 +319,14 @@ class DetectorContract(InferenceContract):
 
         return isinstance(self.task.model, MobileNetSSD)
 
-    def no_form(self, fmt: str) -> str | None:
-        if fmt.startswith("executorch") and not self.is_ssd():
-            return (f"{fmt}: {type(self.task.model).__name__} has no ExecuTorch form (RoIAlign and NMS have no "
-                    "XNNPACK kernel); its ONNX export holds the whole detector")
+    def no_form(self, fmt: str, *, nms_in_graph: bool = True) -> str | None:
+        if not nms_in_graph and not self.is_ssd():
+            runtime = ("ExecuTorch", "XNNPACK") if fmt.startswith("executorch") else (fmt, "runtime")
+            return (f"{fmt}: {type(self.task.model).__name__} has no {runtime[0]} form (RoIAlign and NMS have no "
+                    f"{runtime[1]} kernel); its ONNX export holds the whole detector")
         return super().no_form(fmt)
 
-    def module(self, fmt: str, *, postprocess: str = "nms") -> tuple[nn.Module, list[str]]:
+    def module(self, fmt: str, *, postprocess: str = "nms", nms_in_graph: bool = True) -> tuple[nn.Module, list[str]]:
         from toolkit.detection.export import SSDDenseOutputs, SSDRawHead, WholeDetector
 
         model = self.task.model
@@ -333,8 +335,8 @@ class DetectorContract(InferenceContract):
                 raise ExportError(f"export.postprocess=none: {type(model).__name__} needs NMS between its RPN and "
                                   "RoI stages, so it has no raw-head form; use export.postprocess=nms")
             return SSDRawHead(model).eval(), ["bbox_regression", "cls_logits"]
-        if fmt.startswith("executorch"):
-            if (reason := self.no_form(fmt)) is not None:
+        if not nms_in_graph:
+            if (reason := self.no_form(fmt, nms_in_graph=False)) is not None:
                 raise ExportError(reason)
             return SSDDenseOutputs(model).eval(), ["boxes", "scores"]
         return WholeDetector(model).eval(), ["boxes", "scores", "labels", "count"]
@@ -359,7 +361,7 @@ class DetectorContract(InferenceContract):
                     detections=dict(DETECTION_CONVENTIONS))
         return rule, min_side
 
-    def output_metadata(self, fmt: str, resolution: int, postprocess: str) -> dict[str, Any]:
+    def output_metadata(self, fmt: str, resolution: int, postprocess: str, nms_in_graph: bool) -> dict[str, Any]:
         """What the file's outputs hold (`nms`, `detections.rows`, and for the raw head `raw_head`): whole detector
         (ONNX, export.postprocess=nms), decoded anchors (SSD .pte) or the raw head (export.postprocess=none)."""
         from toolkit.detection.export import nms_settings, raw_head_decoding
@@ -371,7 +373,7 @@ class DetectorContract(InferenceContract):
                                    "raw_head.anchors, before decoding; decode as raw_head says (toolkit.deploy does)")
             return {"nms": {"in_graph": False, **nms_settings(model)}, "detections": conventions,
                     "raw_head": raw_head_decoding(model, resolution)}
-        if fmt.startswith("executorch"):  # XNNPACK has no NMS: every anchor's decoded box and class probabilities
+        if not nms_in_graph:  # XNNPACK (and others) have no NMS: every anchor's decoded box and class probabilities
             conventions["rows"] = ("boxes (1, A, 4) decoded and clipped to the input, scores (1, A, K+1) softmax "
                                    "probabilities (0 = background): one row per anchor; NMS as `nms` says "
                                    "(toolkit.deploy does)")

@@ -45,6 +45,8 @@ class ExportFormat(Protocol):
         file or beside it (`toolkit.deploy.metadata.sidecar_path`); return the metadata as written."""
         ...
 
+    # Optional: `graph_nms: bool` (default True): the runtime has NMS and RoIAlign kernels, so detectors are written
+    # whole; False: SSD's NMS runs after the runtime (`toolkit.deploy.decoders`), Faster R-CNN has no form in it.
     # Optional: `open(path, threads) -> (runner, metadata)` for a file `toolkit.deploy.runtime.RUNTIMES` does not
     # open (legacy TorchScript needs torch); verification opens every other file by its suffix, as a user does.
 

@@ -56,6 +56,7 @@ class ExecuTorchFormat:
     extra: str = "mobile"
     requires: tuple[str, ...] = ("executorch",)
     int8: bool = False
+    graph_nms: bool = False  # XNNPACK has no NMS or RoIAlign kernel: SSD's NMS runs after the runtime
 
     def write(self, request: ExportRequest, path: Path) -> dict[str, Any]:
         metadata = dict(request.metadata)

@@ -159,16 +159,17 @@ def export(cfg: DictConfig) -> dict:
                          **speed(torch_run, calibration[0], settings, one_image=contract.one_image)}
 
     for fmt in formats:
-        if (why := contract.no_form(fmt.name)) is not None:  # a format this model has no form in: the rest goes on
+        nms_in_graph = getattr(fmt, "graph_nms", True)  # the runtime runs NMS and RoIAlign (ExecuTorch does not)
+        if (why := contract.no_form(fmt.name, nms_in_graph=nms_in_graph)) is not None:  # a format this model has no form in: the rest goes on
             print(f"export: {fmt.name} skipped: {why}")
             report["skipped"][fmt.name] = why
             continue
         try:
-            module, outputs = contract.module(fmt.name, postprocess=postprocess)
+            module, outputs = contract.module(fmt.name, postprocess=postprocess, nms_in_graph=nms_in_graph)
         except ExportError as e:
             raise ExportError(str(e) if str(e).startswith(fmt.name) else f"{fmt.name}: {e}") from e
         metadata = contract.metadata(fmt=fmt.name, resolution=resolution, datamodule=datamodule, outputs=outputs,
-                                     postprocess=postprocess)
+                                     postprocess=postprocess, nms_in_graph=nms_in_graph)
         request = ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
                                 metadata=metadata, dynamic_batch=not contract.one_image,
                                 dynamic_size=metadata.get("input_size") is None, settings=settings,
