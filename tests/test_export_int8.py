@@ -48,7 +48,7 @@ def batches(sizes: list[int], resolution: int = 32) -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def fp32_classifier(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fp32")
-    return export_onnx(tiny_classifier(), batches([2])[0], folder / "model.onnx", 18, ["logits"], "classification")
+    return export_onnx(tiny_classifier(), batches([2])[0], folder / "model.onnx", 18, ["logits"], "dynamo")
 
 
 @pytest.mark.parametrize("method", ["percentile", "minmax", "entropy"])
