@@ -112,6 +112,21 @@ def decoded_run(runner, metadata: dict[str, Any]):
     return run
 
 
+def request_for(contract, fmt: ExportFormat, calibration: list[torch.Tensor], settings, *, resolution: int,
+                datamodule, postprocess: str, nms_in_graph: bool) -> ExportRequest:
+    """What `fmt` is to write, as the task's contract declares it."""
+    try:
+        module, outputs = contract.module(fmt.name, postprocess=postprocess, nms_in_graph=nms_in_graph)
+    except ExportError as e:
+        raise ExportError(str(e) if str(e).startswith(fmt.name) else f"{fmt.name}: {e}") from e
+    metadata = contract.metadata(fmt=fmt.name, resolution=resolution, datamodule=datamodule, outputs=outputs,
+                                 postprocess=postprocess, nms_in_graph=nms_in_graph)
+    return ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
+                         metadata=metadata, dynamic_batch=not contract.one_image,
+                         dynamic_size=metadata.get("input_size") is None, settings=settings,
+                         int8_options=contract.int8_options(fmt.name) if fmt.int8 else {}, trace=contract.trace)
+
+
 def load_model(cfg: DictConfig):
     """(task in eval mode, datamodule or None, why the data cannot be used or None)."""
     if cfg.get("ckpt_path"):
@@ -160,21 +175,12 @@ def export(cfg: DictConfig) -> dict:
 
     for fmt in formats:
         nms_in_graph = getattr(fmt, "graph_nms", True)  # the runtime runs NMS and RoIAlign (ExecuTorch does not)
-        if (why := contract.no_form(fmt.name, nms_in_graph=nms_in_graph)) is not None:  # a format this model has no form in: the rest goes on
+        if (why := contract.no_form(fmt.name, nms_in_graph=nms_in_graph)) is not None:  # the rest goes on
             print(f"export: {fmt.name} skipped: {why}")
             report["skipped"][fmt.name] = why
             continue
-        try:
-            module, outputs = contract.module(fmt.name, postprocess=postprocess, nms_in_graph=nms_in_graph)
-        except ExportError as e:
-            raise ExportError(str(e) if str(e).startswith(fmt.name) else f"{fmt.name}: {e}") from e
-        metadata = contract.metadata(fmt=fmt.name, resolution=resolution, datamodule=datamodule, outputs=outputs,
-                                     postprocess=postprocess, nms_in_graph=nms_in_graph)
-        request = ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
-                                metadata=metadata, dynamic_batch=not contract.one_image,
-                                dynamic_size=metadata.get("input_size") is None, settings=settings,
-                                int8_options=contract.int8_options(fmt.name) if fmt.int8 else {},
-                                trace=contract.trace)
+        request = request_for(contract, fmt, calibration, settings, resolution=resolution, datamodule=datamodule,
+                              postprocess=postprocess, nms_in_graph=nms_in_graph)
         path = out / fmt.file_name
         write_format(fmt, request, path)
         entry: dict[str, Any] = {"file": str(path), "size_mb": path.stat().st_size / 1e6}
