@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
-from toolkit.modes.export import latency  # noqa: E402  (the export report's own timer)
+from toolkit.modes.export_report import latency  # noqa: E402  (the export report's own timer)
 
 MULT_ADDS_V1_224 = 569e6
 
@@ -58,14 +58,16 @@ def measure(runner, shape: tuple[int, ...], batch: int, repeats: int, single_onl
 def export_all(module: torch.nn.Module, name: str, formats: list[str], out: Path, resolution: int, kind: str,
                outputs: list[str]) -> dict[str, Path]:
     """Write `module` in each format with the toolkit's own exporters (what mode=export writes)."""
-    from toolkit.modes.export import export_executorch, export_onnx, quantize_onnx
+    from toolkit.formats.executorch import export_executorch
+    from toolkit.formats.onnx import export_onnx, quantize_onnx
 
     generator = torch.Generator().manual_seed(0)
     batch = 1 if kind == "detection" else 2
     calibration = [torch.randn(batch, 3, resolution, resolution, generator=generator) for _ in range(4)]
     files: dict[str, Path] = {}
     if {"onnx", "onnx_int8"} & set(formats):
-        files["onnx"] = export_onnx(module, calibration[0], out / f"{name}.onnx", 18, outputs, kind)
+        files["onnx"] = export_onnx(module, calibration[0], out / f"{name}.onnx", 18, outputs,
+                                     "torchscript" if kind == "detection" else "dynamo")
         if "onnx_int8" in formats:
             files["onnx_int8"] = quantize_onnx(files["onnx"], out / f"{name}_int8.onnx", calibration)
     for fmt in ("executorch", "executorch_int8"):
@@ -133,7 +135,7 @@ def main() -> None:
     for label, module in models.items():
         name = "ours" if label.startswith("toolkit") else "timm"
         with torch.inference_mode():
-            from toolkit.modes.export import TorchRunner
+            from toolkit.modes.export_report import TorchRunner
 
             rows.append({"model": label, "format": "pytorch (eager)",
                          **measure(TorchRunner(module), (3, 224, 224), args.batch, max(3, args.repeats // 4))})

@@ -98,8 +98,8 @@ def main() -> None:
     from toolkit.deploy.runtime import OnnxModel
     from toolkit.detection.export import WholeDetector
     from toolkit.detection.ssd import build_ssd
+    from toolkit.formats.onnx import export_onnx, prediction_layers, quantize_onnx
     from toolkit.heads import build_classifier
-    from toolkit.modes.export import export_onnx, prediction_layers, quantize_onnx
 
     results: dict = {"cpu": cpu_name(), "cpu_int8_flags": cpu_int8_flags(), "threads": args.threads, "models": {}}
 
@@ -108,7 +108,7 @@ def main() -> None:
     estimate_batchnorm(model, smooth_images(64, 224, seed=1))
     calibration = smooth_images(args.calibration_images, 224, seed=2)
     image = smooth_images(1, 224, seed=3).numpy()
-    fp32 = export_onnx(model, calibration[:2], out / "v1.onnx", 18, ["logits"], "classification")
+    fp32 = export_onnx(model, calibration[:2], out / "v1.onnx", 18, ["logits"], "dynamo")
     files = {"onnx": fp32}
     for act in ("int8", "uint8"):
         files[f"onnx_int8 ({act})"] = quantize_onnx(fp32, out / f"v1_{act}.onnx", [calibration], activations=act)
@@ -137,7 +137,7 @@ def main() -> None:
     whole = WholeDetector(ssd).eval()
     calibration = smooth_images(args.calibration_images, 300, seed=5)
     image = smooth_images(1, 300, seed=6).numpy()
-    fp32 = export_onnx(whole, calibration[:1], out / "ssd.onnx", 17, ["boxes", "scores", "labels", "count"], "detection")
+    fp32 = export_onnx(whole, calibration[:1], out / "ssd.onnx", 17, ["boxes", "scores", "labels", "count"], "torchscript")
     heads = prediction_layers(fp32)
     files = {"onnx": fp32}
     singles = [calibration[i : i + 1] for i in range(len(calibration))]

@@ -25,6 +25,7 @@ from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import ConfigError, DataError, ToolkitError
 from toolkit.io import files_trusted, load_torch_file
 from toolkit.predictions import PredictionFiles
+from toolkit.tasks.inference import InferenceContract
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class BaseTask(LightningModule):
     resolution_multiple: int = 1
     #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
     data_kind: ClassVar[str]
+    #: what the task computes at inference, for export, verification and the torch-free predictor
+    #: (`toolkit.tasks.inference`); the default: `self.model`, one tensor out
+    inference_contract: ClassVar[type[InferenceContract]] = InferenceContract
 
     def __init__(
         self,
@@ -90,6 +94,11 @@ class BaseTask(LightningModule):
     def example_input(self, resolution: int, batch_size: int = 1) -> Any:
         """An input `self.model` accepts; profiling and export trace the model with it."""
         return torch.randn(batch_size, 3, resolution, resolution)
+
+    def inference(self) -> InferenceContract:
+        """The task's inference contract: the module each export format writes, its metadata, how a runtime's
+        outputs are scored (`toolkit.tasks.inference`)."""
+        return self.inference_contract(self)
 
     def write_eval_outputs(self, metrics: dict[str, float], output_dir: Path) -> None:
         """Write task-specific evaluation files (tables, detections, plots) next to metrics.json."""
@@ -352,25 +361,46 @@ def read_checkpoint(path: str | Path, *, trust: bool | None = None, mmap: bool =
     return checkpoint
 
 
-#: the task classes a checkpoint's `task_class` may name: the toolkit's own, nothing else is imported from a file
-TASK_CLASSES = (
-    "toolkit.tasks.classification.ClassificationTask",
-    "toolkit.tasks.fine_grained.FineGrainedTask",
-    "toolkit.tasks.detection_ssd.SSDTask",
-    "toolkit.tasks.detection_frcnn.FasterRCNNTask",
-    "toolkit.tasks.face_attributes.FaceAttributesTask",
-    "toolkit.tasks.face_embedding.FaceEmbeddingTask",
-    "toolkit.tasks.geolocation.GeolocationTask",
-)
+#: every registered task by class path (`module.QualName`): what a checkpoint's `task_class` may name. A task
+#: registers with `@register_task` beside its class; nothing a file names is imported unless registered
+TASKS: dict[str, type[BaseTask]] = {}
+
+
+def register_task(cls: type[BaseTask]) -> type[BaseTask]:
+    """Class decorator: the task becomes restorable from its checkpoints (`BaseTask.restore`, `mode=eval/export/
+    predict ckpt_path=...`), exportable (its `inference()` contract) and selectable by `task=` (its YAML's
+    `_target_`)."""
+    TASKS[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def task_classes() -> dict[str, type[BaseTask]]:
+    """Every registered task, the toolkit's own included (its task modules are imported here: they register on
+    import). The toolkit's task modules are found in the package folder, not listed by hand."""
+    import pkgutil
+
+    import toolkit.tasks
+
+    for module in pkgutil.iter_modules(toolkit.tasks.__path__):
+        importlib.import_module(f"toolkit.tasks.{module.name}")
+    return dict(TASKS)
 
 
 def registered_task_class(class_path: str, source: str | Path) -> type[BaseTask]:
-    """The task class a checkpoint names, if it is one of `TASK_CLASSES`; a DataError naming the file otherwise."""
-    if class_path not in TASK_CLASSES:
+    """The task class a checkpoint names, if it is registered (`register_task`); a DataError naming the file
+    otherwise. A class of the toolkit's own task package registers when its module is imported, so only that
+    package's modules are imported for it; nothing else a file names is imported."""
+    module = class_path.rpartition(".")[0]
+    if class_path not in TASKS and module.startswith("toolkit.tasks.") and module.count(".") == 2:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    if class_path not in TASKS:
+        known = ", ".join(sorted(c.rsplit(".", 1)[1] for c in task_classes()))
         raise DataError(f"checkpoint {str(source)!r} names task class {class_path!r}, which is not one of the "
-                        f"toolkit's tasks ({', '.join(c.rsplit('.', 1)[1] for c in TASK_CLASSES)}); refused")
-    module, name = class_path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+                        f"toolkit's tasks ({known}); refused")
+    return TASKS[class_path]
 
 
 def _is_depthwise(module: nn.Module) -> bool:

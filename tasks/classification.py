@@ -12,10 +12,13 @@ from torch import nn
 from toolkit.heads import build_classifier
 from toolkit.io import atomic_path
 from toolkit.predictions import ClassificationFiles
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, register_task
+from toolkit.tasks.inference import ClassifierContract
 
 
+@register_task
 class ClassificationTask(BaseTask):
+    inference_contract = ClassifierContract
     monitor = "val/top1"
     mode = "max"
     resolution_multiple = 32

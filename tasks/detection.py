@@ -29,11 +29,13 @@ from toolkit.errors import DataError
 from toolkit.io import write_text_atomic
 from toolkit.predictions import DetectionFiles
 from toolkit.tasks.base import BaseTask
+from toolkit.tasks.inference import DetectorContract
 
 log = logging.getLogger(__name__)
 
 
 class DetectionTask(BaseTask):
+    inference_contract = DetectorContract
     monitor = "val/map"
     mode = "max"
     resolution_multiple = 1

@@ -6,11 +6,13 @@ import logging
 
 from toolkit.detection.faster_rcnn import build_faster_rcnn
 from toolkit.schedulers import WarmupMultiStepLR
+from toolkit.tasks.base import register_task
 from toolkit.tasks.detection import DetectionTask
 
 log = logging.getLogger(__name__)
 
 
+@register_task
 class FasterRCNNTask(DetectionTask):
     """`task.model`: the keyword arguments of `toolkit.detection.faster_rcnn.build_faster_rcnn` (its signature and
     docstring declare them: `rpn_tap`, `box_head`, `fpn`, anchors, RoIAlign, `frozen_bn`, the `rcnn` mapping of

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from toolkit.detection.ssd import build_ssd
+from toolkit.tasks.base import register_task
 from toolkit.tasks.detection import DetectionTask
 
 
+@register_task
 class SSDTask(DetectionTask):
     """`task.model`: anchor, head and loss options, the keyword arguments of `toolkit.detection.ssd.MobileNetSSD`
     (its signature and docstring declare them); every other argument is `DetectionTask`'s."""

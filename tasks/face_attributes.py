@@ -22,10 +22,14 @@ from toolkit.errors import ConfigError, DataError
 from toolkit.heads import build_classifier
 from toolkit.io import atomic_path, write_text_atomic
 from toolkit.predictions import AttributeFiles
+from toolkit.tasks.base import register_task
 from toolkit.tasks.distillation import DistillationTask
+from toolkit.tasks.inference import AttributesContract
 
 
+@register_task
 class FaceAttributesTask(DistillationTask):
+    inference_contract = AttributesContract
     monitor = "val/mAP"
     mode = "max"
     resolution_multiple = 32

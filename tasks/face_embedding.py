@@ -23,7 +23,9 @@ from toolkit.distill.losses import embedding_distillation_loss
 from toolkit.errors import ConfigError, DataError
 from toolkit.io import atomic_path, json_text, write_text_atomic
 from toolkit.predictions import EmbeddingFiles
+from toolkit.tasks.base import register_task
 from toolkit.tasks.distillation import DistillationTask
+from toolkit.tasks.inference import EmbeddingContract
 from toolkit.verification import plot_roc, verification_report
 
 
@@ -40,7 +42,9 @@ class EmbeddingNet(nn.Module):
         return F.normalize(self.projection(self.backbone(x).mean(dim=(2, 3))).float(), dim=1)
 
 
+@register_task
 class FaceEmbeddingTask(DistillationTask):
+    inference_contract = EmbeddingContract
     monitor = "val/accuracy"
     mode = "max"
     resolution_multiple = 32

@@ -12,11 +12,13 @@ import torchmetrics
 from torch import nn
 
 from toolkit.io import atomic_path, write_text_atomic
+from toolkit.tasks.base import register_task
 from toolkit.tasks.classification import ClassificationTask, per_class_rows
 
 log = logging.getLogger(__name__)
 
 
+@register_task
 class FineGrainedTask(ClassificationTask):
     def __init__(
         self,

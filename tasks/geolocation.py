@@ -18,12 +18,14 @@ from torch import nn
 
 from toolkit.backbones import create_backbone
 from toolkit.errors import ConfigError
+from toolkit.geo.cell_scores import cell_log_scores
 from toolkit.geo.metrics import IM2GPS_SCALES, GeoDistanceAccuracy, im2gps_table, metric_key
 from toolkit.geo.s2cells import assign_cells, leaf_cell_ids, tokens_to_ids
 from toolkit.heads import ClassifierHead
 from toolkit.io import atomic_path, write_text_atomic
 from toolkit.predictions import GeolocationFiles
-from toolkit.tasks.base import BaseTask
+from toolkit.tasks.base import BaseTask, register_task
+from toolkit.tasks.inference import GeolocationContract
 
 PLANET_NUM_CELLS = 26263  # PlaNet's partitioning (t_max=10000, t_min=50 over 126M photos)
 PREDICT_LOCATIONS = ("mean", "center")
@@ -42,7 +44,9 @@ class GeoClassifier(nn.Module):
         return tuple(head(features) for head in self.heads)
 
 
+@register_task
 class GeolocationTask(BaseTask):
+    inference_contract = GeolocationContract
     monitor = "val/within_25km"
     mode = "max"
     resolution_multiple = 32
@@ -116,14 +120,13 @@ class GeolocationTask(BaseTask):
     def cell_log_scores(self, logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """(B, cells of the finest partitioning) log-scores: the finest head's log-probabilities, plus its
         ancestors' in every coarser partitioning when hierarchical (a dropped ancestor adds nothing)."""
-        scores = logits[-1].float().log_softmax(-1)
-        if self.hparams.hierarchical and len(logits) > 1:
-            for k in range(len(logits) - 1):
-                ancestors = getattr(self, f"ancestor_{k}")
-                coarse = logits[k].float().log_softmax(-1)
-                gathered = coarse[:, ancestors.clamp(min=0)]
-                scores = scores + torch.where(ancestors >= 0, gathered, torch.zeros_like(gathered))
-        return scores
+        return cell_log_scores(logits, self.ancestor_maps(len(logits)))
+
+    def ancestor_maps(self, heads: int) -> list[torch.Tensor]:
+        """The fine cells' ancestor index in each coarser partitioning (-1: dropped), [] when not hierarchical."""
+        if not self.hparams.hierarchical or heads < 2:
+            return []
+        return [getattr(self, f"ancestor_{k}") for k in range(heads - 1)]
 
     def locate(self, logits: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2) predicted lat/lon and (B,) the index of the chosen fine cell."""

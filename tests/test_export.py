@@ -263,10 +263,10 @@ def fixed_seed_detector(make_cfg, task: str, extra: list[str]):
 
 
 def onnx_detector(detector, tmp_path: Path, dynamic_size: bool, name: str = "det") -> onnxruntime.InferenceSession:
-    from toolkit.modes.export import export_onnx
+    from toolkit.formats.onnx import export_onnx
 
     path = export_onnx(WholeDetector(detector).eval(), torch.rand(1, 3, 128, 128), tmp_path / f"{name}.onnx", 17,
-                       ["boxes", "scores", "labels", "count"], "detection", dynamic_size=dynamic_size)
+                       ["boxes", "scores", "labels", "count"], "torchscript", dynamic_size=dynamic_size)
     assert "NonMaxSuppression" in op_types(onnx.load(str(path)).graph)
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -17,16 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.errors import ConfigError, DataError
-from toolkit.modes.export import (
-    ExportError,
-    export_executorch,
-    export_onnx,
-    format_export_report,
-    quality_warnings,
-    quantize_onnx,
-    quantized_nodes,
-)
+from toolkit.errors import ConfigError, DataError, ExportError
+from toolkit.formats.executorch import export_executorch
+from toolkit.formats.onnx import export_onnx, quantize_onnx, quantized_nodes
+from toolkit.modes.export_report import format_export_report, quality_warnings
 from toolkit.run import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,7 +48,7 @@ def batches(sizes: list[int], resolution: int = 32) -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def fp32_classifier(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fp32")
-    return export_onnx(tiny_classifier(), batches([2])[0], folder / "model.onnx", 18, ["logits"], "classification")
+    return export_onnx(tiny_classifier(), batches([2])[0], folder / "model.onnx", 18, ["logits"], "dynamo")
 
 
 @pytest.mark.parametrize("method", ["percentile", "minmax", "entropy"])
@@ -255,12 +249,12 @@ def test_ssd_int8_keeps_heads_decoding_and_nms_in_float(tmp_path):
     weights and no box decoding, top-k or NMS node reads a quantised tensor."""
     from toolkit.detection.export import WholeDetector
     from toolkit.detection.ssd import build_ssd
-    from toolkit.modes.export import prediction_layers
+    from toolkit.formats.onnx import prediction_layers
 
     torch.manual_seed(0)
     ssd = build_ssd({"name": "mobilenet_v1", "alpha": 0.25}, 3).eval()
     fp32 = export_onnx(WholeDetector(ssd).eval(), torch.rand(1, 3, 64, 64), tmp_path / "ssd.onnx", 17,
-                       ["boxes", "scores", "labels", "count"], "detection")
+                       ["boxes", "scores", "labels", "count"], "torchscript")
     heads = prediction_layers(fp32)
     assert len(heads) == 12  # a classification and a regression conv on each of the 6 feature maps
     int8 = quantize_onnx(fp32, tmp_path / "ssd_int8.onnx", [torch.rand(1, 3, 64, 64) for _ in range(3)], exclude=heads)
@@ -280,10 +274,10 @@ def test_an_empty_calibration_split_stops_int8(make_cfg):
 
     from torch.utils.data import default_collate
 
-    from toolkit.modes.export import calibration_inputs
+    from toolkit.modes.export_data import calibration_inputs
 
     empty = SimpleNamespace(train_dataset=[], val_dataset=[], batch_size=4, collate_fn=lambda: default_collate)
     with pytest.raises(DataError, match=r"the train split of SimpleNamespace has no images to calibrate onnx_int8 on"):
-        calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx,onnx_int8]"]), empty, "classification")
-    example, source = calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx]"]), empty, "classification")
+        calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx,onnx_int8]"]), empty)
+    example, source = calibration_inputs(make_cfg([*TINY, "mode=export", "export.formats=[onnx]"]), empty)
     assert source == "random images" and example[0].shape[1:] == (3, 32, 32)

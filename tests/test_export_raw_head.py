@@ -218,7 +218,7 @@ def test_whole_detector_file_says_how_to_read_its_rows(make_cfg, tmp_path):
 
 def test_faster_rcnn_refuses_a_raw_head_in_one_line(make_cfg, tmp_path):
     """Refused before any work by the config check, and by the exporter for a checkpoint whatever the config says."""
-    from toolkit.modes.export import ExportError, inference_module
+    from toolkit.errors import ExportError
 
     overrides = ["task=detection_frcnn", "data=shapes", "backbone.alpha=0.25", "data.resolution=64",
                  "data.image_size=64", "data.n_train=4", "data.n_val=2", "data.batch_size=2"]
@@ -229,7 +229,7 @@ def test_faster_rcnn_refuses_a_raw_head_in_one_line(make_cfg, tmp_path):
     datamodule.prepare_data()
     datamodule.setup("fit")
     with pytest.raises(ExportError, match="export.postprocess=none: .*RPN and RoI stages") as error:
-        inference_module(build_task(cfg, datamodule), "detection", "onnx", "none")
+        build_task(cfg, datamodule).inference().module("onnx", postprocess="none")
     assert "\n" not in str(error.value)
 
 

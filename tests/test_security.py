@@ -17,7 +17,7 @@ from toolkit.distill.cache import TeacherCache
 from toolkit.errors import DataError
 from toolkit.io import UnsafeFileError, trusted_files
 from toolkit.run import run
-from toolkit.tasks.base import TASK_CLASSES, read_checkpoint
+from toolkit.tasks.base import read_checkpoint, task_classes
 from toolkit.tasks.teachers import build_teacher
 
 TINY = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "trainer.max_epochs=1",
@@ -41,7 +41,7 @@ def evil(tmp_path):
     path = tmp_path / "evil.ckpt"
     backbone = create_backbone("mobilenet_v1", alpha=0.25)
     torch.save({"state_dict": {f"model.backbone.{k}": v for k, v in backbone.state_dict().items()},
-                "hyper_parameters": {"num_classes": 6, "payload": Payload(marker)}, "task_class": TASK_CLASSES[0],
+                "hyper_parameters": {"num_classes": 6, "payload": Payload(marker)}, "task_class": next(iter(task_classes())),
                 "format": "mobilenet-toolkit/teacher-cache", "keys": ["a"], "outputs": torch.zeros(1, 2),
                 "output": "logits"}, path)
     return path, marker

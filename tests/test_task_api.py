@@ -12,14 +12,14 @@ import torch
 from torchvision.models.detection.ssdlite import SSDLiteHead
 
 from toolkit.modes.common import build_task, load_task
-from toolkit.tasks.base import TASK_CLASSES, BaseTask, registered_task_class
+from toolkit.tasks.base import BaseTask, registered_task_class, task_classes
 from toolkit.tasks.detection_ssd import SSDTask
 from toolkit.tasks.distillation import DistillationTask
 from toolkit.tasks.fine_grained import FineGrainedTask
 
 TINY = {"name": "mobilenet_v1", "alpha": 0.25}
 BASE_ARGUMENTS = {"backbone", "model", "optimizer", "scheduler", "backbone_lr_scale", "freeze_backbone_epochs"}
-TASKS = [registered_task_class(path, "test") for path in TASK_CLASSES]
+TASKS = [registered_task_class(path, "test") for path in task_classes()]
 
 
 def own_parameters(cls: type) -> dict[str, inspect.Parameter]:

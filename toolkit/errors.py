@@ -19,3 +19,7 @@ class DataError(ToolkitError):
 
 class WeightsNotFoundError(ToolkitError, FileNotFoundError):
     """Pretrained weights are not on disk and cannot be downloaded here."""
+
+
+class ExportError(ToolkitError):
+    """The model could not be exported in the requested format (or has no form in it)."""

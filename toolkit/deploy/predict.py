@@ -13,20 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.deploy.draw import draw_boxes
-from toolkit.deploy.metadata import REEXPORT, check_outputs
-from toolkit.deploy.postprocess import decode_ssd_head, softmax, ssd_detections
+from toolkit.deploy.decoders import decoder_for, detections
+from toolkit.deploy.metadata import check_outputs
 from toolkit.deploy.preprocess import preprocess
 from toolkit.deploy.runtime import open_model
 from toolkit.errors import DataError
-from toolkit.predictions import (
-    AttributeFiles,
-    ClassificationFiles,
-    DetectionFiles,
-    EmbeddingFiles,
-    GeolocationFiles,
-    PredictionFiles,
-)
+from toolkit.predictions import PredictionFiles
+
+__all__ = ["ImageReader", "detections", "predict_files", "prediction_files", "record_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +55,6 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def detections(outputs: dict[str, np.ndarray], metadata: dict[str, Any],
-               input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes in input pixels, scores, labels) of one image: straight from the graph when NMS is inside it,
-    else from the dense anchor outputs (decoded first when the file holds the raw head, `export.postprocess=none`)
-    through `ssd_detections`. `input_size`: (H, W) of the input (default: the file's fixed input size)."""
-    nms = metadata["nms"]
-    if nms["in_graph"]:
-        count = int(outputs["count"].reshape(-1)[0])
-        return outputs["boxes"][:count], outputs["scores"][:count], outputs["labels"][:count].astype(np.int64)
-    if "raw_head" in metadata:
-        size = input_size or tuple(metadata["input_size"])
-        boxes, probs = decode_ssd_head(outputs["bbox_regression"][0], outputs["cls_logits"][0], metadata["raw_head"], size)
-    else:
-        boxes, probs = outputs["boxes"][0], outputs["scores"][0]
-    return ssd_detections(boxes, probs, nms["score_thresh"], nms["iou_thresh"], nms["topk_candidates"],
-                          nms["detections_per_img"])
-
-
 def checked_run(runner, batch: np.ndarray, metadata: dict[str, Any], source: str) -> dict[str, np.ndarray]:
     """The runner's outputs for `batch`, their widths checked against the metadata (a graph may leave them open)."""
     outputs = runner.run(batch)
@@ -89,81 +65,23 @@ def checked_run(runner, batch: np.ndarray, metadata: dict[str, Any], source: str
 def record_batches(runner, metadata: dict[str, Any], paths: list[Path], batch_size: int = 16,
                    score_thresh: float | None = None, top_k: int | None = None,
                    inputs: ImageReader | None = None) -> Iterator[list[dict]]:
-    """One record per image, in the format of the task's `predict_step`, a batch of images at a time.
-    `inputs`: how images are read (default: an unreadable one is an error)."""
-    kind = metadata["task"]
+    """One record per image, in the format of the task's `predict_step`, a batch of images at a time (one image
+    per run where the file takes one). `inputs`: how images are read (default: an unreadable one is an error)."""
     inputs = inputs or ImageReader(metadata)
     source = str(getattr(runner, "path", "the model"))
-    if kind == "detection":
-        names, category_ids = metadata["class_names"], metadata["category_ids"]
-        thresh = metadata["predict_score_thresh"] if score_thresh is None else score_thresh
-        for one in paths:  # one image per run: detectors export with batch 1
-            read = inputs.read([one])
-            if not read:
-                continue
-            path, array, (height, width) = read[0]
-            boxes, scores, labels = detections(checked_run(runner, array[None], metadata, source), metadata,
-                                               array.shape[1:])
-            outside = labels[(labels < 1) | (labels > len(names))]
-            if len(outside):
-                raise DataError(f"{source}: the model gives class label {int(outside[0])} but its metadata names "
-                                f"classes 1 to {len(names)}; {REEXPORT}")
-            scale = np.asarray([width / array.shape[2], height / array.shape[1]] * 2, dtype=np.float32)
-            keep = scores >= thresh
-            yield [{"path": str(path), "width": int(width), "height": int(height), "detections": [
-                {"box_xyxy": [round(float(v), 2) for v in box * scale], "score": round(float(score), 4),
-                 "label": int(label), "category_id": category_ids[int(label) - 1], "name": names[int(label) - 1]}
-                for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True)]}]
-        return
-    for paths_chunk in batches(paths, batch_size):
+    decoder = decoder_for(metadata, source)
+    for paths_chunk in batches(paths, 1 if decoder.one_image else batch_size):
         read = inputs.read(paths_chunk)
         if not read:
             continue
-        chunk = [path for path, _, _ in read]
-        outputs = checked_run(runner, np.stack([array for _, array, _ in read]), metadata, source)
-        if kind == "classification":
-            probs = softmax(outputs["logits"])
-            k = min(top_k or metadata.get("predict_top_k", 5), probs.shape[1])
-            records = []
-            for path, p in zip(chunk, probs, strict=True):
-                top = np.argsort(-p, kind="stable")[:k]
-                records.append({"path": str(path), "top_k": [
-                    {"label": int(i), "name": metadata["class_names"][int(i)], "score": float(p[i])} for i in top]})
-        elif kind == "face_attributes":
-            probs = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
-            records = [{"path": str(path), "attributes": dict(zip(metadata["attribute_names"], p.tolist(), strict=True))}
-                       for path, p in zip(chunk, probs, strict=True)]
-        elif kind == "face_embedding":
-            records = [{"path": str(path), "embedding": e.tolist()} for path, e in zip(chunk, outputs["embedding"], strict=True)]
-        elif kind == "geolocation":
-            cells = metadata["cells"]
-            scores = softmax(outputs["cell_log_scores"].astype(np.float64))
-            k = min(top_k or metadata.get("predict_top_k", 5), scores.shape[1])
-            records = []
-            for path, s, (lat, lon) in zip(chunk, scores, outputs["latlon"].tolist(), strict=True):
-                top = np.argsort(-s, kind="stable")[:k]
-                records.append({"path": str(path), "lat": lat, "lon": lon, "top_cells": [
-                    {"token": cells["tokens"][c], "score": float(s[c]), "lat": cells["latlon"][c][0],
-                     "lon": cells["latlon"][c][1]} for c in top]})
-        else:
-            raise DataError(f"{source}: unknown task {kind!r} in the model's metadata; {REEXPORT}")
-        yield records
+        batch = np.stack([array for _, array, _ in read])
+        outputs = decoder.decode(checked_run(runner, batch, metadata, source), metadata, batch.shape[2:])
+        yield decoder.records(read, outputs, metadata, score_thresh=score_thresh, top_k=top_k, source=source)
 
 
 def prediction_files(metadata: dict[str, Any], out: Path) -> PredictionFiles:
     """The files the task's `prediction_files` picks for a checkpoint of the same task."""
-    kind = metadata["task"]
-    if kind == "classification":
-        return ClassificationFiles(out)
-    if kind == "face_attributes":
-        return AttributeFiles(out, metadata["attribute_names"])
-    if kind == "face_embedding":
-        return EmbeddingFiles(out)
-    if kind == "geolocation":
-        return GeolocationFiles(out)
-    if kind == "detection":
-        return DetectionFiles(out, draw_boxes)
-    raise DataError(f"unknown task {kind!r} in the model's metadata; {REEXPORT}")
+    return decoder_for(metadata).files(metadata, out)
 
 
 def predict_files(model_path: str | Path, images: list[Path], out: str | Path, threads: int | None = None,

@@ -1,4 +1,9 @@
-"""One interface over the runtimes that execute exported files: ONNX Runtime and ExecuTorch's Python runtime."""
+"""One interface over the runtimes that execute exported files: ONNX Runtime and ExecuTorch's Python runtime.
+
+A runtime is one adapter class: `open(path, threads)` -> (runner, the file's checked metadata), and the runner's
+`run(batch: np.ndarray) -> dict[str, np.ndarray]` (NCHW float32 in, outputs by name out). `RUNTIMES` maps a file
+suffix to its adapter; another runtime adds itself with one line (`RUNTIMES[".tflite"] = LiteRTModel`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from toolkit.deploy.metadata import check_outputs, metadata_from_props, read_met
 from toolkit.deploy.onnx_file import MissingRuntimeError, is_onnxruntime_error, onnx_session
 from toolkit.errors import DataError, ToolkitError
 
-__all__ = ["ExecuTorchModel", "MissingRuntimeError", "OnnxModel", "open_model"]
+__all__ = ["RUNTIMES", "ExecuTorchModel", "MissingRuntimeError", "OnnxModel", "open_model"]
 
 
 class OnnxModel:
@@ -23,6 +28,16 @@ class OnnxModel:
         self.session = onnx_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @classmethod
+    def open(cls, path: Path, threads: int | None = None) -> tuple[OnnxModel, dict[str, Any]]:
+        """The model and its metadata from one load (the metadata comes from the same session), checked against
+        the graph's input and outputs."""
+        model = cls(path, threads)
+        metadata = metadata_from_props(path, model.session.get_modelmeta().custom_metadata_map)
+        check_outputs(metadata, model.output_shapes(), where(path))
+        check_input(metadata, model.input_shape(), where(path))
+        return model, metadata
 
     def input_shape(self) -> list:
         return list(self.session.get_inputs()[0].shape)
@@ -76,6 +91,12 @@ class ExecuTorchModel:
         # inputs are memory-planned for the largest batch the program was exported for: run bigger ones in parts
         self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
+    @classmethod
+    def open(cls, path: Path, threads: int | None = None) -> tuple[ExecuTorchModel, dict[str, Any]]:
+        """The program and the metadata beside it (`<file>.pte.json`)."""
+        metadata = read_metadata(path)
+        return cls(path, metadata["outputs"], threads), metadata
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         parts = []
         for start in range(0, len(batch), self.max_batch):
@@ -87,22 +108,19 @@ class ExecuTorchModel:
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)}
 
 
-def open_model(path: str | Path, threads: int | None = None) -> tuple[OnnxModel | ExecuTorchModel, dict[str, Any]]:
-    """(runner, metadata) for an exported file, chosen by its suffix; the metadata checked against the file's
-    input and outputs where the graph states them (`toolkit.deploy.metadata.check_outputs`)."""
+#: the runtime adapter of each exported file suffix (a class with `open(path, threads)` -> (runner, metadata))
+RUNTIMES: dict[str, Any] = {".onnx": OnnxModel, ".pte": ExecuTorchModel}
+
+
+def open_model(path: str | Path, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(runner, metadata) for an exported file, by its suffix's adapter (`RUNTIMES`); the metadata checked against
+    the file's input and outputs where the graph states them (`toolkit.deploy.metadata.check_outputs`)."""
     path = Path(path)
-    if path.suffix not in (".onnx", ".pte"):
+    if path.suffix not in RUNTIMES:
         raise ToolkitError(f"{path}: not an exported model (.onnx, or .pte with its .pte.json)")
     if not path.is_file():
         raise DataError(f"{path}: no such exported model file")
-    if path.suffix == ".pte":
-        metadata = read_metadata(path)
-        return ExecuTorchModel(path, metadata["outputs"], threads), metadata
-    model = OnnxModel(path, threads)  # one load: the metadata comes from the same session
-    metadata = metadata_from_props(path, model.session.get_modelmeta().custom_metadata_map)
-    check_outputs(metadata, model.output_shapes(), where(path))
-    check_input(metadata, model.input_shape(), where(path))
-    return model, metadata
+    return RUNTIMES[path.suffix].open(path, threads)
 
 
 def check_input(metadata: dict[str, Any], shape: list, source: str) -> None:

@@ -25,6 +25,13 @@ from torchvision.ops import boxes as box_ops
 
 from toolkit.detection.ssd import MobileNetSSD
 
+#: where a detector's prediction layers sit in the exported graph's node names (SSD's classification and regression
+#: heads; Faster R-CNN's RPN and box predictors): int8 formats keep them in float (an int8 output rounds every score
+#: and box offset to one of 256 levels over the whole range, which reorders near-tied detections and shifts boxes,
+#: while these layers are a small part of the computation)
+PREDICTION_LAYERS = ("/head/classification_head/", "/head/regression_head/", "/rpn/head/cls_logits",
+                     "/rpn/head/bbox_pred", "/box_predictor/")
+
 
 class WholeDetector(nn.Module):
     """`(1, 3, H, W)` image -> boxes (N, 4) xyxy in input pixels, scores (N,), labels (N,) in 1..K, count (1,)."""

@@ -30,6 +30,7 @@ class ExportRequest:
     dynamic_size: bool = False  # the spatial size stays open (detectors resizing by their own rule)
     settings: Mapping[str, Any] = field(default_factory=dict)  # cfg.export: opset, calibration_method, int8 options
     int8_options: dict[str, Any] = field(default_factory=dict)  # the task's int8 needs (e.g. layers kept in float)
+    trace: bool = False  # data-dependent ops (NMS, RoIAlign): exporters that trace (ONNX's TorchScript-based one)
 
 
 class ExportFormat(Protocol):
@@ -44,6 +45,11 @@ class ExportFormat(Protocol):
         file or beside it (`toolkit.deploy.metadata.sidecar_path`); return the metadata as written."""
         ...
 
+    # Optional: `graph_nms: bool` (default True): the runtime has NMS and RoIAlign kernels, so detectors are written
+    # whole; False: SSD's NMS runs after the runtime (`toolkit.deploy.decoders`), Faster R-CNN has no form in it.
+    # Optional: `open(path, threads) -> (runner, metadata)` for a file `toolkit.deploy.runtime.RUNTIMES` does not
+    # open (legacy TorchScript needs torch); verification opens every other file by its suffix, as a user does.
+
 
 #: every registered format by name, in registration order (the order `export.formats=all` exports them)
 FORMATS: dict[str, ExportFormat] = {}
@@ -54,3 +60,11 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
         raise ValueError(f"export format {fmt.name!r} is registered twice")
     FORMATS[fmt.name] = fmt
     return fmt
+
+
+# the formats register on import, in the order `export.formats=all` exports them
+# isort: off
+from toolkit.formats import onnx  # noqa: E402, F401
+from toolkit.formats import executorch  # noqa: E402, F401
+from toolkit.formats import torchscript  # noqa: E402, F401
+# isort: on

@@ -29,11 +29,11 @@ def evaluate(cfg: DictConfig) -> dict:
     val = getattr(datamodule, "val_dataset", None)
 
     def calibration():  # task.compile=int8: ranges from export.calibration (the training split, eval transform)
-        from toolkit.modes.export import calibration_inputs
+        from toolkit.modes.export_data import calibration_inputs
 
         if cfg.export.calibration == "train":
             datamodule.setup("fit")
-        return calibration_inputs(cfg, datamodule, "image")[0]
+        return calibration_inputs(cfg, datamodule)[0]
 
     compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None, calibration=calibration)
     trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))

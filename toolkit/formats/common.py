@@ -1,0 +1,43 @@
+"""What the format writers share: exporters kept quiet, and the metadata file beside a non-ONNX file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from toolkit.deploy.metadata import sidecar_path
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The ONNX exporters print optimisation steps and log INFO lines that drown the report (ONNX Runtime's
+    quantiser logs one line per output channel whose bias scale it raises, on the root logger)."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    loggers.append(logging.getLogger())
+    levels = [q.level for q in loggers]
+    try:
+        for q in loggers:
+            q.setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for q, level in zip(loggers, levels, strict=True):
+            q.setLevel(level)
+
+
+def write_sidecar(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """`<file>.json` beside a written file (`toolkit.deploy.metadata.sidecar_path`); a file without its metadata
+    is of no use to anyone, so a failure here removes the file too."""
+    from toolkit.io import write_json_atomic
+
+    try:
+        write_json_atomic(sidecar_path(path), metadata)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return metadata
