@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
-from _runner import QUIET, compose_config
+from _runner import QUIET
 
 #: relative perturbations of the input pixels compared with bf16's rounding
 INPUT_NOISE = (1e-4, 2e-3)
@@ -31,13 +31,14 @@ INPUT_NOISE = (1e-4, 2e-3)
 
 def setup(seed: int, folder: Path):
     """The classification benchmark's generated data (batches of 64), a freshly initialised task, its optimiser."""
+    from toolkit import compose
     from toolkit.modes.common import build_datamodule, build_task
 
     torch.manual_seed(seed)
-    cfg = compose_config([*QUIET, "task=classification", "data=shapes", "backbone.alpha=0.5", "data.resolution=64",
-                          "data.n_train=2000", "data.n_val=600", "data.batch_size=64", "data.num_workers=0",
-                          f"seed={seed}", f"paths.cache_dir={folder / 'cache'}", f"paths.log_dir={folder}"],
-                         folder / "run")
+    cfg = compose([*QUIET, "task=classification", "data=shapes", "backbone.alpha=0.5", "data.resolution=64",
+                  "data.n_train=2000", "data.n_val=600", "data.batch_size=64", "data.num_workers=0",
+                  f"seed={seed}", f"paths.cache_dir={folder / 'cache'}", f"paths.log_dir={folder}"],
+                  output_dir=folder / "run")
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     task = build_task(cfg, datamodule)

@@ -118,16 +118,16 @@ def main() -> None:
     os.environ.setdefault("TOOLKIT_LOG_DIR", str(out / "outputs"))
 
     import hydra.utils
-    from _runner import compose_config  # benchmarks/ is on sys.path when run as a script
     from lightning.pytorch import Callback, seed_everything
 
+    from toolkit import compose
     from toolkit.modes.common import build_datamodule, build_task
     from toolkit.precision import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     overrides = COMMON + MODELS[args.model] + [f"trainer.max_epochs={args.epochs}", f"data.num_workers={args.workers}",
                                                f"trainer.precision={args.precision}", f"seed={args.seed}", *args.overrides]
-    cfg = compose_config(overrides, out / "run")
+    cfg = compose(overrides, output_dir=out / "run")
     seed_everything(cfg.seed, workers=True)
 
     rows: list[tuple[int, float, float, float, float]] = []

@@ -23,7 +23,7 @@ from torch import nn
 from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
 from toolkit.errors import ConfigError, DataError, ToolkitError
-from toolkit.io import files_trusted, load_torch_file
+from toolkit.io import load_torch_file, trust_file_enabled
 from toolkit.predictions import PredictionFiles
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _unknown_hparams_message(path, keys: list[str]) -> str:
 class BaseTask(LightningModule):
     #: the metric that picks the best checkpoint, and whether higher ("max") or lower ("min") is better
     monitor: str = "val/loss"
-    mode: str = "min"
+    monitor_mode: str = "min"
     #: input resolutions must be a multiple of this (classification heads expect the stride-32 grid)
     resolution_multiple: int = 1
     #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
@@ -106,7 +106,7 @@ class BaseTask(LightningModule):
         the file names must be one of the toolkit's tasks. The checkpoint holds every trained weight, so the
         `backbone.pretrained` file that training started from is not asked for again (it may not exist on this
         machine). The file is read as data (`weights_only`) unless `trust` (None: the run's `trust_file`)."""
-        trust = files_trusted() if trust is None else trust
+        trust = trust_file_enabled() if trust is None else trust
         if checkpoint is None:
             checkpoint = read_checkpoint(path, trust=trust, mmap=True)
         if checkpoint.get("task_class"):

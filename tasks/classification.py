@@ -15,7 +15,7 @@ from toolkit.tasks.base import BaseTask
 
 class ClassificationTask(BaseTask):
     monitor = "val/top1"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "classification"
 

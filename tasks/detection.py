@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class DetectionTask(BaseTask):
     monitor = "val/map"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 1
     data_kind = "detection"
 

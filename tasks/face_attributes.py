@@ -27,7 +27,7 @@ from toolkit.tasks.distillation import DistillationTask
 
 class FaceAttributesTask(DistillationTask):
     monitor = "val/mAP"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "face_attributes"
     distill_output = "logits"

@@ -64,22 +64,9 @@ def onnx_props(path: str) -> dict:
 def compose_in(run_dir: Path, overrides: list[str]):
     """The config `python -m toolkit debug=cpu OVERRIDES` runs, with outputs in `run_dir` (make_cfg for fixtures
     wider than one test)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    import toolkit
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["debug=cpu", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    GlobalHydra.instance().clear()
-    return cfg
+    return toolkit.compose(["debug=cpu", *overrides], output_dir=run_dir)
 
 
 # 6 shape classes (chance 0.17); AdamW and fresh BatchNorm statistics learn them in seconds (top-1 about 0.7).

@@ -1,23 +1,25 @@
-"""`run(cfg)`: validate the composed config, then run the job `cfg.mode` names. Tests call this directly."""
+"""`compose(overrides)`: the config `python -m toolkit OVERRIDES` runs; `run(cfg)`: validate it, then run the job
+`cfg.mode` names. Tests and benchmarks call these directly (`toolkit.compose` is the first, lazily imported)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra.utils
 import torch
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from toolkit.backbones import create_backbone_skeleton
 from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
 from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
 from toolkit.errors import ConfigError
-from toolkit.io import trusted_files
+from toolkit.io import trust_file
 from toolkit.modes import MODES, get_mode
 
 log = logging.getLogger(__name__)
@@ -303,9 +305,38 @@ def validate_config(cfg: DictConfig) -> None:
     validate_mode_settings(cfg)
 
 
+def compose(overrides: Sequence[str] = (), *, output_dir: str | Path) -> DictConfig:
+    """The config `python -m toolkit OVERRIDES` hands to `run`, composed from the package's conf/ (not the working
+    folder's), with the run's outputs in `output_dir` (the Hydra run folder a CLI run would create). Hydra's runtime
+    is set as in a CLI run, so `run(compose(...))` resolves `paths.output_dir`, names its config choices
+    (`task=...`) and sees the overrides as typed on a command line. `teacher=<file>` expands as on the command line.
+    Unknown keys and options raise Hydra's errors (the CLI's one-line checks are in toolkit.__main__)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from toolkit.distill.overrides import expand_teacher_override
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
+            cfg = hydra_compose("config", overrides=expand_teacher_override(list(overrides)),
+                                return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def run(cfg: DictConfig) -> dict:
     validate_config(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
-    with trusted_files(bool(cfg.get("trust_file", False))):  # every file this job loads: as data, unless trusted
+    with trust_file(bool(cfg.get("trust_file", False))):  # every file this job loads: as data, unless trusted
         return get_mode(cfg.mode)(cfg)

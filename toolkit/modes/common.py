@@ -114,7 +114,7 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
         if isinstance(target, type) and issubclass(target, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue  # trainer.enable_progress_bar=false also turns the configured bar off (Lightning refuses both)
         if target is ModelCheckpoint and cb_cfg.get("monitor", "unset") is None:
-            kwargs = {"monitor": task.monitor, "mode": task.mode}  # the task declares what "best" means
+            kwargs = {"monitor": task.monitor, "mode": task.monitor_mode}  # the task declares what "best" means
         log.debug("callback %s", name)
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
     if cfg.get("mode") == "train" and cfg.get("data") is not None:  # checkpoints remember their data
@@ -313,7 +313,3 @@ def print_metrics(metrics: dict[str, float]) -> None:
     """One `name  value` line per metric, names right-aligned (what eval and the end of training print)."""
     for key, value in sorted(metrics.items()):
         print(f"{key:>32s}  {value:.4f}")
-
-
-def save_config(cfg: DictConfig, out: Path) -> None:
-    write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -10,7 +10,7 @@ import logging
 from omegaconf import DictConfig
 
 from toolkit.compilation import compile_task_model
-from toolkit.io import files_trusted
+from toolkit.io import trust_file_enabled
 from toolkit.modes.common import (
     build_datamodule,
     build_task,
@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
             task.load_init_weights(cfg.init_from, strict=cfg.get("init_from_strict", True))
     compile_task_model(cfg, task, "train")
     trainer = build_trainer(cfg, task)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust_file_enabled())
     metrics = plain_metrics(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback  # the `best` ModelCheckpoint (the first one configured)
     best = checkpoint.best_model_path if checkpoint else ""
