@@ -9,7 +9,7 @@ Without `--ckpt` it first trains a shapes classifier that really learns (MobileN
 validation; extra arguments are Hydra overrides for both steps). Then `mode=export` writes every format
 and scores each one with the task's own metric in the runtime that executes it (the int8 files calibrated on
 the training split with the eval transform), and `onnx_int8` is written again with each other ONNX Runtime
-calibration method for comparison; and `mode=eval` scores the checkpoint in process with `task.compile=int8` (x86
+calibration method for comparison; and `mode=eval` scores the checkpoint in process with `compile=int8` (x86
 PT2E int8 compiled by inductor) against float32. Records all of it in `benchmarks/results/<name>.json`; `tables()` renders
 the tables docs/export.md quotes.
 """
@@ -56,8 +56,8 @@ def tables(results: dict) -> dict[str, str]:
         x86 = results["x86_int8"]
         out["x86_int8"] = "\n".join([
             "| in-process path (`mode=eval`) | " + metric + " | change (points) |", "|---|---|---|",
-            f"| `task.compile=false` (float32) | {x86['float'][metric]:.4f} | - |",
-            f"| `task.compile=int8` (x86 PT2E int8, inductor) | {x86['int8'][metric]:.4f} | "
+            f"| `compile=false` (float32) | {x86['float'][metric]:.4f} | - |",
+            f"| `compile=int8` (x86 PT2E int8, inductor) | {x86['int8'][metric]:.4f} | "
             f"{100 * (x86['int8'][metric] - x86['float'][metric]):+.2f} |"])
     return out
 
@@ -88,7 +88,7 @@ def main() -> None:
                                out / f"export_{method}")
         methods[method] = other["export"]["formats"]["onnx_int8"]
     evaluate = base + ["mode=eval", f"ckpt_path={ckpt}", "trainer.precision=32-true"]
-    x86 = {name: run_toolkit(evaluate + [f"task.compile={setting}"], out / f"eval_{name}")[0]["metrics"]
+    x86 = {name: run_toolkit(evaluate + [f"compile={setting}"], out / f"eval_{name}")[0]["metrics"]
            for name, setting in (("float", "false"), ("int8", "int8"))}
     results = {"report": report, "calibration_methods": methods, "x86_int8": x86, "export_wall_s": wall, "export_cpu_s": exported["cpu_s"],
                "overrides": overrides, "trained_here": trained, "note": "latency on a machine shared with other jobs"}

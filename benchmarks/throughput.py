@@ -11,7 +11,7 @@ Three comparisons, each measured within one run so a machine shared with other j
    over the SAME model (`task.model`) with the SAME optimiser (`task.configure_optimizers()`: the paper's
    RMSprop with its parameter groups), for fp32 and bf16 (and compiled with --compile).
 2. Precision and compilation: the plain loop's images/s for fp32/bf16 x eager/compiled, training and inference,
-   as multiples of eager fp32; with --compile also inference through `task.compile=int8` (x86 PT2E int8 compiled
+   as multiples of eager fp32; with --compile also inference through `compile=int8` (x86 PT2E int8 compiled
    by inductor with weight freezing: `toolkit.compilation.QuantizedForward`).
 3. Our model against timm's `mobilenetv1_100` (the same network at alpha 1.0), both in the plain loop with the
    same optimiser class and settings.
@@ -101,7 +101,7 @@ def rate(args, clock: Clock) -> dict[str, float]:
 
 
 def compile_for(model: torch.nn.Module, data: FixedBatches, precision: str, compiled: bool) -> None:
-    """torch.compile `model` in place; int8: quantized as `task.compile=int8` does (calibrated on two batches)."""
+    """torch.compile `model` in place; int8: quantized as `compile=int8` does (calibrated on two batches)."""
     if precision == "int8":
         model.forward = QuantizedForward(model.forward, lambda: [b["image"] for b in data.batches[:2]])
     elif compiled:

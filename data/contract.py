@@ -29,7 +29,7 @@ class TaskData(Protocol):
     """What a task may rely on in the datamodule it is trained, evaluated or exported with (`BaseDataModule`
     implements all but `kind`, which each datamodule declares)."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[DataKind]
     resolution: int  # the input side (detection with `transform: keep_aspect`: the shorter side)
     mean: Sequence[float]  # the normalisation the images get: what the backbone's weights expect, unless set
     std: Sequence[float]
@@ -39,7 +39,7 @@ class TaskData(Protocol):
         ...
 
 
-def check_contract(task_class: type, data_kind: str | None, task_name: str, data_name: str) -> None:
+def check_contract(task_class: type, data_kind: DataKind | None, task_name: str, data_name: str) -> None:
     """Refuse data whose records the task does not read, naming both and the data configs that fit.
 
     `task_name`, `data_name`: how to name them (the config options, `task=...` and `data=...`)."""

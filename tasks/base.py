@@ -22,6 +22,7 @@ from torch import nn
 
 from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
+from toolkit.data.contract import DataKind
 from toolkit.errors import ConfigError, DataError, ToolkitError
 from toolkit.io import load_torch_file, trust_file_enabled
 from toolkit.predictions import PredictionFiles
@@ -45,8 +46,8 @@ class BaseTask(LightningModule):
     monitor_mode: str = "min"
     #: input resolutions must be a multiple of this (classification heads expect the stride-32 grid)
     resolution_multiple: int = 1
-    #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
-    data_kind: ClassVar[str]
+    #: the kind of records the task reads; the datamodule must yield that `kind` (toolkit.data.contract)
+    data_kind: ClassVar[DataKind]
 
     def __init__(
         self,

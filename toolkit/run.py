@@ -17,7 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from toolkit.backbones import create_backbone_skeleton
 from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
-from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
+from toolkit.compilation import check_setting as check_compile_setting
+from toolkit.conf import moved_key_hint
 from toolkit.errors import ConfigError
 from toolkit.io import trust_file
 from toolkit.modes import MODES, get_mode
@@ -25,7 +26,6 @@ from toolkit.modes import MODES, get_mode
 log = logging.getLogger(__name__)
 
 PAPER_RESOLUTIONS = "paper: 224, 192, 160, 128"
-EXPORT_FORMATS = ("onnx", "onnx_int8", "executorch", "executorch_int8", "torchscript", "torchscript_int8")
 
 
 def _is_int(value) -> bool:
@@ -145,14 +145,14 @@ def validate_task(cfg: DictConfig) -> None:
     """`task.*` keys the task class does not take (a typo added with `+task.x=...`): one line naming the key and
     the closest ones, before any data is set up. `task.model` keys are the model builder's: toolkit.modes.common
     names an unknown one when the task builds its model."""
-    from toolkit.modes.common import RUN_SETTINGS
-
     task = cfg.get("task")
     if not task or "_target_" not in task:
         return
+    if "compile" in task:  # `+task.compile=...` or a config written before the key moved
+        raise ConfigError("task.compile", task.compile, moved_key_hint("task.compile", task.compile))
     task_class = hydra.utils.get_class(task._target_)
     settings = OmegaConf.to_container(task, resolve=False)
-    kwargs = {k: v for k, v in settings.items() if not k.startswith("_") and k not in RUN_SETTINGS}
+    kwargs = {k: v for k, v in settings.items() if not k.startswith("_")}
     check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
     if "eval_backend" in task:  # read when validation starts (after the data and a training epoch): checked now
         from toolkit.detection.evaluator import resolve_backend
@@ -228,6 +228,19 @@ def validate_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.fast_dev_run", fast, "true, false or a number of batches >= 0")
 
 
+def export_format_names() -> tuple[str, ...]:
+    """The names `export.formats` takes: the toolkit.formats registry (FORMATS), which each format module fills
+    when toolkit.formats imports it. Until those modules are in (a parallel branch), mode=export's own list."""
+    from toolkit.formats import FORMATS
+
+    if FORMATS:
+        return tuple(FORMATS)
+    # merge: this fallback goes once toolkit/formats/*.py register the formats
+    from toolkit.modes.export import EXPORT_FORMATS
+
+    return EXPORT_FORMATS
+
+
 def validate_mode_settings(cfg: DictConfig) -> None:
     """The settings of the chosen mode; files it reads must exist (before any data is generated or loaded)."""
     if cfg.mode == "profile":
@@ -247,10 +260,10 @@ def validate_mode_settings(cfg: DictConfig) -> None:
             raise ConfigError("profile.results_file", results, "no such file; give a CSV with columns model,alpha,resolution,top1")
     if cfg.mode == "export":
         settings = cfg.get("export") or {}
-        formats = settings.get("formats") or []
-        unknown = [f for f in formats if f not in EXPORT_FORMATS]
+        formats, known = settings.get("formats") or [], export_format_names()
+        unknown = [f for f in formats if f not in known]
         if unknown or not formats:
-            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
+            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(known)}")
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
         _check_choice(settings, "export", "postprocess", ("nms", "none"))  # detectors: NMS in the file, or the raw head
@@ -299,9 +312,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_data(cfg)
     validate_trainer(cfg)
     validate_memory(cfg, skeleton)
-    compile_setting = (cfg.get("task") or {}).get("compile", False)
-    if compile_setting not in COMPILE_SETTINGS:
-        raise ConfigError("task.compile", compile_setting, "allowed: true, false, auto")
+    check_compile_setting(cfg.get("compile", False))
     validate_mode_settings(cfg)
 
 

@@ -22,8 +22,6 @@ from toolkit.tasks.base import BaseTask, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: `task.*` keys that configure the run, not the model: not constructor arguments, not stored in checkpoints
-RUN_SETTINGS = ("compile",)
 #: `data.*` loader keys that describe this machine, not the data: taken from this run's config, never a checkpoint's
 MACHINE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers")
 
@@ -94,7 +92,7 @@ def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
     if datamodule is not None:
         check_contract(task_class(cfg), getattr(datamodule, "kind", None), *_pair_names(cfg, task_class(cfg)))
         extra = datamodule.task_kwargs()
-    task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     try:  # the task's own keys were checked against its signature (toolkit.run.validate_task); `task.model` here
         return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
     except Exception as error:
@@ -209,8 +207,7 @@ def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any
     if given is None:
         return {}
     keys = [o.split("=", 1)[0].lstrip("+") for o in given]
-    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"
-            and k.removeprefix("task.") not in RUN_SETTINGS]
+    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"]
     if not keys:
         return {}
     merged = OmegaConf.create({k: v for k, v in hparams.items() if k in {key.split(".")[0] for key in keys}})

@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
         else:
             task.load_init_weights(cfg.init_from, strict=cfg.get("init_from_strict", True))
-    compile_task_model(cfg, task, "train")
+    compile_task_model(cfg.get("compile", False), task, "train")
     trainer = build_trainer(cfg, task)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust_file_enabled())
     metrics = plain_metrics(trainer.callback_metrics)
