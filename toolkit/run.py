@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from toolkit.backbones import create_backbone_skeleton
 from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
 from toolkit.compilation import check_setting as check_compile_setting
@@ -22,6 +21,7 @@ from toolkit.conf import moved_key_hint
 from toolkit.errors import ConfigError
 from toolkit.io import trust_file
 from toolkit.modes import MODES, get_mode
+from toolkit.modes.common import backbone_skeleton, forget_run_caches, task_class
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def validate_backbone(backbone: DictConfig, *, weights: bool = True):
     if pretrained not in (None, "") and not isinstance(pretrained, str):
         raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
     settings = {"name": None, **OmegaConf.to_container(backbone, resolve=True)}
-    skeleton = create_backbone_skeleton(**settings)
+    skeleton = backbone_skeleton(settings)  # the data's input statistics come from this one too
     if weights:
         check_pretrained(settings)
     return skeleton
@@ -150,10 +150,10 @@ def validate_task(cfg: DictConfig) -> None:
         return
     if "compile" in task:  # `+task.compile=...` or a config written before the key moved
         raise ConfigError("task.compile", task.compile, moved_key_hint("task.compile", task.compile))
-    task_class = hydra.utils.get_class(task._target_)
+    reader = task_class(cfg)
     settings = OmegaConf.to_container(task, resolve=False)
     kwargs = {k: v for k, v in settings.items() if not k.startswith("_")}
-    check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
+    check_keywords(reader, kwargs, prefix="task", owner=reader.__name__)
     if "eval_backend" in task:  # read when validation starts (after the data and a training epoch): checked now
         from toolkit.detection.evaluator import resolve_backend
 
@@ -164,7 +164,7 @@ def validate_data(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
     resolution = data.get("resolution")
     if resolution is not None:
-        multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
+        multiple = getattr(task_class(cfg), "resolution_multiple", 1) if cfg.get("task") else 1
         if not _is_int(resolution) or resolution < 32 or resolution % multiple:
             allowed = f"a multiple of {multiple} (>= 32; {PAPER_RESOLUTIONS})" if multiple > 1 else f"an integer >= 32 ({PAPER_RESOLUTIONS})"
             raise ConfigError("data.resolution", resolution, f"must be {allowed}")
@@ -270,9 +270,9 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         if settings.get("postprocess") == "none" and cfg.get("task"):  # before any export work: only SSD has a raw head
             from toolkit.tasks.detection_ssd import SSDTask
 
-            task_class = hydra.utils.get_class(cfg.task._target_)
-            if getattr(task_class, "data_kind", None) == "detection" and not issubclass(task_class, SSDTask):
-                raise ConfigError("export.postprocess", "none", f"{task_class.__name__} needs NMS between its RPN and "
+            reader = task_class(cfg)
+            if getattr(reader, "data_kind", None) == "detection" and not issubclass(reader, SSDTask):
+                raise ConfigError("export.postprocess", "none", f"{reader.__name__} needs NMS between its RPN and "
                                   "RoI stages, so it has no raw-head form; use export.postprocess=nms")
         _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
         _check_int(settings, "export", "calibration_batches", 1)
@@ -346,6 +346,7 @@ def compose(overrides: Sequence[str] = (), *, output_dir: str | Path) -> DictCon
 
 
 def run(cfg: DictConfig) -> dict:
+    forget_run_caches()
     validate_config(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from toolkit.backbones.registry import check_keywords, unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
-from toolkit.data.contract import check_contract, check_data_config
+from toolkit.data.contract import TaskData, check_data_config
 from toolkit.errors import ConfigError
 from toolkit.io import json_text, write_text_atomic
 from toolkit.precision import trainer_precision
@@ -33,7 +35,40 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def task_class(cfg: DictConfig) -> type[BaseTask]:
-    return hydra.utils.get_class(cfg.task._target_)
+    """The class `task._target_` names, imported once per run (validation, data and task building all ask;
+    `forget_run_caches`)."""
+    return _task_class(cfg.task._target_)
+
+
+@functools.lru_cache(maxsize=16)
+def _task_class(target: str) -> type[BaseTask]:
+    return hydra.utils.get_class(target)
+
+
+def backbone_skeleton(settings: dict):
+    """The configured backbone on the meta device (no memory, no weight file): built once per run for the config
+    check, the memory bound and the input statistics (`run` starts each run with `forget_run_caches`)."""
+    from toolkit.backbones import create_backbone_skeleton
+
+    try:
+        key = json.dumps(settings, sort_keys=True)
+    except TypeError:  # a value only code can give (a norm layer class): built, not remembered
+        return create_backbone_skeleton(**settings)
+    return _skeleton(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _skeleton(settings: str):
+    from toolkit.backbones import create_backbone_skeleton
+
+    return create_backbone_skeleton(**json.loads(settings))
+
+
+def forget_run_caches() -> None:
+    """A new run (tests and benchmarks start several in one process): its task class and backbone are looked up
+    anew, so one registered since the last run is found."""
+    _task_class.cache_clear()
+    _skeleton.cache_clear()
 
 
 def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_task: bool = True):
@@ -76,22 +111,17 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
-    from toolkit.backbones import create_backbone_skeleton
-
+    """(mean, std) of the inputs a configured backbone's weights expect, from its skeleton (no weights)."""
     if isinstance(backbone_cfg, DictConfig):
         backbone_cfg = OmegaConf.to_container(backbone_cfg, resolve=True)
-    backbone = create_backbone_skeleton(**backbone_cfg)
+    backbone = backbone_skeleton({"name": None, **backbone_cfg})
     return tuple(backbone.mean), tuple(backbone.std)
 
 
-def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
-    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...); a datamodule
-    whose records the task does not read is refused first (toolkit.data.contract)."""
-    extra = {}
-    if datamodule is not None:
-        check_contract(task_class(cfg), getattr(datamodule, "kind", None), *_pair_names(cfg, task_class(cfg)))
-        extra = datamodule.task_kwargs()
+def build_task(cfg: DictConfig, datamodule: TaskData | None = None) -> BaseTask:
+    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...). The data↔task
+    contract was checked when the datamodule was built (`build_datamodule`, before any data was read)."""
+    extra = datamodule.task_kwargs() if datamodule is not None else {}
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     try:  # the task's own keys were checked against its signature (toolkit.run.validate_task); `task.model` here
         return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
