@@ -59,14 +59,15 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
                           text=True, timeout=timeout)
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(REPO))  # the benchmarks are a package run from the repo root (python -m benchmarks.<group>.<x>)
 try:
-    import requote_docs  # the docs-figures helpers: loads benchmark scripts, finds the tables the docs quote
+    from benchmarks.tools import requote_docs  # loads benchmark scripts, finds the tables the docs quote
 finally:
-    sys.path.remove(str(BENCHMARKS))
+    sys.path.remove(str(REPO))
 
-#: `benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`
+#: `benchmarks/<group>/<name>.py` as a module (its `tables()`, helpers), without running its `main`
 load_benchmark = requote_docs.load_script
 
 

@@ -104,7 +104,7 @@ def trained_export(tmp_path_factory) -> dict:
 def test_trained_classifier_formats_score_like_pytorch(trained_export):
     """fp32 files score exactly PyTorch's top-1; int8 files (calibrated on the training split) lose at most 2 points
     of it and are under 0.6 of the fp32 size; the report is printed and complete. The issue's 1-point target is
-    measured by benchmarks/export_accuracy.py on a larger model: on this alpha-0.25 one (top-1 about 0.7) a run
+    measured by benchmarks/learning/export_accuracy.py on a larger model: on this alpha-0.25 one (top-1 about 0.7) a run
     lost 1.0 (onnx_int8) and 1.7 (executorch_int8) points on the 600 images, so 1 point here is not reliable."""
     report = trained_export["export"]
     torch_top1 = report["pytorch"]["val/top1"]

@@ -53,7 +53,7 @@ def run_toolkit(overrides: list[str], run_dir: Path, record: list[str] | None = 
     from toolkit.run import run
 
     if record:
-        overrides = [*overrides, f"+callbacks.epoch_recorder={{_target_: _runner.epoch_recorder, "
+        overrides = [*overrides, f"+callbacks.epoch_recorder={{_target_: benchmarks.tools.runner.epoch_recorder, "
                                  f"metrics: [{','.join(repr(m) for m in record)}]}}"]
     cfg = compose(overrides, output_dir=run_dir)
     start, cpu, recorders = time.perf_counter(), cpu_seconds(), len(_RECORDERS)

@@ -1,9 +1,9 @@
 """Training and inference images/s: what Lightning costs, what bf16 and torch.compile buy, ours against timm's.
 
-    python benchmarks/throughput.py                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
-    python benchmarks/throughput.py --compile             # also torch.compile'd paths and x86 int8 inference
-    python benchmarks/throughput.py --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
-    python benchmarks/throughput.py --compile --phases inference --no-timm --name throughput_inference
+    python -m benchmarks.speed.throughput                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
+    python -m benchmarks.speed.throughput --compile             # also torch.compile'd paths and x86 int8 inference
+    python -m benchmarks.speed.throughput --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
+    python -m benchmarks.speed.throughput --compile --phases inference --no-timm --name throughput_inference
 
 Three comparisons, each measured within one run so a machine shared with other jobs hurts both sides alike:
 
@@ -16,7 +16,7 @@ Three comparisons, each measured within one run so a machine shared with other j
 3. Our model against timm's `mobilenetv1_100` (the same network at alpha 1.0), both in the plain loop with the
    same optimiser class and settings.
 
-Batches are random tensors held in memory (data loading is not measured: see benchmarks/loader_speed.py). Each
+Batches are random tensors held in memory (data loading is not measured: see benchmarks/speed/loader_speed.py). Each
 measurement runs `--warmup` untimed steps, then `--steps` timed ones; Lightning and plain runs alternate
 `--rounds` times and the median counts. Images per CPU-second (all threads of this process) are recorded too:
 they survive a busy machine better than wall time. Results: benchmarks/results/throughput.json.
@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
 
 import timm
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.tools.results import write_results
 from toolkit.compilation import QuantizedForward, compile_module
 from toolkit.tasks.classification import ClassificationTask
 
@@ -190,7 +189,7 @@ def tables(results: dict) -> dict[str, str]:
             out["timm"].append(f"| {phase} | {precision} | {row['ours']['images_per_s']:.1f} | "
                                f"{row['timm']['images_per_s']:.1f} | {row['ratio']:.2f} |")
     if results.get("targets"):
-        out["targets"] = ["| target (issue 14) | wanted | measured | met |", "|---|---|---|---|"]
+        out["targets"] = ["| target | wanted | measured | met |", "|---|---|---|---|"]
         for name, t in results["targets"].items():
             value = t.get("value", t.get("worst"))
             if name == "lightning_vs_plain":
@@ -284,7 +283,7 @@ def main() -> None:
         print(f"  {name:<24s} {value:6.2f} (target >= {t['target']}) {'met' if value >= t['target'] else 'NOT met'}")
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    path = write_results(args.name, results, command="python " + " ".join(sys.argv))
+    path = write_results(args.name, results)
     print(f"results: {path}")
 
 

@@ -1,8 +1,8 @@
 """What export costs in accuracy: each format scored in its own runtime on the whole validation split.
 
-    python benchmarks/export_accuracy.py                                   # trains the shapes classifier first
-    python benchmarks/export_accuracy.py --ckpt best.ckpt data=imagenet paths.data_dir=/data   # your checkpoint
-    python benchmarks/export_accuracy.py --name export_accuracy_ssd task=detection_ssd data=shapes ...
+    python -m benchmarks.learning.export_accuracy                                   # trains the shapes classifier first
+    python -m benchmarks.learning.export_accuracy --ckpt best.ckpt data=imagenet paths.data_dir=/data   # your checkpoint
+    python -m benchmarks.learning.export_accuracy --name export_accuracy_ssd task=detection_ssd data=shapes ...
 
 Without `--ckpt` it first trains a shapes classifier that really learns (MobileNet V1 alpha 0.5 at 64 px,
 1200 generated training images, 12 epochs of AdamW with BatchNorm statistics re-estimated before each
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
-from _runner import QUIET, run_toolkit  # noqa: E402
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 #: a shapes classifier that learns in a couple of CPU minutes (tests/test_export.py trains a smaller one)
 LEARNS = ["backbone.alpha=0.5", "data.resolution=64", "data.image_size=64", "data.n_train=1200", "data.n_val=600",
@@ -94,7 +92,7 @@ def main() -> None:
                "overrides": overrides, "trained_here": trained, "note": "latency on a machine shared with other jobs"}
     for table in tables(results).values():
         print(table)
-    write_results(args.name, results, command="python benchmarks/export_accuracy.py " + " ".join(sys.argv[1:]))
+    write_results(args.name, results)
 
 
 if __name__ == "__main__":
