@@ -15,7 +15,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 from toolkit.conf import CONF_DIR
-from toolkit.data.contract import DataKind
+from toolkit.data.kinds import DataKind
 from toolkit.data.samplers import EveryImageBatchSampler, batch_count
 from toolkit.errors import DataError
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
-from toolkit.data.contract import DataKind
+from toolkit.data.kinds import DataKind
 from toolkit.errors import ConfigError, DataError, ToolkitError
 from toolkit.io import load_torch_file, trust_file_enabled
 from toolkit.predictions import PredictionFiles

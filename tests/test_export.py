@@ -127,6 +127,7 @@ def test_trained_classifier_formats_score_like_pytorch(trained_export):
         assert read_metadata(report["formats"]["executorch"]["file"])["task"] == "classification"  # model.pte.json
 
 
+@pytest.mark.slow  # trains the module's exported classifier (trained_export)
 def test_classifier_file_carries_its_preprocessing(trained_export):
     onnx_entry = trained_export["export"]["formats"]["onnx"]
     model = onnx.load(onnx_entry["file"])

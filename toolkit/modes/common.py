@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from toolkit.backbones.registry import check_keywords, unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
-from toolkit.data.contract import TaskData, check_data_config
+from toolkit.data.contract import check_data_config
+from toolkit.data.kinds import TaskData
 from toolkit.errors import ConfigError
 from toolkit.io import json_text, write_text_atomic
 from toolkit.precision import trainer_precision
