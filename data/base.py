@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch.distributed as dist
+import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
+from toolkit.conf import CONF_DIR
+from toolkit.data.kinds import DataKind
 from toolkit.data.samplers import EveryImageBatchSampler, batch_count
 from toolkit.errors import DataError
 
@@ -20,6 +23,9 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the DataLoader settings every data config shares (conf/data_loader.yaml), read once: the defaults of
+#: `BaseDataModule` too, so a datamodule built in code loads as a configured one does
+LOADER_DEFAULTS: dict = yaml.safe_load((CONF_DIR / "data_loader.yaml").read_text(encoding="utf-8"))
 #: fewer optimiser steps an epoch than this gets a warning at the start of training (few updates per epoch)
 FEW_STEPS_PER_EPOCH = 20
 
@@ -44,16 +50,16 @@ class BaseDataModule(LightningDataModule):
     """Subclasses set `self.train_dataset`, `self.val_dataset` (and `self.test_dataset`) in `setup`, and declare
     the `kind` of records they yield (`toolkit.data.contract`: the task that reads them declares the same)."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[DataKind]
 
     def __init__(
         self,
         resolution: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        skip_corrupt: bool = False,
+        batch_size: int = LOADER_DEFAULTS["batch_size"],
+        num_workers: int = LOADER_DEFAULTS["num_workers"],
+        pin_memory: bool = LOADER_DEFAULTS["pin_memory"],
+        persistent_workers: bool = LOADER_DEFAULTS["persistent_workers"],
+        skip_corrupt: bool = LOADER_DEFAULTS["skip_corrupt"],
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
     ):

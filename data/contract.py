@@ -8,38 +8,13 @@ names the data configs that would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any
 
+from toolkit.data.kinds import DataKind, TaskData  # noqa: F401 - the contract's two sides, named here too
 from toolkit.errors import ConfigError
 
-#: The kinds of records the built-in datamodules yield and the built-in tasks read (every sample is a dict with
-#: `image` and `path`; `skipped` counts the samples `data.skip_corrupt` dropped from a batch):
-#:   classification  + `label` (class index)
-#:   detection       `images`, `targets` (boxes in pixels, labels 1..K), `paths`: lists, images of any size
-#:   geolocation     + `latlon` (degrees); the task turns it into cell labels with the data's partitionings
-#:   face_attributes + `labels` (one float per attribute, -1 unknown), `key`
-#:   face_embedding  + `label` (identity, -1 unknown), `key`, `index`; the val split holds verification pairs
-#: A task that reads a new kind of records (docs/architecture.md's brightness example) names it on both sides.
-DataKind = Literal["classification", "detection", "geolocation", "face_attributes", "face_embedding"]
 
-
-@runtime_checkable
-class TaskData(Protocol):
-    """What a task may rely on in the datamodule it is trained, evaluated or exported with (`BaseDataModule`
-    implements all but `kind`, which each datamodule declares)."""
-
-    kind: ClassVar[str]
-    resolution: int  # the input side (detection with `transform: keep_aspect`: the shorter side)
-    mean: Sequence[float]  # the normalisation the images get: what the backbone's weights expect, unless set
-    std: Sequence[float]
-
-    def task_kwargs(self) -> dict[str, Any]:
-        """Task constructor arguments only the data knows (class count and names, category ids, cells...)."""
-        ...
-
-
-def check_contract(task_class: type, data_kind: str | None, task_name: str, data_name: str) -> None:
+def check_contract(task_class: type, data_kind: DataKind | None, task_name: str, data_name: str) -> None:
     """Refuse data whose records the task does not read, naming both and the data configs that fit.
 
     `task_name`, `data_name`: how to name them (the config options, `task=...` and `data=...`)."""

@@ -7,7 +7,7 @@ the decompression-bomb limit (`MAX_IMAGE_PIXELS`) (checked from the header, befo
 cannot decode (load_rgb then decodes them or raises the DataError that names the file). Both apply the EXIF
 orientation (`apply_exif_orientation=True` here), so a phone photo is upright whichever decoder reads it.
 
-Measured by benchmarks/loader_speed.py (results/loader_speed.json): on 500x375 JPEGs torchvision's decoder
+Measured by benchmarks/speed/loader_speed.py (results/loader_speed.json): on 500x375 JPEGs torchvision's decoder
 reads more images per CPU-second than PIL's `Image.open(...).convert("RGB")` + `np.asarray`, because it
 decodes straight into a tensor without PIL's intermediate image.
 """

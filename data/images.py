@@ -102,8 +102,3 @@ def unreadable_reason(path: str | Path | os.DirEntry) -> str | None:
     if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
         return None
     return "not a regular file"
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted, by extension (case-insensitive)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

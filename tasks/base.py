@@ -22,8 +22,9 @@ from torch import nn
 
 from toolkit.backbones.registry import accepted_keywords, backbone_settings, unknown_keyword_error
 from toolkit.backbones.weights import read_state_dict
+from toolkit.data.kinds import DataKind
 from toolkit.errors import ConfigError, DataError, ToolkitError
-from toolkit.io import files_trusted, load_torch_file
+from toolkit.io import load_torch_file, trust_file_enabled
 from toolkit.predictions import PredictionFiles
 from toolkit.tasks.inference import InferenceContract
 
@@ -43,11 +44,11 @@ def _unknown_hparams_message(path, keys: list[str]) -> str:
 class BaseTask(LightningModule):
     #: the metric that picks the best checkpoint, and whether higher ("max") or lower ("min") is better
     monitor: str = "val/loss"
-    mode: str = "min"
+    monitor_mode: str = "min"
     #: input resolutions must be a multiple of this (classification heads expect the stride-32 grid)
     resolution_multiple: int = 1
-    #: the kind of records the task reads (toolkit.data.contract.DataKind); the datamodule must yield that `kind`
-    data_kind: ClassVar[str]
+    #: the kind of records the task reads; the datamodule must yield that `kind` (toolkit.data.contract)
+    data_kind: ClassVar[DataKind]
     #: what the task computes at inference, for export, verification and the torch-free predictor
     #: (`toolkit.tasks.inference`); the default: `self.model`, one tensor out
     inference_contract: ClassVar[type[InferenceContract]] = InferenceContract
@@ -115,7 +116,7 @@ class BaseTask(LightningModule):
         the file names must be one of the toolkit's tasks. The checkpoint holds every trained weight, so the
         `backbone.pretrained` file that training started from is not asked for again (it may not exist on this
         machine). The file is read as data (`weights_only`) unless `trust` (None: the run's `trust_file`)."""
-        trust = files_trusted() if trust is None else trust
+        trust = trust_file_enabled() if trust is None else trust
         if checkpoint is None:
             checkpoint = read_checkpoint(path, trust=trust, mmap=True)
         if checkpoint.get("task_class"):

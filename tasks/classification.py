@@ -20,7 +20,7 @@ from toolkit.tasks.inference import ClassifierContract
 class ClassificationTask(BaseTask):
     inference_contract = ClassifierContract
     monitor = "val/top1"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "classification"
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class DetectionTask(BaseTask):
     inference_contract = DetectorContract
     monitor = "val/map"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 1
     data_kind = "detection"
 

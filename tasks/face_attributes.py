@@ -31,7 +31,7 @@ from toolkit.tasks.inference import AttributesContract
 class FaceAttributesTask(DistillationTask):
     inference_contract = AttributesContract
     monitor = "val/mAP"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "face_attributes"
     distill_output = "logits"

@@ -10,6 +10,7 @@ to per-identity weights, scaled): how a teacher for the generated data is made. 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ class EmbeddingNet(nn.Module):
 class FaceEmbeddingTask(DistillationTask):
     inference_contract = EmbeddingContract
     monitor = "val/accuracy"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "face_embedding"
     distill_output = "embedding"
@@ -58,7 +59,7 @@ class FaceEmbeddingTask(DistillationTask):
         embedding_dim: int | None = None,
         num_identities: int = 0,
         identity_scale: float = 16.0,
-        fars: list[float] | None = None,
+        fars: Sequence[float] = (0.001, 0.0001),
         folds: int = 10,
         **kwargs,
     ):
@@ -68,7 +69,7 @@ class FaceEmbeddingTask(DistillationTask):
         `DistillationTask` (`model`: keyword arguments of `EmbeddingNet`, which has no setting besides the width)."""
         if embedding_dim is not None and embedding_dim < 1:
             raise ConfigError("task.embedding_dim", embedding_dim, "a positive width, or null for the teacher's")
-        self.fars = tuple(fars or (1e-3, 1e-4))
+        self.fars = tuple(fars)
         super().__init__(**kwargs)
 
     @property

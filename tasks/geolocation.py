@@ -48,7 +48,7 @@ class GeoClassifier(nn.Module):
 class GeolocationTask(BaseTask):
     inference_contract = GeolocationContract
     monitor = "val/within_25km"
-    mode = "max"
+    monitor_mode = "max"
     resolution_multiple = 32
     data_kind = "geolocation"
 

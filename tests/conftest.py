@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+import toolkit
 
 # Fast defaults for tests: the debug=cpu preset (conf/debug/cpu.yaml: CPU, no progress bar or model summary,
 # CSV logs, data in the main process), in fp32: the numeric tests were written for it, while the default
@@ -46,16 +46,7 @@ def make_cfg(tmp_path):
     """`make_cfg(["task=...", ...], fast=True) -> DictConfig` with hydra's runtime set, like a real run."""
 
     def _make(overrides: list[str] | None = None, fast: bool = True) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
-            cfg = compose("config", overrides=(FAST if fast else []) + list(overrides or []), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        return toolkit.compose((FAST if fast else []) + list(overrides or []), output_dir=tmp_path / "run")
 
     yield _make
     GlobalHydra.instance().clear()
@@ -68,19 +59,20 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
                           text=True, timeout=timeout)
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(REPO))  # the benchmarks are a package run from the repo root (python -m benchmarks.<group>.<x>)
 try:
-    import requote_docs  # the docs-figures helpers: loads benchmark scripts, finds the tables the docs quote
+    from benchmarks.tools import requote_docs  # loads benchmark scripts, finds the tables the docs quote
 finally:
-    sys.path.remove(str(BENCHMARKS))
+    sys.path.remove(str(REPO))
 
-#: `benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`
+#: `benchmarks/<group>/<name>.py` as a module (its `tables()`, helpers), without running its `main`
 load_benchmark = requote_docs.load_script
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The rule for every user-facing entry point (issue 20): a user's mistake ends with exit code 2 and one line on
+    """The rule for every user-facing entry point (docs/configuration.md): a user's mistake ends with exit code 2 and one line on
     stderr, `error: ...`, naming the thing and the fix (the `fragments`), and no traceback. Returns the line."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]

@@ -1,4 +1,4 @@
-"""task.compile: torch.compile'd forward, one-warning eager fallback, checkpoints without `_orig_mod.`."""
+"""compile (a top-level run setting): torch.compile'd forward, one-warning eager fallback, checkpoints without `_orig_mod.`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_policy():
     assert not should_compile("auto", "train", 10**6)  # training stays eager unless asked
     assert should_compile("auto", "eval", COMPILE_PAYS_AFTER_IMAGES) and should_compile("auto", "predict", 10**5)
     assert not should_compile("auto", "eval", 100) and not should_compile("auto", "predict", None)
-    with pytest.raises(ConfigError, match="task.compile"):
+    with pytest.raises(ConfigError, match="compile.*allowed: true, false, auto .*int8"):
         should_compile("yes", "train")
     assert should_compile("int8", "eval") and should_compile("int8", "predict", 1)
     with pytest.raises(ConfigError, match="int8 is for mode=eval|predict, not mode=train"):
@@ -107,9 +107,9 @@ def test_inductor_int8():
 
 
 @pytest.mark.slow
-def test_training_with_task_compile_falls_back_and_checkpoints_plain_keys(make_cfg, monkeypatch, one_torch_thread):
+def test_training_with_compile_falls_back_and_checkpoints_plain_keys(make_cfg, monkeypatch, one_torch_thread):
     monkeypatch.setattr(torch, "compile", failing_compile)
-    cfg = make_cfg(["task.compile=true", "backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8",
+    cfg = make_cfg(["compile=true", "backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8",
                     "data.n_train=12", "data.n_val=12", "data.image_size=40", "trainer.max_epochs=1"])
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as caught:
         result = run(cfg)
@@ -119,9 +119,20 @@ def test_training_with_task_compile_falls_back_and_checkpoints_plain_keys(make_c
     assert "compile" not in load_torch_file(result["best_checkpoint"])["hyper_parameters"]  # a run setting
 
 
-def test_task_compile_is_validated(make_cfg):
-    with pytest.raises(ConfigError, match="task.compile"):
-        run(make_cfg(["task.compile=sometimes"]))
+def test_compile_is_validated_listing_every_value(make_cfg):
+    with pytest.raises(ConfigError, match="compile='sometimes'.*allowed: true, false, auto .*int8"):
+        run(make_cfg(["compile=sometimes"]))
+
+
+def test_the_old_task_compile_key_names_the_new_one(make_cfg):
+    """`task.compile` moved to the top-level `compile` (a run setting, not the task's): one line saying so, from the
+    command line (before Hydra's "no such key") and from a config that still carries it."""
+    from toolkit.__main__ import check_moved_keys
+
+    with pytest.raises(ConfigError, match="task.compile='int8'.*top-level key compile: compile=int8"):
+        check_moved_keys(["mode=eval", "task.compile=int8"])
+    with pytest.raises(ConfigError, match="task.compile=True.*compile=True"):
+        run(make_cfg(["+task.compile=true"]))
 
 
 def eager_compile(recorded: list):
@@ -155,7 +166,7 @@ def test_quantize_int8_builds_a_calibrated_int8_graph_close_to_float(monkeypatch
 
 @pytest.mark.slow
 def test_eval_and_predict_with_int8(make_cfg, monkeypatch, one_torch_thread, tmp_path):
-    """mode=eval|predict task.compile=int8 on a trained checkpoint: the model runs its int8 graph (calibrated on the
+    """mode=eval|predict compile=int8 on a trained checkpoint: the model runs its int8 graph (calibrated on the
     training split / the images to predict), in float32 around it, and scores as the float model does."""
     small = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=24", "data.n_val=24",
              "data.image_size=40"]
@@ -166,7 +177,7 @@ def test_eval_and_predict_with_int8(make_cfg, monkeypatch, one_torch_thread, tmp
     monkeypatch.setattr(torch, "compile", eager_compile(recorded))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
-        metrics = run(make_cfg([*small, "mode=eval", f"ckpt_path={ckpt}", "task.compile=int8",
+        metrics = run(make_cfg([*small, "mode=eval", f"ckpt_path={ckpt}", "compile=int8",
                                 "trainer.precision=bf16-mixed"]))["metrics"]
     assert len(recorded) == 1 and "quantize_per_tensor" in recorded[0][0].code
     assert metrics.keys() == reference.keys()
@@ -179,11 +190,11 @@ def test_eval_and_predict_with_int8(make_cfg, monkeypatch, one_torch_thread, tmp
 
     for i in range(3):
         Image.new("RGB", (40, 40), (80 * i, 40, 200 - 60 * i)).save(images / f"{i}.jpg")
-    predicted = run(make_cfg([*small, "mode=predict", f"ckpt_path={ckpt}", "task.compile=int8",
+    predicted = run(make_cfg([*small, "mode=predict", f"ckpt_path={ckpt}", "compile=int8",
                               f"predict.input={images}"]))
     assert len(recorded) == 2 and len(predicted["files"]) >= 2
 
 
 def test_int8_refuses_training_and_detectors(make_cfg):
     with pytest.raises(ConfigError, match="int8 is for mode=eval"):
-        run(make_cfg(["task.compile=int8"]))
+        run(make_cfg(["compile=int8"]))

@@ -1,4 +1,4 @@
-"""A full disk, a read-only folder, a read-only empty cache (issue 20): one line naming the place and the fix, exit
+"""A full disk, a read-only folder, a read-only empty cache: one line naming the place and the fix, exit
 code 2, no traceback; a failed checkpoint save keeps the previous file whole and leaves no temporary file.
 
 In-process tests inject the faults (an `OSError` from a write, the way torch reports it); the CLI tests make them

@@ -13,7 +13,7 @@ from toolkit.distill.cache import TeacherCache
 from toolkit.distill.losses import attribute_distillation_loss, embedding_distillation_loss, masked_label_loss
 from toolkit.distill.overrides import expand_teacher_override
 from toolkit.errors import ConfigError, DataError
-from toolkit.io import trusted_files
+from toolkit.io import trust_file
 from toolkit.tasks.face_attributes import FaceAttributesTask
 from toolkit.tasks.teachers import CachedTeacher, OnlineTeacher, build_teacher
 
@@ -112,7 +112,7 @@ class Flatten(nn.Module):
 def test_torchscript_teacher_is_frozen_and_sees_the_students_view(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.jit.save(torch.jit.script(Flatten()), path)
-    with trusted_files(True):  # TorchScript is code: loading it needs trust_file=true (tests/test_security.py)
+    with trust_file(True):  # TorchScript is code: loading it needs trust_file=true (tests/test_security.py)
         _check_torchscript_teacher(path)
 
 

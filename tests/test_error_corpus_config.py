@@ -1,4 +1,4 @@
-"""Issue 20 corpus, config mistakes: each case runs `python -m toolkit ...` as a user would and must end in one
+"""The error corpus, config mistakes: each case runs `python -m toolkit ...` as a user would and must end in one
 `error:` line naming the key and the fix, exit code 2, no traceback (conftest.assert_one_line_error).
 
 Cases: mistyped keys (plain, `+`-added, in a sweep, in a section an experiment adds), checkpoint hyper-parameters

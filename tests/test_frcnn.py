@@ -1,4 +1,4 @@
-"""Faster R-CNN MobileNet (issue 5): the paper's layout and counts, 300 proposals, learning, and the CLI round trip."""
+"""Faster R-CNN MobileNet: the paper's layout and counts, 300 proposals, learning, and the CLI round trip."""
 
 from __future__ import annotations
 

@@ -59,3 +59,15 @@ def test_help_imports_no_torch(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     heavy = {name for name in imported if name.split(".")[0] in ("torch", "torchvision", "lightning", "timm")}
     assert not heavy, sorted(heavy)[:10]
+
+
+def test_the_architecture_doc_names_every_layered_module():
+    """docs/architecture.md's layer table says where each module sits: every module of pyproject's layers is in it."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    table = text[text.index("| layer | modules |"):]
+    table = table[:table.index("\n\n")]
+    named = set(re.findall(r"`(toolkit\.[\w.]+)`", table))
+    missing = layer_modules() - named
+    assert not missing, f"docs/architecture.md's layer table does not name {sorted(missing)}"

@@ -15,7 +15,7 @@ from toolkit.backbones import create_backbone
 from toolkit.backbones.weights import read_state_dict
 from toolkit.distill.cache import TeacherCache
 from toolkit.errors import DataError
-from toolkit.io import UnsafeFileError, trusted_files
+from toolkit.io import UnsafeFileError, trust_file
 from toolkit.run import run
 from toolkit.tasks.base import read_checkpoint, task_classes
 from toolkit.tasks.teachers import build_teacher
@@ -91,7 +91,7 @@ def test_trust_file_loads_a_trusted_file_that_pickles_python_objects(make_cfg, t
                 "hyper_parameters": {"args": argparse.Namespace(lr=0.1)}}, path)
     with pytest.raises(UnsafeFileError, match="init_from file"):
         read_state_dict(path, what="init_from file")
-    with trusted_files(True):
+    with trust_file(True):
         assert set(read_state_dict(path)) == {f"model.backbone.{k}" for k in backbone.state_dict()}
     with pytest.raises(UnsafeFileError):
         run(make_cfg([*TINY, f"init_from={path}", "trainer.max_steps=1"]))
@@ -123,6 +123,6 @@ def test_torchscript_teacher_needs_trust_file(tmp_path):
     spec = {"kind": "path", "path": str(path), "output": "embedding"}
     with pytest.raises(UnsafeFileError, match=r"TorchScript program .*trust_file=true"):
         build_teacher(spec)
-    with trusted_files(True):
+    with trust_file(True):
         teacher = build_teacher(spec)
     assert teacher(torch.ones(1, 3, 8, 8)).tolist() == [[2.0, 2.0, 2.0]]

@@ -7,10 +7,14 @@ The registry functions load on first use (PEP 562), so `import toolkit` itself i
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["create_backbone", "list_backbones", "register_backbone", "__version__"]
+__all__ = ["compose", "create_backbone", "list_backbones", "register_backbone", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "compose":  # the config `python -m toolkit ARGS` runs: toolkit.compose(ARGS, output_dir=...)
+        from toolkit.run import compose
+
+        return compose
     if name in ("create_backbone", "list_backbones", "register_backbone"):
         from toolkit import backbones
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from toolkit.conf import CONF_DIR
+from toolkit.conf import CONF_DIR, MOVED_KEYS, moved_key_hint
 from toolkit.console import quiet_console, verbose_requested
 from toolkit.disk_errors import quiet_log_file_errors, storage_error_message
 from toolkit.errors import ConfigError, ToolkitError
@@ -97,6 +97,15 @@ def group_options(group: str) -> list[str]:
     """Options of a config group: its yaml files, nested folders as `sub/name` (e.g. experiment=dogs/a)."""
     root = CONF_DIR / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_moved_keys(args: list[str]) -> None:
+    """`task.compile=int8` (the key before it moved to `compile`): one line naming the new key, not "no such key"."""
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if equals and key in MOVED_KEYS:
+            raise ConfigError(key, value, moved_key_hint(key, value))
 
 
 def check_group_choices(args: list[str]) -> None:
@@ -256,6 +265,7 @@ def main() -> None:
 
     sys.argv[1:] = expand_teacher_override(sys.argv[1:])  # teacher=<file> -> teacher=path teacher.path=<file>
     try:
+        check_moved_keys(sys.argv[1:])
         check_group_choices(sys.argv[1:])
         check_override_keys(sys.argv[1:])
     except ConfigError as e:

@@ -1,17 +1,17 @@
-"""`task.compile`: run a task's model through `torch.compile`, falling back to eager with one warning.
+"""`compile` (a top-level run setting): run a task's model through `torch.compile`, falling back to eager with one warning.
 
 The model's `forward` is replaced in place by a compiled one, so the module tree and its `state_dict` keys stay
 as they are (no `_orig_mod.` prefix in checkpoints). Compilation is lazy: it happens at the first call, and a
 failure there (no C++ compiler, an operator inductor cannot lower) switches the model back to eager for the rest
 of the run; the same call is then repeated eagerly, so a genuine error in the model still surfaces.
 
-`task.compile=auto` (the default) leaves training eager (compiling costs 30-50 s per model on a CPU and the
-training speed-up measured for issue 14 was smaller than bf16's) and compiles eval/predict runs over at least
-`COMPILE_PAYS_AFTER_IMAGES` images: on a quiet 2-core Sapphire Rapids machine (issue 14) compiled bf16
+`compile=auto` (the default) leaves training eager (compiling costs 30-50 s per model on a CPU and the
+training speed-up measured by benchmarks/speed/throughput.py was smaller than bf16's) and compiles eval/predict runs
+over at least `COMPILE_PAYS_AFTER_IMAGES` images: on a quiet 2-core Sapphire Rapids machine compiled bf16
 inference of MobileNet V1 1.0-224 ran at 237 images/s against 114 eager, i.e. ~4.5 ms saved per image, which
 repays a ~40 s compilation after ~9,000 images (docs/performance.md).
 
-`task.compile=int8` (eval/predict of tasks whose model maps an image batch to its outputs) quantizes the model
+`compile=int8` (eval/predict of tasks whose model maps an image batch to its outputs) quantizes the model
 with PyTorch 2 export quantization for x86 (torchao's `X86InductorQuantizer`: per-channel int8 weights, int8
 activations with ranges calibrated on real images) and compiles it with inductor's weight freezing, which lowers
 the quantized convolutions to oneDNN int8 kernels (AVX-512 VNNI, AMX). This is the CPU server path; phones get
@@ -33,24 +33,31 @@ from toolkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: the values of the `compile` key
 SETTINGS = (True, False, "auto", "int8")
 INT8_MODES = ("eval", "predict")  # int8 needs calibrated, fixed weights: never for training
 COMPILE_PAYS_AFTER_IMAGES = 10_000
 
 
 def should_compile(setting: Any, mode: str, n_images: int | None = None) -> bool:
-    """Whether a `mode` run (train | eval | predict) compiles under `task.compile=setting`."""
-    if setting not in SETTINGS:
-        raise ConfigError("task.compile", setting, "allowed: true, false, auto (eval/predict over >= "
-                                                  f"{COMPILE_PAYS_AFTER_IMAGES} images), int8 (eval/predict)")
+    """Whether a `mode` run (train | eval | predict) compiles under `compile=setting`."""
+    check_setting(setting)
     if setting == "int8":
         if mode not in INT8_MODES:
-            raise ConfigError("task.compile", setting, f"int8 is for mode=eval|predict, not mode={mode} (training needs "
+            raise ConfigError("compile", setting, f"int8 is for mode=eval|predict, not mode={mode} (training needs "
                                                       "float weights; mode=export formats=[onnx_int8] for files)")
         return True
     if setting != "auto":
         return bool(setting)
     return mode in ("eval", "predict") and n_images is not None and n_images >= COMPILE_PAYS_AFTER_IMAGES
+
+
+def check_setting(setting: Any) -> None:
+    """The `compile` value, one of `SETTINGS`: else one line listing them."""
+    if isinstance(setting, bool) or setting in ("auto", "int8"):
+        return
+    raise ConfigError("compile", setting, "allowed: true, false, auto (eval/predict over >= "
+                                          f"{COMPILE_PAYS_AFTER_IMAGES} images), int8 (eval/predict, x86)")
 
 
 class CompiledForward:
@@ -104,7 +111,7 @@ def quantize_int8(module: nn.Module, calibration: Sequence[torch.Tensor], max_ba
             get_default_x86_inductor_quantization_config,
         )
     except ImportError as error:
-        raise ConfigError("task.compile", "int8", "needs torchao: pip install 'mobilenet-toolkit[int8]'") from error
+        raise ConfigError("compile", "int8", "needs torchao: pip install 'mobilenet-toolkit[int8]'") from error
     example = calibration[0]
     if len(example) < 2:  # torch.export specialises a dimension of size 1
         example = example.repeat(2, *([1] * (example.dim() - 1)))
@@ -173,26 +180,25 @@ class QuantizedForward(CompiledForward):
         return super().__call__(*args, **kwargs)
 
 
-def int8_trainer_settings(cfg) -> dict[str, str]:
-    """Trainer overrides for a `task.compile=int8` run: float32 around the int8 graph (bf16 autocast would turn its
+def int8_trainer_settings(setting: Any) -> dict[str, str]:
+    """Trainer overrides for a `compile=int8` run: float32 around the int8 graph (bf16 autocast would turn its
     dequantised operators into bf16 ones, which the int8 kernels do not fuse)."""
-    return {"precision": "32-true"} if (cfg.get("task") or {}).get("compile") == "int8" else {}
+    return {"precision": "32-true"} if setting == "int8" else {}
 
 
-def compile_task_model(cfg, task, mode: str, n_images: int | None = None,
+def compile_task_model(setting: Any, task, mode: str, n_images: int | None = None,
                        calibration: Callable[[], Sequence[torch.Tensor]] | None = None) -> bool:
-    """Compile `task.model` where `cfg.task.compile` says so for this `mode`; returns whether it did.
-    `calibration`: gives the image batches `task.compile=int8` calibrates on (called once, at the first batch)."""
-    setting = (cfg.get("task") or {}).get("compile", False)
+    """Compile `task.model` where the `compile` setting says so for this `mode`; returns whether it did.
+    `calibration`: gives the image batches `compile=int8` calibrates on (called once, at the first batch)."""
     if not should_compile(setting, mode, n_images):
         return False
     if setting == "int8":
         if calibration is None or task.data_kind == "detection":  # detectors take image lists and decode boxes
-            raise ConfigError("task.compile", setting, f"int8 is for tasks whose model takes an image batch "
+            raise ConfigError("compile", setting, f"int8 is for tasks whose model takes an image batch "
                                                       f"(not {type(task).__name__}); mode=export "
                                                       "formats=[onnx_int8,executorch_int8] quantizes detectors")
         task.model.forward = QuantizedForward(task.model.forward, calibration)
-        log.info("task.compile=int8: %s is quantized (x86 PT2E int8) and compiled at its first batch",
+        log.info("compile=int8: %s is quantized (x86 PT2E int8) and compiled at its first batch",
                  type(task.model).__name__)
         return True
     compile_module(task.model)

@@ -38,26 +38,27 @@ class UnsafeFileError(DataError):
 
 #: whether this run said `trust_file=true`; `run(cfg)` sets it for the job, so loaders deep inside a backbone or a
 #: teacher (which never see the config) honour the one top-level key without it being threaded through every call
-_TRUST_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_files", default=False)
+_TRUST_FILE: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_file", default=False)
 
 
 @contextmanager
-def trusted_files(trust: bool) -> Iterator[None]:
-    """Within the block, `load_torch_file(trust=None)` and `require_trust` follow `trust` (the run's `trust_file`)."""
-    token = _TRUST_FILES.set(bool(trust))
+def trust_file(trust: bool) -> Iterator[None]:
+    """The config key `trust_file`, set for the block: `load_torch_file(trust=None)` and `require_trust` follow it
+    (`trust_file_enabled()` reads it)."""
+    token = _TRUST_FILE.set(bool(trust))
     try:
         yield
     finally:
-        _TRUST_FILES.reset(token)
+        _TRUST_FILE.reset(token)
 
 
-def files_trusted() -> bool:
-    return _TRUST_FILES.get()
+def trust_file_enabled() -> bool:
+    return _TRUST_FILE.get()
 
 
 def require_trust(path: str | Path, what: str, why: str, opt_in: str = TRUST_OPT_IN) -> None:
     """Refuse to open a file whose format is code (TorchScript, torch.export `.pt2`) unless the run trusts files."""
-    if not files_trusted():
+    if not trust_file_enabled():
         raise UnsafeFileError(f"{what} {str(path)!r} is {why}: loading it runs code from the file; it was not loaded. "
                               f"If you trust this file, load it with {opt_in} (docs/security.md).")
 
@@ -301,13 +302,13 @@ def load_torch_file(path: str | Path, *, trust: bool | None = None, mmap: bool =
                     opt_in: str = TRUST_OPT_IN) -> Any:
     """`torch.load` of a user-named file: tensors, containers and plain values only, unless `trust`.
 
-    `trust=None`: what the run said (`trust_file`, see `trusted_files`). `what` says what the file is for in the
+    `trust=None`: what the run said (the `trust_file` key, see `trust_file()`). `what` says what the file is for in the
     error ("teacher checkpoint"), `opt_in` names the setting that sets `trust` for this caller. A file that is not
     a torch file at all gets a DataError naming it too."""
     import torch
 
     if trust is None:
-        trust = files_trusted()
+        trust = trust_file_enabled()
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{what} {str(path)!r}: no such file")

@@ -1,29 +1,31 @@
-"""`run(cfg)`: validate the composed config, then run the job `cfg.mode` names. Tests call this directly."""
+"""`compose(overrides)`: the config `python -m toolkit OVERRIDES` runs; `run(cfg)`: validate it, then run the job
+`cfg.mode` names. Tests and benchmarks call these directly (`toolkit.compose` is the first, lazily imported)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra.utils
 import torch
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from toolkit.backbones import create_backbone_skeleton
 from toolkit.backbones.registry import check_keywords
 from toolkit.backbones.weights import check_pretrained
-from toolkit.compilation import SETTINGS as COMPILE_SETTINGS
+from toolkit.compilation import check_setting as check_compile_setting
+from toolkit.conf import moved_key_hint
 from toolkit.errors import ConfigError
-from toolkit.io import trusted_files
+from toolkit.io import trust_file
 from toolkit.modes import MODES, get_mode
+from toolkit.modes.common import backbone_skeleton, forget_run_caches, task_class
 
 log = logging.getLogger(__name__)
 
 PAPER_RESOLUTIONS = "paper: 224, 192, 160, 128"
-EXPORT_FORMATS = ("onnx", "onnx_int8", "executorch", "executorch_int8", "torchscript", "torchscript_int8")
 
 
 def _is_int(value) -> bool:
@@ -54,7 +56,7 @@ def validate_backbone(backbone: DictConfig, *, weights: bool = True):
     if pretrained not in (None, "") and not isinstance(pretrained, str):
         raise ConfigError("backbone.pretrained", pretrained, "a local checkpoint path or a known weight source name")
     settings = {"name": None, **OmegaConf.to_container(backbone, resolve=True)}
-    skeleton = create_backbone_skeleton(**settings)
+    skeleton = backbone_skeleton(settings)  # the data's input statistics come from this one too
     if weights:
         check_pretrained(settings)
     return skeleton
@@ -143,15 +145,15 @@ def validate_task(cfg: DictConfig) -> None:
     """`task.*` keys the task class does not take (a typo added with `+task.x=...`): one line naming the key and
     the closest ones, before any data is set up. `task.model` keys are the model builder's: toolkit.modes.common
     names an unknown one when the task builds its model."""
-    from toolkit.modes.common import RUN_SETTINGS
-
     task = cfg.get("task")
     if not task or "_target_" not in task:
         return
-    task_class = hydra.utils.get_class(task._target_)
+    if "compile" in task:  # `+task.compile=...` or a config written before the key moved
+        raise ConfigError("task.compile", task.compile, moved_key_hint("task.compile", task.compile))
+    reader = task_class(cfg)
     settings = OmegaConf.to_container(task, resolve=False)
-    kwargs = {k: v for k, v in settings.items() if not k.startswith("_") and k not in RUN_SETTINGS}
-    check_keywords(task_class, kwargs, prefix="task", owner=task_class.__name__)
+    kwargs = {k: v for k, v in settings.items() if not k.startswith("_")}
+    check_keywords(reader, kwargs, prefix="task", owner=reader.__name__)
     if "eval_backend" in task:  # read when validation starts (after the data and a training epoch): checked now
         from toolkit.detection.evaluator import resolve_backend
 
@@ -162,7 +164,7 @@ def validate_data(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
     resolution = data.get("resolution")
     if resolution is not None:
-        multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
+        multiple = getattr(task_class(cfg), "resolution_multiple", 1) if cfg.get("task") else 1
         if not _is_int(resolution) or resolution < 32 or resolution % multiple:
             allowed = f"a multiple of {multiple} (>= 32; {PAPER_RESOLUTIONS})" if multiple > 1 else f"an integer >= 32 ({PAPER_RESOLUTIONS})"
             raise ConfigError("data.resolution", resolution, f"must be {allowed}")
@@ -226,6 +228,14 @@ def validate_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.fast_dev_run", fast, "true, false or a number of batches >= 0")
 
 
+def export_format_names() -> tuple[str, ...]:
+    """The names `export.formats` takes: the toolkit.formats registry (FORMATS), filled when toolkit.formats
+    imports its format modules."""
+    from toolkit.formats import FORMATS
+
+    return tuple(FORMATS)
+
+
 def validate_mode_settings(cfg: DictConfig) -> None:
     """The settings of the chosen mode; files it reads must exist (before any data is generated or loaded)."""
     if cfg.mode == "profile":
@@ -245,19 +255,19 @@ def validate_mode_settings(cfg: DictConfig) -> None:
             raise ConfigError("profile.results_file", results, "no such file; give a CSV with columns model,alpha,resolution,top1")
     if cfg.mode == "export":
         settings = cfg.get("export") or {}
-        formats = settings.get("formats") or []
-        unknown = [f for f in formats if f not in EXPORT_FORMATS]
+        formats, known = settings.get("formats") or [], export_format_names()
+        unknown = [f for f in formats if f not in known]
         if unknown or not formats:
-            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
+            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(known)}")
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
         _check_choice(settings, "export", "postprocess", ("nms", "none"))  # detectors: NMS in the file, or the raw head
         if settings.get("postprocess") == "none" and cfg.get("task"):  # before any export work: only SSD has a raw head
             from toolkit.tasks.detection_ssd import SSDTask
 
-            task_class = hydra.utils.get_class(cfg.task._target_)
-            if getattr(task_class, "data_kind", None) == "detection" and not issubclass(task_class, SSDTask):
-                raise ConfigError("export.postprocess", "none", f"{task_class.__name__} needs NMS between its RPN and "
+            reader = task_class(cfg)
+            if getattr(reader, "data_kind", None) == "detection" and not issubclass(reader, SSDTask):
+                raise ConfigError("export.postprocess", "none", f"{reader.__name__} needs NMS between its RPN and "
                                   "RoI stages, so it has no raw-head form; use export.postprocess=nms")
         _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
         _check_int(settings, "export", "calibration_batches", 1)
@@ -297,15 +307,43 @@ def validate_config(cfg: DictConfig) -> None:
     validate_data(cfg)
     validate_trainer(cfg)
     validate_memory(cfg, skeleton)
-    compile_setting = (cfg.get("task") or {}).get("compile", False)
-    if compile_setting not in COMPILE_SETTINGS:
-        raise ConfigError("task.compile", compile_setting, "allowed: true, false, auto")
+    check_compile_setting(cfg.get("compile", False))
     validate_mode_settings(cfg)
 
 
+def compose(overrides: Sequence[str] = (), *, output_dir: str | Path) -> DictConfig:
+    """The config `python -m toolkit OVERRIDES` hands to `run`, composed from the package's conf/ (not the working
+    folder's), with the run's outputs in `output_dir` (the Hydra run folder a CLI run would create). Hydra's runtime
+    is set as in a CLI run, so `run(compose(...))` resolves `paths.output_dir`, names its config choices
+    (`task=...`) and sees the overrides as typed on a command line. `teacher=<file>` expands as on the command line.
+    Unknown keys and options raise Hydra's errors (the CLI's one-line checks are in toolkit.__main__)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from toolkit.distill.overrides import expand_teacher_override
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
+            cfg = hydra_compose("config", overrides=expand_teacher_override(list(overrides)),
+                                return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def run(cfg: DictConfig) -> dict:
+    forget_run_caches()
     validate_config(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
-    with trusted_files(bool(cfg.get("trust_file", False))):  # every file this job loads: as data, unless trusted
+    with trust_file(bool(cfg.get("trust_file", False))):  # every file this job loads: as data, unless trusted
         return get_mode(cfg.mode)(cfg)

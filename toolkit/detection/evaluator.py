@@ -8,7 +8,7 @@ images, evaluates them against the original annotation file (the whole val set i
 category id and `ev.summary` the COCO printout.
 
 Backends: `faster_coco_eval` (the default when installed: the same numbers, several times faster; see
-benchmarks/coco_eval_speed.py) or `pycocotools`; `auto` picks the first available.
+benchmarks/speed/coco_eval_speed.py) or `pycocotools`; `auto` picks the first available.
 
 Why not `torchmetrics.detection.MeanAveragePrecision`: its DDP sync gathers its per-image list states one
 tensor at a time, so ranks holding different numbers of images issue different numbers of collectives and

@@ -301,8 +301,3 @@ def _cell_value(path: Path, line: int, column: str, text: str) -> float:
 def level_histogram(partition: Partition) -> dict[int, int]:
     levels, counts = np.unique(partition.levels, return_counts=True)
     return {int(lv): int(c) for lv, c in zip(levels, counts, strict=True)}
-
-
-def approx_cell_size_km(level: int) -> float:
-    """Rough edge length of a level-`level` S2 cell (average area 4*pi*R^2 / (6 * 4^level))."""
-    return math.sqrt(4 * math.pi * 6371.0**2 / (6 * 4**level))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from toolkit.backbones.registry import check_keywords, unknown_keyword_error
 from toolkit.callbacks import DATA_CONFIG_KEY, RememberData
 from toolkit.checkpoint_io import AtomicCheckpointIO
-from toolkit.data.contract import check_contract, check_data_config
+from toolkit.data.contract import check_data_config
+from toolkit.data.kinds import TaskData
 from toolkit.errors import ConfigError
 from toolkit.io import json_text, write_text_atomic
 from toolkit.precision import trainer_precision
@@ -22,8 +25,6 @@ from toolkit.tasks.base import BaseTask, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: `task.*` keys that configure the run, not the model: not constructor arguments, not stored in checkpoints
-RUN_SETTINGS = ("compile",)
 #: `data.*` loader keys that describe this machine, not the data: taken from this run's config, never a checkpoint's
 MACHINE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers")
 
@@ -35,7 +36,40 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def task_class(cfg: DictConfig) -> type[BaseTask]:
-    return hydra.utils.get_class(cfg.task._target_)
+    """The class `task._target_` names, imported once per run (validation, data and task building all ask;
+    `forget_run_caches`)."""
+    return _task_class(cfg.task._target_)
+
+
+@functools.lru_cache(maxsize=16)
+def _task_class(target: str) -> type[BaseTask]:
+    return hydra.utils.get_class(target)
+
+
+def backbone_skeleton(settings: dict):
+    """The configured backbone on the meta device (no memory, no weight file): built once per run for the config
+    check, the memory bound and the input statistics (`run` starts each run with `forget_run_caches`)."""
+    from toolkit.backbones import create_backbone_skeleton
+
+    try:
+        key = json.dumps(settings, sort_keys=True)
+    except TypeError:  # a value only code can give (a norm layer class): built, not remembered
+        return create_backbone_skeleton(**settings)
+    return _skeleton(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _skeleton(settings: str):
+    from toolkit.backbones import create_backbone_skeleton
+
+    return create_backbone_skeleton(**json.loads(settings))
+
+
+def forget_run_caches() -> None:
+    """A new run (tests and benchmarks start several in one process): its task class and backbone are looked up
+    anew, so one registered since the last run is found."""
+    _task_class.cache_clear()
+    _skeleton.cache_clear()
 
 
 def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_task: bool = True):
@@ -78,23 +112,18 @@ def build_datamodule(cfg: DictConfig, task: BaseTask | None = None, *, check_tas
 
 
 def backbone_input_stats(backbone_cfg: DictConfig | dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the inputs a configured backbone's weights expect, built without allocating weights."""
-    from toolkit.backbones import create_backbone_skeleton
-
+    """(mean, std) of the inputs a configured backbone's weights expect, from its skeleton (no weights)."""
     if isinstance(backbone_cfg, DictConfig):
         backbone_cfg = OmegaConf.to_container(backbone_cfg, resolve=True)
-    backbone = create_backbone_skeleton(**backbone_cfg)
+    backbone = backbone_skeleton({"name": None, **backbone_cfg})
     return tuple(backbone.mean), tuple(backbone.std)
 
 
-def build_task(cfg: DictConfig, datamodule=None) -> BaseTask:
-    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...); a datamodule
-    whose records the task does not read is refused first (toolkit.data.contract)."""
-    extra = {}
-    if datamodule is not None:
-        check_contract(task_class(cfg), getattr(datamodule, "kind", None), *_pair_names(cfg, task_class(cfg)))
-        extra = datamodule.task_kwargs()
-    task_cfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in RUN_SETTINGS}
+def build_task(cfg: DictConfig, datamodule: TaskData | None = None) -> BaseTask:
+    """Instantiate `cfg.task` as plain data, completed with what the data decides (class count...). The data↔task
+    contract was checked when the datamodule was built (`build_datamodule`, before any data was read)."""
+    extra = datamodule.task_kwargs() if datamodule is not None else {}
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     try:  # the task's own keys were checked against its signature (toolkit.run.validate_task); `task.model` here
         return hydra.utils.instantiate(task_cfg, _convert_="all", _recursive_=False, **extra)
     except Exception as error:
@@ -114,7 +143,7 @@ def build_callbacks(cfg: DictConfig, task: BaseTask) -> list[Callback]:
         if isinstance(target, type) and issubclass(target, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue  # trainer.enable_progress_bar=false also turns the configured bar off (Lightning refuses both)
         if target is ModelCheckpoint and cb_cfg.get("monitor", "unset") is None:
-            kwargs = {"monitor": task.monitor, "mode": task.mode}  # the task declares what "best" means
+            kwargs = {"monitor": task.monitor, "mode": task.monitor_mode}  # the task declares what "best" means
         log.debug("callback %s", name)
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
     if cfg.get("mode") == "train" and cfg.get("data") is not None:  # checkpoints remember their data
@@ -209,8 +238,7 @@ def command_line_task_overrides(cfg: DictConfig, hparams: dict) -> dict[str, Any
     if given is None:
         return {}
     keys = [o.split("=", 1)[0].lstrip("+") for o in given]
-    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"
-            and k.removeprefix("task.") not in RUN_SETTINGS]
+    keys = [k.removeprefix("task.") for k in keys if k.startswith("task.") and k != "task._target_"]
     if not keys:
         return {}
     merged = OmegaConf.create({k: v for k, v in hparams.items() if k in {key.split(".")[0] for key in keys}})
@@ -313,7 +341,3 @@ def print_metrics(metrics: dict[str, float]) -> None:
     """One `name  value` line per metric, names right-aligned (what eval and the end of training print)."""
     for key, value in sorted(metrics.items()):
         print(f"{key:>32s}  {value:.4f}")
-
-
-def save_config(cfg: DictConfig, out: Path) -> None:
-    write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

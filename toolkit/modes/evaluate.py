@@ -28,15 +28,16 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.setup("validate")
     val = getattr(datamodule, "val_dataset", None)
 
-    def calibration():  # task.compile=int8: ranges from export.calibration (the training split, eval transform)
+    def calibration():  # compile=int8: ranges from export.calibration (the training split, eval transform)
         from toolkit.modes.export_data import calibration_inputs
 
         if cfg.export.calibration == "train":
             datamodule.setup("fit")
         return calibration_inputs(cfg, datamodule)[0]
 
-    compile_task_model(cfg, task, "eval", n_images=len(val) if val is not None else None, calibration=calibration)
-    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
+    compile_task_model(cfg.get("compile", False), task, "eval", n_images=len(val) if val is not None else None,
+                       calibration=calibration)
+    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg.get("compile")))
     (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)  # one table: ours, below
     metrics = plain_metrics(metrics)
     write_json(out / "metrics.json", metrics)

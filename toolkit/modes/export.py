@@ -192,7 +192,7 @@ def export(cfg: DictConfig) -> dict:
             entry.update({name: scores.get(name) for name in metrics})
             entry["agreement"] = contract.agreement(reference_outputs, model.outputs)
         entry.update(speed(run, calibration[0], settings, one_image=contract.one_image, batch_run=runner.run))
-        entry["warnings"] = quality_warnings(entry, report["pytorch"], metrics, task.mode)
+        entry["warnings"] = quality_warnings(entry, report["pytorch"], metrics, task.monitor_mode)
         report["formats"][fmt.name] = entry
     report["verified"] = verify
     if not verify:

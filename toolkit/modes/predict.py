@@ -59,12 +59,12 @@ def predict_checkpoint(cfg: DictConfig, images: list[Path], out: Path) -> dict:
     datamodule = build_datamodule(cfg, task)
     loader = datamodule.predict_loader(images)
 
-    def calibration():  # task.compile=int8: ranges from the first images to predict, as the model sees them
+    def calibration():  # compile=int8: ranges from the first images to predict, as the model sees them
         return [batch["image"].contiguous() for batch in itertools.islice(loader, cfg.export.calibration_batches)
                 if len(batch.get("image", ()))]
 
-    compile_task_model(cfg, task, "predict", n_images=len(images), calibration=calibration)
-    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg))
+    compile_task_model(cfg.get("compile", False), task, "predict", n_images=len(images), calibration=calibration)
+    trainer = build_trainer(cfg, task, logger=False, **int8_trainer_settings(cfg.get("compile")))
     writer = PredictionWriter(out, images)
     trainer.callbacks.append(writer)
     trainer.predict(task, dataloaders=loader, return_predictions=False)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from toolkit.compilation import compile_task_model
 from toolkit.console import metrics_table
-from toolkit.io import files_trusted
+from toolkit.io import trust_file_enabled
 from toolkit.modes.common import (
     build_datamodule,
     build_task,
@@ -50,9 +50,9 @@ def train(cfg: DictConfig) -> dict:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
         else:
             task.load_init_weights(cfg.init_from, strict=cfg.get("init_from_strict", True))
-    compile_task_model(cfg, task, "train")
+    compile_task_model(cfg.get("compile", False), task, "train")
     trainer = build_trainer(cfg, task)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not files_trusted())
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust_file_enabled())
     metrics = plain_metrics(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback  # the `best` ModelCheckpoint (the first one configured)
     best = checkpoint.best_model_path if checkpoint else ""

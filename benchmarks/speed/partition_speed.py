@@ -1,6 +1,6 @@
 """Speed of PlaNet's S2 partitioning: leaf ids with numpy vs s2sphere per row, then the partition itself.
 
-    python benchmarks/partition_speed.py [--rows 1000000] [--t-max 10000 1000] [--t-min 50 10]
+    python -m benchmarks.speed.partition_speed [--rows 1000000] [--t-max 10000 1000] [--t-min 50 10]
 
 Two coordinate sets: uniform on the sphere, and "clustered" (photos around 2,000 random centres with
 heavy-tailed sizes and spreads, closer to real photo collections; it forces deep subdivision). s2sphere's
@@ -11,15 +11,14 @@ benchmarks/results/partition_speed.json; docs/geolocation.md quotes its tables.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import s2sphere
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
+from benchmarks.tools.results import write_results
 from toolkit.data.geo import read_geo_csv
 from toolkit.geo.s2cells import leaf_cell_ids, partition_cells, write_cells
 
@@ -103,7 +102,7 @@ def main() -> None:
     results = measure(args)
     for name, table in tables(results).items():
         print(f"\n{name} (CPU seconds, single thread):\n{table}")
-    write_results("partition_speed", results, command=" ".join(["python", *sys.argv]))
+    write_results("partition_speed", results)
 
 
 if __name__ == "__main__":

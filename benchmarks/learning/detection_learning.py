@@ -1,10 +1,10 @@
 """Learning check: train a detector on generated shapes on the CPU, print COCO mAP and mAP@0.5 per epoch.
 
-    python benchmarks/detection_learning.py --model ssd [--minutes 20] [--threads 2]
-    python benchmarks/detection_learning.py --model frcnn
-    python benchmarks/detection_learning.py --model ssd --precision bf16-mixed --results detection_learning_ssd_bf16
+    python -m benchmarks.learning.detection_learning --model ssd [--minutes 20] [--threads 2]
+    python -m benchmarks.learning.detection_learning --model frcnn
+    python -m benchmarks.learning.detection_learning --model ssd --precision bf16-mixed --results detection_learning/ssd_bf16
 
-Writes benchmarks/results/detection_learning_<model>.json (`--results NAME`: NAME.json); `tables()` renders the
+Writes benchmarks/results/detection_learning/<model>.json (`--results NAME`: NAME.json); `tables()` renders the
 per-epoch table docs/detection.md quotes, and `bf16_parity.py` compares `--precision` pairs.
 
 Every number comes from the real pipeline: `data=shapes` written as COCO JSON + JPEGs, the task's own
@@ -31,7 +31,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
+from benchmarks.tools.results import write_results
 
 #: model name -> Hydra overrides of that run (on top of COMMON)
 MODELS: dict[str, list[str]] = {
@@ -76,7 +76,7 @@ MODELS: dict[str, list[str]] = {
 #: model name -> default --epochs: the schedule (cosine / warm-up + steps) spans them, so they should end within
 #: the budget (SSD: 1.5 CPU-min per epoch, Faster R-CNN: 2.1 CPU-min per epoch with 2 threads)
 EPOCHS = {"ssd": 20, "frcnn": 18}
-#: the issues' target for both detectors: mAP@0.5 >= 0.5 within the budget
+#: what both detectors must reach within the budget to count as learning: mAP@0.5 >= 0.5
 TARGET_MAP_50 = 0.5
 
 COMMON = [
@@ -97,13 +97,13 @@ def main() -> None:
     parser.add_argument("--budget", choices=("cpu", "wall"), default="cpu",
                         help="cpu: stop at minutes x threads CPU-minutes (idle-machine equivalent); wall: wall clock")
     parser.add_argument("--epochs", type=int, default=None, help="epochs, which the lr schedule spans (default: EPOCHS)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine: 2 cores)")
     parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
     parser.add_argument("--precision", default="auto", help="trainer.precision: auto (trains in 32-true, see "
                         "toolkit/precision.py), 32-true, bf16-mixed")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (weights, data order)")
     parser.add_argument("--results", default=None, help="results file benchmarks/results/<NAME>.json "
-                        "(default: detection_learning_<model>)")
+                        "(default: detection_learning/<model>)")
     parser.add_argument("--out", default=None, help="folder for data cache and run outputs (default: a temp dir)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.alpha=0.25")
     args = parser.parse_args()
@@ -118,16 +118,16 @@ def main() -> None:
     os.environ.setdefault("TOOLKIT_LOG_DIR", str(out / "outputs"))
 
     import hydra.utils
-    from _runner import compose_config  # benchmarks/ is on sys.path when run as a script
     from lightning.pytorch import Callback, seed_everything
 
+    from toolkit import compose
     from toolkit.modes.common import build_datamodule, build_task
     from toolkit.precision import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")  # what `auto` chooses here (the runs get args.precision)
     overrides = COMMON + MODELS[args.model] + [f"trainer.max_epochs={args.epochs}", f"data.num_workers={args.workers}",
                                                f"trainer.precision={args.precision}", f"seed={args.seed}", *args.overrides]
-    cfg = compose_config(overrides, out / "run")
+    cfg = compose(overrides, output_dir=out / "run")
     seed_everything(cfg.seed, workers=True)
 
     rows: list[tuple[int, float, float, float, float]] = []
@@ -181,7 +181,7 @@ def main() -> None:
     print(tables(results)["epochs"])
     print(f"\nbest mAP@0.5 {best['map_50']:.3f} (target >= {TARGET_MAP_50} within the budget): "
           f"{'PASS' if reached else 'FAIL'}")
-    write_results(args.results or f"detection_learning_{args.model}", results, command=" ".join(["python", *sys.argv]))
+    write_results(args.results or f"detection_learning/{args.model}", results)
     sys.exit(0 if reached else 1)
 
 

@@ -1,7 +1,7 @@
 """COCO box evaluation speed: faster-coco-eval against pycocotools on a generated validation set, same 12 numbers.
 
-    python benchmarks/coco_eval_speed.py                      # 5,000 images, >= 20 detections each
-    python benchmarks/coco_eval_speed.py --images 500 --repeats 1
+    python -m benchmarks.speed.coco_eval_speed                      # 5,000 images, >= 20 detections each
+    python -m benchmarks.speed.coco_eval_speed --images 500 --repeats 1
 
 Both backends run the toolkit's own `evaluate_coco` (what `mode=eval` and every validation epoch call): results
 loaded, COCOeval evaluate / accumulate / summarize over all images. The ground truth is 80 categories,
@@ -19,8 +19,8 @@ import sys
 import time
 
 import numpy as np
-from _results import write_results
 
+from benchmarks.tools.results import write_results
 from toolkit.detection.evaluator import STAT_NAMES, evaluate_coco
 
 
@@ -104,7 +104,7 @@ def main() -> int:
         "speedup_wall": round(runs["pycocotools"]["wall_s"] / runs["faster_coco_eval"]["wall_s"], 2),
         "note": "measured on a 2-core machine shared with other jobs: compare the CPU-second ratio",
     }
-    path = write_results("coco_eval_speed", results, command="python " + " ".join(sys.argv))
+    path = write_results("coco_eval_speed", results)
     print(f"wrote {path}\n\n{tables(results)['speed']}")
     return 0 if max_diff < 1e-9 else 1
 

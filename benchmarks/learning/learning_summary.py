@@ -1,6 +1,6 @@
 """One line per learning benchmark, from their results files: the summary README.md quotes.
 
-    python benchmarks/learning_summary.py
+    python -m benchmarks.learning.learning_summary
 
 Reads the results files the learning benchmarks wrote (a missing one is listed with the command that writes
 it) and writes benchmarks/results/learning_summary.json; `tables()` renders the README table.
@@ -9,10 +9,9 @@ it) and writes benchmarks/results/learning_summary.json; `tables()` renders the 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 
-from _results import RESULTS_DIR, write_results
+from benchmarks.tools.results import RESULTS_DIR, write_results
 
 
 def classification(r: dict) -> str:
@@ -58,18 +57,18 @@ def cpu_minutes(r: dict) -> float:
 
 #: (benchmark, its page, results name, the command that writes it, the line of its results)
 BENCHMARKS: tuple[tuple[str, str, str, str, Callable[[dict], str]], ...] = (
-    ("classification, α 0.5, 64 px", "docs/classification.md", "classification_learning_32",
-     "python benchmarks/classification_learning.py --precision 32-true --results classification_learning_32", classification),
-    ("SSD300, α 0.25", "docs/detection.md", "detection_learning_ssd_32",
-     "python benchmarks/detection_learning.py --model ssd --precision 32-true --results detection_learning_ssd_32", detection),
-    ("Faster R-CNN 300, α 0.25", "docs/detection.md", "detection_learning_frcnn",
-     "python benchmarks/detection_learning.py --model frcnn", detection),
+    ("classification, α 0.5, 64 px", "docs/classification.md", "classification_learning/32",
+     "python -m benchmarks.learning.classification_learning --precision 32-true --results classification_learning/32", classification),
+    ("SSD300, α 0.25", "docs/detection.md", "detection_learning/ssd_32",
+     "python -m benchmarks.learning.detection_learning --model ssd --precision 32-true --results detection_learning/ssd_32", detection),
+    ("Faster R-CNN 300, α 0.25", "docs/detection.md", "detection_learning/frcnn",
+     "python -m benchmarks.learning.detection_learning --model frcnn", detection),
     ("fine-grained (pretrain + fine-tune), α 0.25", "docs/fine_grained.md", "fine_grained_learning",
-     "python benchmarks/fine_grained_learning.py", fine_grained),
-    ("geolocation, α 0.25", "docs/geolocation.md", "geolocation_learning", "python benchmarks/geolocation_learning.py",
+     "python -m benchmarks.learning.fine_grained_learning", fine_grained),
+    ("geolocation, α 0.25", "docs/geolocation.md", "geolocation_learning", "python -m benchmarks.learning.geolocation_learning",
      geolocation),
-    ("faces: distillation α 0.5 -> 0.25", "docs/faces.md", "face_distillation_32",
-     "python benchmarks/face_distillation.py --precision 32-true --results face_distillation_32", faces),
+    ("faces: distillation α 0.5 -> 0.25", "docs/faces.md", "face_distillation/32",
+     "python -m benchmarks.learning.face_distillation --precision 32-true --results face_distillation/32", faces),
 )
 
 
@@ -103,7 +102,7 @@ def tables(results: dict) -> dict[str, str]:
 def main() -> None:
     results = measure()
     print(tables(results)["readme"])
-    write_results("learning_summary", results, command=" ".join(["python", *sys.argv]))
+    write_results("learning_summary", results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Distil a wide MobileNet teacher into alpha 0.25 on generated faces; print quality and speed of both.
 
-    python benchmarks/face_distillation.py [--part attributes|embeddings|both] [--threads 2] [--out DIR]
+    python -m benchmarks.learning.face_distillation [--part attributes|embeddings|both] [--threads 2] [--out DIR]
 
 For each part, on the generated data (`data=celeba_synthetic` / `data=faces_synthetic`, real formats):
 1. the teacher (MobileNet alpha 0.5, `--teacher-alpha`) trains on the labels (`teacher=none`);
@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from _results import write_results
-from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 
 def timed_run(overrides: list[str], run_dir: Path, record: list[str] | None = None) -> dict:
@@ -166,7 +165,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="trainer.precision of every run: auto, 32-true, bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-speed", action="store_true", help="skip the latency / mult-adds comparison")
-    parser.add_argument("--results", default="face_distillation", help="results file benchmarks/results/<NAME>.json")
+    parser.add_argument("--results", default="face_distillation/default",
+                        help="results file benchmarks/results/<NAME>.json (this benchmark's runs: face_distillation/...)")
     parser.add_argument("--out", default=None, help="folder for generated data and runs (default: a temp dir)")
     args = parser.parse_args()
 
@@ -187,7 +187,7 @@ def main() -> None:
     print(f"\n# face distillation benchmark ({args.threads} CPU threads, {precision}, torch {torch.__version__})")
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    write_results(args.results, results, command=" ".join(["python", *sys.argv]))
+    write_results(args.results, results)
 
 
 if __name__ == "__main__":

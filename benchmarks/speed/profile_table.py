@@ -1,6 +1,6 @@
 """The paper's 16-model grid (alpha x resolution) as the profiler measures it: params, mult-adds, latency.
 
-    python benchmarks/profile_table.py [--device cpu] [--batch-size 8] [--budget-s 6] [--threads N] [--no-latency]
+    python -m benchmarks.speed.profile_table [--device cpu] [--batch-size 8] [--budget-s 6] [--threads N] [--no-latency]
 
 Also measures the baselines (Conv and Shallow MobileNet, Tables 4-5), the other built-in backbones at width
 1.0 and 224 (1000-class ImageNet classifiers, as in the paper), and the two Table 13 detectors as
@@ -10,14 +10,13 @@ Also measures the baselines (Conv and Shallow MobileNet, Tables 4-5), the other 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
-from _runner import run_toolkit
 
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import run_toolkit
 from toolkit.backbones import create_backbone, list_backbones
 from toolkit.heads import ImageClassifier
 from toolkit.profiling import profile_model
@@ -146,7 +145,7 @@ def main() -> None:
     results = measure(args)
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    write_results("profile_table", results, command=" ".join(["python", *sys.argv]))
+    write_results("profile_table", results)
 
 
 if __name__ == "__main__":

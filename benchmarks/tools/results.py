@@ -1,5 +1,8 @@
 """Where every benchmark leaves its figures: `benchmarks/results/<name>.json`, with the commit and the machine.
 
+A benchmark that keeps several runs (seeds, precisions) names them `<benchmark>/<run>` (e.g.
+`classification_learning/32_seed1`): a folder per benchmark.
+
 Docs and README quote these files (tests/test_docs_figures.py checks that they agree), so a figure always comes
 from a run of a script, on a known commit and machine.
 """
@@ -13,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 
 def machine() -> dict[str, Any]:
@@ -39,7 +42,7 @@ NOT_CODE = (":!docs", ":!README.md", ":!benchmarks/results")
 
 def commit() -> str:
     """The checkout's commit, with `+dirty` when it has uncommitted changes to tracked files (other than `NOT_CODE`)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -50,9 +53,22 @@ def commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+def invocation() -> str:
+    """This run's command line as it is typed from the repo root: `python -m benchmarks.<group>.<script> ARGS`."""
+    import sys
+
+    script = Path(sys.argv[0]).resolve()
+    try:
+        module = ".".join(script.relative_to(Path(__file__).resolve().parents[2]).with_suffix("").parts)
+    except ValueError:  # run from elsewhere (a copy of the script): its path
+        return " ".join(["python", *sys.argv])
+    return " ".join(["python", "-m", module, *sys.argv[1:]])
+
+
 def write_results(name: str, results: dict[str, Any], *, command: str | None = None,
                   results_dir: Path = RESULTS_DIR) -> Path:
-    """Write `results` as `<results_dir>/<name>.json` (atomically), stamped with commit, machine, date, command.
+    """Write `results` as `<results_dir>/<name>.json` (atomically; `name` may hold a folder: `<benchmark>/<run>`),
+    stamped with commit, machine, date and command (`invocation()` unless given).
 
     The commit is the checkout's when the benchmark started (this module was imported): the code that ran, even if
     the checkout moved on during a long run."""
@@ -63,10 +79,12 @@ def write_results(name: str, results: dict[str, Any], *, command: str | None = N
         "commit": COMMIT_AT_START,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": command,
+        "command": command or invocation(),
         "results": results,
     }
-    path = write_json_atomic(results_dir / f"{name}.json", payload)
+    path = results_dir / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path = write_json_atomic(path, payload)
     print(f"results written to {path}")
     return path
 

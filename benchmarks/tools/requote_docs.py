@@ -1,15 +1,16 @@
 """Paste every benchmark table the docs quote again from its results file (after a benchmark re-ran).
 
-    python benchmarks/requote_docs.py            # rewrite the quoted tables in docs/*.md and README.md
-    python benchmarks/requote_docs.py --check    # only list the tables that differ (exit status 1 if any)
+    python -m benchmarks.tools.requote_docs            # rewrite the quoted tables in docs/*.md and README.md
+    python -m benchmarks.tools.requote_docs --check    # only list the tables that differ (exit status 1 if any)
 
 Convention: a table quoted from a benchmark follows a marker line
 
     <!-- figures: benchmarks/results/<name>.json#<table> -->
 
 and equals, line for line, `tables(results)[<table>]` of the script that wrote the file. The script is the one the
-file's `command` runs (`python benchmarks/<script>.py ...`), so one script can write several results files
-(`--results NAME`, e.g. an fp32 and a bf16 run); without a command, `benchmarks/<name>.py`.
+file's `command` runs (`python -m benchmarks.<group>.<script> ...`, or `python benchmarks/<script>.py` in files
+written before the scripts were grouped), so one script can write several results files (`--results NAME`, e.g.
+an fp32 and a bf16 run, `<script>/<run>`); without a command, the script named like the file.
 tests/test_docs_figures.py checks the same with these functions. Prose around the tables is not touched: reread
 it against the new figures.
 """
@@ -25,10 +26,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]
 REPO = BENCHMARKS.parent
 DOCS = (*sorted((REPO / "docs").glob("*.md")), REPO / "README.md")
-MARKER = re.compile(r"<!-- figures: benchmarks/results/([\w-]+)\.json#([\w-]+) -->")
+MARKER = re.compile(r"<!-- figures: benchmarks/results/([\w/-]+)\.json#([\w-]+) -->")
+#: the benchmark scripts by name, in their purpose folders (speed/, learning/)
+SCRIPTS = {p.stem: p for group in ("speed", "learning") for p in sorted((BENCHMARKS / group).glob("*.py"))
+           if p.stem != "__init__"}
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,26 @@ class Quote:
 
 
 def script_of(name: str, payload: dict) -> str:
-    """The benchmark script that wrote results file `name`: the first `.py` argument of its command."""
-    for arg in (payload.get("command") or "").split():
+    """The benchmark script that wrote results file `name`: the module after `-m`, or the first `.py` argument of
+    its command; without a command, the file's own name (a file in a benchmark's folder: the folder's)."""
+    args = (payload.get("command") or "").split()
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1].rsplit(".", 1)[-1]
         if arg.endswith(".py"):
             return Path(arg).stem
-    return name
+    return name.split("/")[0]
 
 
 def load_script(name: str):
-    """`benchmarks/<name>.py` as a module (its `tables()`, helpers), without running its `main`."""
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings (_results, _runner)
+    """`benchmarks/<group>/<name>.py` as a module (its `tables()`, helpers), without running its `main`."""
+    sys.path.insert(0, str(REPO))  # the scripts import the tools as `benchmarks.tools.*`
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", SCRIPTS[name])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path.remove(str(REPO))
     return module
 
 

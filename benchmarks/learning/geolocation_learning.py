@@ -1,11 +1,11 @@
 """Learning check: PlaNet cell classification on generated geo photos; prints the Im2GPS table of the val split.
 
-    python benchmarks/geolocation_learning.py [--epochs 10] [--threads 2] [--precision auto] [--out DIR]
+    python -m benchmarks.learning.geolocation_learning [--epochs 10] [--threads 2] [--precision auto] [--out DIR]
 
 The real pipeline end to end: `data=geo_synthetic` (JPEGs + a geo CSV, photos a few km around 6 cities,
 3% scattered anywhere), PlaNet's partitioning of the training CSV (t_max=60, t_min=5), `task=geolocation`
 from scratch (BN statistics re-estimated before each validation: `toolkit/precise_bn.py`), then `mode=eval` of
-the best checkpoint. Target of issue 6: >= 80% of val images within 25 km
+the best checkpoint. Target: >= 80% of val images within 25 km
 in under 10 minutes on 2 cores. Writes benchmarks/results/geolocation_learning.json; `tables()` renders the
 tables docs/geolocation.md quotes.
 """
@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from _results import write_results
-from _runner import PRECISE_BN, QUIET, run_toolkit
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import PRECISE_BN, QUIET, run_toolkit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine: 2 cores)")
     parser.add_argument("--precision", default="auto", help="trainer.precision: auto, 32-true, bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="geolocation_learning", help="results file benchmarks/results/<NAME>.json")
@@ -71,7 +70,7 @@ def main() -> None:
         "train_wall_s": train_s, "eval_wall_s": eval_s, "cpu_s": cpu, "idle_core_s": idle_s, "verdict": verdict,
     }
     print("\n" + tables(results)["epochs"])
-    write_results(args.results, results, command=" ".join(["python", *sys.argv]))
+    write_results(args.results, results)
 
 
 def tables(results: dict) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The backbone tables of docs/backbones.md: params, mult-adds (1000-class classifier) and taps of every built-in.
 
-    python benchmarks/backbone_table.py [--alphas 1.0 0.75 0.5 0.25] [--resolution 224]
+    python -m benchmarks.speed.backbone_table [--alphas 1.0 0.75 0.5 0.25] [--resolution 224]
 
 Writes benchmarks/results/backbone_table.json; docs/backbones.md quotes its tables.
 """
@@ -8,11 +8,10 @@ Writes benchmarks/results/backbone_table.json; docs/backbones.md quotes its tabl
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
+from benchmarks.tools.results import write_results
 from toolkit.backbones import create_backbone, list_backbones
 from toolkit.backbones.weights import list_weights
 from toolkit.heads import ImageClassifier
@@ -61,7 +60,7 @@ def main() -> None:
     results = {"resolution": args.resolution, "rows": rows(args.alphas, args.resolution)}
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    write_results("backbone_table", results, command=" ".join(["python", *sys.argv]))
+    write_results("backbone_table", results)
 
 
 if __name__ == "__main__":

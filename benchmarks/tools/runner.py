@@ -9,25 +9,6 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 
-def compose_config(overrides: list[str], run_dir: Path):
-    """The config `python -m toolkit OVERRIDES` would run, with its outputs in `run_dir` (Hydra's runtime set)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def cpu_seconds() -> float:
     """CPU seconds of this process (all threads) and of its finished children (data workers of past epochs): the
     figure to read when other jobs share the machine. Workers still running are not counted yet."""
@@ -68,12 +49,13 @@ def run_toolkit(overrides: list[str], run_dir: Path, record: list[str] | None = 
 
     Returns (result, wall seconds) and adds `result["cpu_s"]` (`cpu_seconds()` of the run) and, with `record`
     (metric names such as `val/top1`), `result["epochs"]`: one row per validation epoch (`EpochRecorder`)."""
+    from toolkit import compose
     from toolkit.run import run
 
     if record:
-        overrides = [*overrides, f"+callbacks.epoch_recorder={{_target_: _runner.epoch_recorder, "
+        overrides = [*overrides, f"+callbacks.epoch_recorder={{_target_: benchmarks.tools.runner.epoch_recorder, "
                                  f"metrics: [{','.join(repr(m) for m in record)}]}}"]
-    cfg = compose_config(overrides, run_dir)
+    cfg = compose(overrides, output_dir=run_dir)
     start, cpu, recorders = time.perf_counter(), cpu_seconds(), len(_RECORDERS)
     result = run(cfg)
     result["cpu_s"] = cpu_seconds() - cpu

@@ -1,6 +1,6 @@
 """The paper's Tables 2 and 3 as the profiler counts them: where the mult-adds and parameters of MobileNet are.
 
-    python benchmarks/layer_shares.py
+    python -m benchmarks.speed.layer_shares
 
 Table 2: shares of mult-adds and of conv/FC weights (the paper's parameter count) by layer type in 1.0
 MobileNet-224 (1000-class classifier). Table 3: one 14x14x512 layer with a 3x3 kernel and 512 outputs as a full
@@ -10,12 +10,10 @@ depend on the machine. Writes benchmarks/results/layer_shares.json; docs/profili
 
 from __future__ import annotations
 
-import sys
-
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from torch import nn
 
+from benchmarks.tools.results import write_results
 from toolkit.backbones import create_backbone
 from toolkit.heads import ImageClassifier
 from toolkit.profiling import count_model
@@ -70,7 +68,7 @@ def main() -> None:
     results = measure()
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    write_results("layer_shares", results, command=" ".join(["python", *sys.argv]))
+    write_results("layer_shares", results)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Do the learning benchmarks reach the same accuracy under bf16 autocast as under fp32 (issue 14: within 1 point)?
+"""Do the learning benchmarks reach the same accuracy under bf16 autocast as under fp32 (within 1 point)?
 
-    python benchmarks/bf16_parity.py
+    python -m benchmarks.learning.bf16_parity
 
 Reads the results files the learning benchmarks wrote with identical settings, once per precision and seed:
-`<name>_32.json` / `<name>_bf16.json` (seed 0) and `<name>_32_seed<k>.json` / `<name>_bf16_seed<k>.json`, and where
-present `<name>_auto*.json`: `--precision auto`, which on a bf16 machine trains its first steps in fp32, then bf16
+`<prefix>32.json` / `<prefix>bf16.json` (seed 0) and `<prefix>32_seed<k>.json` / `<prefix>bf16_seed<k>.json`
+(a prefix such as `classification_learning/` or `detection_learning/ssd_`: each benchmark's runs are in its own
+folder of benchmarks/results/), and where present `<prefix>auto*.json`: `--precision auto`, which on a bf16 machine trains its first steps in fp32, then bf16
 (toolkit/precision.py); each of bf16 and auto is compared with fp32. One pair
 says little: two fp32 runs that differ only in their seed already end several points apart on small generated
 data sets, so the comparison is between the precisions' means over their seeds, with a 95 % Welch interval on
@@ -14,22 +15,21 @@ no difference was found at this resolution, and whether the means are within 1 p
 benchmarks/results/bf16_parity.json; `tables()` renders the table docs/performance.md quotes. The runs (1 torch
 thread each here, two at a time; each file records its command):
 
-    python benchmarks/classification_learning.py --threads 1 --precision 32-true --seed 1 --results classification_learning_32_seed1
-    python benchmarks/detection_learning.py --model ssd --threads 1 --workers 0 --minutes 240 --precision bf16-mixed \
-        --results detection_learning_ssd_bf16
-    python benchmarks/face_distillation.py --threads 1 ... --precision 32-true --seed 2 --results face_distillation_32_seed2
+    python -m benchmarks.learning.classification_learning --threads 1 --precision 32-true --seed 1 --results classification_learning/32_seed1
+    python -m benchmarks.learning.detection_learning --model ssd --threads 1 --workers 0 --minutes 240 --precision bf16-mixed \
+        --results detection_learning/ssd_bf16
+    python -m benchmarks.learning.face_distillation --threads 1 ... --precision 32-true --seed 2 --results face_distillation/32_seed2
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 from collections.abc import Callable
 
-from _results import RESULTS_DIR, write_results
+from benchmarks.tools.results import RESULTS_DIR, write_results
 
-#: a point is 0.01 of a metric in [0, 1]; the issue's tolerance
+#: a point is 0.01 of a metric in [0, 1]; bf16 counts as the same as fp32 when the difference stays within this
 TOLERANCE_POINTS = 1.0
 #: settings that may differ between the runs of one comparison
 PER_RUN_SETTINGS = {"precision", "results", "out", "seed", "no_speed"}
@@ -46,19 +46,19 @@ def _face_model(part: str, key: str, metric: str) -> Callable[[dict], list[float
     return per_epoch
 
 
-#: (benchmark, metric, results name without the precision suffix, metric per validation epoch of a results file)
+#: (benchmark, metric, results name before the precision (a folder and a prefix), metric per validation epoch of a results file)
 COMPARISONS: tuple[tuple[str, str, str, Callable[[dict], list[float]]], ...] = (
-    ("classification α 0.5, 64 px", "val top-1", "classification_learning", lambda r: [e["top1"] for e in r["epochs"]]),
-    ("classification α 0.5, 64 px, 300 images", "val top-1", "classification_learning_300",
+    ("classification α 0.5, 64 px", "val top-1", "classification_learning/", lambda r: [e["top1"] for e in r["epochs"]]),
+    ("classification α 0.5, 64 px, 300 images", "val top-1", "classification_learning/300_",
      lambda r: [e["top1"] for e in r["epochs"]]),
-    ("SSD300 α 0.25", "mAP@0.5", "detection_learning_ssd", lambda r: [e["map_50"] for e in r["epochs"]]),
-    ("SSD300 α 0.25", "COCO mAP", "detection_learning_ssd", lambda r: [e["map"] for e in r["epochs"]]),
-    ("face attributes, teacher α 0.5", "mean AP", "face_distillation", _face_model("attributes", "teacher", "val/mAP")),
-    ("face attributes, student α 0.25 distilled", "mean AP", "face_distillation",
+    ("SSD300 α 0.25", "mAP@0.5", "detection_learning/ssd_", lambda r: [e["map_50"] for e in r["epochs"]]),
+    ("SSD300 α 0.25", "COCO mAP", "detection_learning/ssd_", lambda r: [e["map"] for e in r["epochs"]]),
+    ("face attributes, teacher α 0.5", "mean AP", "face_distillation/", _face_model("attributes", "teacher", "val/mAP")),
+    ("face attributes, student α 0.25 distilled", "mean AP", "face_distillation/",
      _face_model("attributes", "student_online", "val/mAP")),
-    ("face embeddings, teacher α 0.5", "verification accuracy", "face_distillation",
+    ("face embeddings, teacher α 0.5", "verification accuracy", "face_distillation/",
      _face_model("embeddings", "teacher", "val/accuracy")),
-    ("face embeddings, student α 0.25 distilled", "verification accuracy", "face_distillation",
+    ("face embeddings, student α 0.25 distilled", "verification accuracy", "face_distillation/",
      _face_model("embeddings", "student", "val/accuracy")),
 )
 
@@ -70,7 +70,7 @@ def load(name: str) -> dict | None:
 
 def run_names(name: str, precision: str) -> list[str]:
     """The results files of `name` under `precision` (suffix 32 | bf16) that exist, seed 0 first."""
-    names = [f"{name}_{precision}", *(f"{name}_{precision}_seed{k}" for k in range(1, MAX_SEEDS))]
+    names = [f"{name}{precision}", *(f"{name}{precision}_seed{k}" for k in range(1, MAX_SEEDS))]
     return [n for n in names if (RESULTS_DIR / f"{n}.json").is_file()]
 
 
@@ -135,7 +135,7 @@ def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], 
     files = {"fp32": run_names(name, "32"), "other": run_names(name, variant)}
     if not files["fp32"] or not files["other"]:
         if variant == "bf16":  # auto runs are optional
-            print(f"skipped {benchmark} {metric}: no benchmarks/results/{name}_32*.json or {name}_{variant}*.json")
+            print(f"skipped {benchmark} {metric}: no benchmarks/results/{name}32*.json or {name}{variant}*.json")
         return None
     payloads = {n: load(n) for key in files for n in files[key]}
     reference = files["fp32"][0]
@@ -159,7 +159,7 @@ def compare(benchmark: str, metric: str, name: str, per_epoch: Callable[[dict], 
 
 
 #: the benchmark whose mean learning curve per precision `tables()["epochs"]` shows (where bf16 lags, auto not)
-CURVES = ("classification_learning", lambda r: [e["top1"] for e in r["epochs"]])
+CURVES = ("classification_learning/", lambda r: [e["top1"] for e in r["epochs"]])
 
 
 def mean_curves(name: str, per_epoch: Callable[[dict], list[float]]) -> list[dict]:
@@ -216,7 +216,7 @@ def tables(results: dict) -> dict[str, str]:
 def main() -> None:
     results = measure()
     print(tables(results)["parity"])
-    write_results("bf16_parity", results, command=" ".join(["python", *sys.argv]))
+    write_results("bf16_parity", results)
 
 
 if __name__ == "__main__":

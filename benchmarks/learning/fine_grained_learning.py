@@ -1,6 +1,6 @@
 """Learning check: the paper's Stanford Dogs route on generated data: pretrain, then fine-tune with init_from.
 
-    python benchmarks/fine_grained_learning.py [--pretrain geo|shapes] [--pretrain-epochs 4] [--epochs 30] [--lr 0.002] [--scratch] [--threads 2]
+    python -m benchmarks.learning.fine_grained_learning [--pretrain geo|shapes] [--pretrain-epochs 4] [--epochs 30] [--lr 0.002] [--scratch] [--threads 2]
 
 1. pretrain, by default `task=geolocation data=geo_synthetic` (PlaNet cell classification of generated
    geo-tagged photos: the stand-in for the paper's noisy web-scale set; `--pretrain shapes` uses the
@@ -9,7 +9,7 @@
    look-alike hues; a real Images/ + lists/*.mat tree) from that checkpoint: fresh 12-way head, backbone at `backbone_lr_scale`
    of the head's learning rate, backbone frozen for the first `--freeze` epochs;
 3. `mode=eval` of the best fine-tuned checkpoint: top-1, top-5, mean per-class accuracy, confused pairs.
-`--scratch` adds the same fine-tuning run from random weights, for comparison. Target of issue 6: fine-tuning
+`--scratch` adds the same fine-tuning run from random weights, for comparison. Target: fine-tuning
 reaches >= 80% top-1 within 10 minutes on 2 cores. Writes benchmarks/results/fine_grained_learning.json;
 `tables()` renders the tables docs/fine_grained.md quotes.
 """
@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from _results import write_results
-from _runner import PRECISE_BN, QUIET, run_toolkit
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import PRECISE_BN, QUIET, run_toolkit
 
 #: pretraining runs: PlaNet-style cell classification of generated geo-tagged photos (learns colour and layout
 #: in a few epochs), or 6-class generated shapes (learns slowly: see docs/classification.md)
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--backbone-lr-scale", type=float, default=0.5)
     parser.add_argument("--freeze", type=int, default=0, help="epochs with the backbone frozen")
     parser.add_argument("--scratch", action="store_true", help="also fine-tune from random weights")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's target: 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine: 2 cores)")
     parser.add_argument("--precision", default="auto", help="trainer.precision of both stages: auto, 32-true, bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="fine_grained_learning", help="results file benchmarks/results/<NAME>.json")
@@ -109,7 +108,7 @@ def main() -> None:
         "confused_pairs": pairs[:5], "idle_core_s": idle_s, "verdict": verdict,
     }
     print("\n" + "\n\n".join(tables(results).values()))
-    write_results(args.results, results, command=" ".join(["python", *sys.argv]))
+    write_results(args.results, results)
 
 
 def tables(results: dict) -> dict[str, str]:

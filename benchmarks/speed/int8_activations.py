@@ -3,7 +3,7 @@
 the graph), at batch 1 on `--threads` ONNX Runtime threads, quantised as mode=export does (`quantize_onnx`; SSD's
 prediction heads in float), and for SSD also with its heads quantised.
 
-    python benchmarks/int8_activations.py        # writes benchmarks/results/int8_activations.json
+    python -m benchmarks.speed.int8_activations        # writes benchmarks/results/int8_activations.json
 
 Speed only: weights are random (BatchNorm statistics estimated on smooth random images), so agreement would say
 nothing (a random 1000-class head has near-tied logits); mode=export reports a trained model's metric and agreement
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from benchmarks.tools.results import write_results
 
 
 def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
@@ -73,7 +71,7 @@ def timed(runners: dict, batch: np.ndarray, rounds: int, per_round: int) -> dict
 
 
 def tables(results: dict) -> dict[str, str]:
-    """The table a doc may quote (benchmarks/requote_docs.py): latency at batch 1 per model and variant."""
+    """The table a doc may quote (benchmarks/tools/requote_docs.py): latency at batch 1 per model and variant."""
     lines = [f"| model | file | size MB | ms / image @1 ({results['threads']} threads) | speed vs fp32 |",
              "|---|---|---|---|---|"]
     for model, rows in results["models"].items():
@@ -154,7 +152,7 @@ def main() -> None:
     results["models"]["ssd300 mobilenet_v1 1.0 (80 classes)"] = rows
     results["note"] = ("random weights with estimated BatchNorm statistics (speed only); latency in interleaved rounds "
                        "on a machine shared with other jobs")
-    write_results("int8_activations", results, command="python benchmarks/int8_activations.py " + " ".join(sys.argv[1:]))
+    write_results("int8_activations", results)
     print(tables(results)["latency"])
 
 

@@ -1,6 +1,6 @@
 """How far is a bf16 gradient from the fp32 one, and how far would any tiny perturbation move it?
 
-    python benchmarks/bf16_gradient_noise.py [--train-steps 0 60 300] [--seed 0]
+    python -m benchmarks.learning.bf16_gradient_noise [--train-steps 0 60 300] [--seed 0]
 
 The classification learning benchmark's model (MobileNet V1 α 0.5 at 64 px, 6 classes, BN in training mode) and
 one batch of 64 of its generated training images, read by the toolkit's own `data=shapes` datamodule. At several
@@ -17,13 +17,13 @@ Writes benchmarks/results/bf16_gradient_noise.json; `tables()` renders the table
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
-from _runner import QUIET, compose_config
+
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET
 
 #: relative perturbations of the input pixels compared with bf16's rounding
 INPUT_NOISE = (1e-4, 2e-3)
@@ -31,13 +31,14 @@ INPUT_NOISE = (1e-4, 2e-3)
 
 def setup(seed: int, folder: Path):
     """The classification benchmark's generated data (batches of 64), a freshly initialised task, its optimiser."""
+    from toolkit import compose
     from toolkit.modes.common import build_datamodule, build_task
 
     torch.manual_seed(seed)
-    cfg = compose_config([*QUIET, "task=classification", "data=shapes", "backbone.alpha=0.5", "data.resolution=64",
-                          "data.n_train=2000", "data.n_val=600", "data.batch_size=64", "data.num_workers=0",
-                          f"seed={seed}", f"paths.cache_dir={folder / 'cache'}", f"paths.log_dir={folder}"],
-                         folder / "run")
+    cfg = compose([*QUIET, "task=classification", "data=shapes", "backbone.alpha=0.5", "data.resolution=64",
+                  "data.n_train=2000", "data.n_val=600", "data.batch_size=64", "data.num_workers=0",
+                  f"seed={seed}", f"paths.cache_dir={folder / 'cache'}", f"paths.log_dir={folder}"],
+                  output_dir=folder / "run")
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     task = build_task(cfg, datamodule)
@@ -150,7 +151,7 @@ def main() -> None:
         results = measure(args.train_steps, args.seed, Path(folder))
     for table in tables(results).values():
         print(table + "\n")
-    write_results("bf16_gradient_noise", results, command=" ".join(["python", *sys.argv]))
+    write_results("bf16_gradient_noise", results)
 
 
 if __name__ == "__main__":

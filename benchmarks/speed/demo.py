@@ -1,8 +1,8 @@
 """The demo (`make demo` = `python -m toolkit`), run as a new user would, and run again: what README quotes.
 
-    python benchmarks/demo.py              # two runs of `python -m toolkit`, fresh data cache, outputs in a temp folder
-    python benchmarks/demo.py --runs 1
-    python benchmarks/demo.py --record outputs/classification/runs/<time>   # a demo run made already (make demo)
+    python -m benchmarks.speed.demo              # two runs of `python -m toolkit`, fresh data cache, outputs in a temp folder
+    python -m benchmarks.speed.demo --runs 1
+    python -m benchmarks.speed.demo --record outputs/classification/runs/<time>   # a demo run made already (make demo)
 
 Each run is the real command in a subprocess (generated shapes, MobileNet V1, 8 epochs, seed 42). The first run
 generates the data, the next ones read it from the cache: the case where the same command used to end at 0.83 one
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
+from benchmarks.tools.results import write_results
 
 DEMO = [sys.executable, "-m", "toolkit"]
 
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path, help="a finished `python -m toolkit` run folder to record instead")
     parser.add_argument("--note", default="", help="with --record: how that run was made (commit, time taken)")
     args = parser.parse_args()
-    command = "python benchmarks/demo.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.speed.demo " + " ".join(sys.argv[1:])
     if args.record:
         run = figures(args.record)
         print(f"recorded {args.record}: final val/top1 {run['final_val_top1']:.4f}, best {run['best_val_top1']:.4f}")

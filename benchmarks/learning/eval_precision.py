@@ -1,8 +1,8 @@
 """Do reported metrics depend on the hardware? One checkpoint per task evaluated under `trainer.precision=auto` (the
-default), `32-true` and `bf16-mixed`, on the same validation images (issue 19: bf16 evaluation under `auto` gave an
-SSD mAP of 0.0427 where fp32 gave 0.0515).
+default), `32-true` and `bf16-mixed`, on the same validation images (bf16 evaluation under `auto` once gave an SSD
+mAP of 0.0427 where fp32 gave 0.0515: why `auto` evaluates in fp32).
 
-    python benchmarks/eval_precision.py
+    python -m benchmarks.learning.eval_precision
 
 Trains a short SSD (generated shapes) and a short classifier, then runs `mode=eval` on the best checkpoint three
 times. Expected: `auto` equals `32-true` exactly on every CPU; `bf16-mixed` differs (by how much depends on the CPU).
@@ -11,12 +11,11 @@ Writes benchmarks/results/eval_precision.json and prints the table.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-from _results import write_results
-from _runner import QUIET, run_toolkit
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 #: task -> (overrides, the metric that picks best.ckpt); SSD with detection_learning.py's recipe, fewer images/epochs
 TASKS = {
@@ -60,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {"fast_bf16": fast_bf16("cpu")[1],
                    "tasks": {name: measure(name, overrides, metric, Path(tmp)) for name, (overrides, metric) in TASKS.items()}}
-    write_results("eval_precision", results, command="python benchmarks/eval_precision.py " + " ".join(sys.argv[1:]))
+    write_results("eval_precision", results)
     print(tables(results)["table"])
 
 

@@ -1,9 +1,9 @@
 """Training and inference images/s: what Lightning costs, what bf16 and torch.compile buy, ours against timm's.
 
-    python benchmarks/throughput.py                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
-    python benchmarks/throughput.py --compile             # also torch.compile'd paths and x86 int8 inference
-    python benchmarks/throughput.py --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
-    python benchmarks/throughput.py --compile --phases inference --no-timm --name throughput_inference
+    python -m benchmarks.speed.throughput                       # mobilenet_v1 1.0-224, batch 32, fp32 and bf16, eager
+    python -m benchmarks.speed.throughput --compile             # also torch.compile'd paths and x86 int8 inference
+    python -m benchmarks.speed.throughput --alpha 0.5 --resolution 160 --batch-size 16 --steps 6
+    python -m benchmarks.speed.throughput --compile --phases inference --no-timm --name throughput_inference
 
 Three comparisons, each measured within one run so a machine shared with other jobs hurts both sides alike:
 
@@ -11,12 +11,12 @@ Three comparisons, each measured within one run so a machine shared with other j
    over the SAME model (`task.model`) with the SAME optimiser (`task.configure_optimizers()`: the paper's
    RMSprop with its parameter groups), for fp32 and bf16 (and compiled with --compile).
 2. Precision and compilation: the plain loop's images/s for fp32/bf16 x eager/compiled, training and inference,
-   as multiples of eager fp32; with --compile also inference through `task.compile=int8` (x86 PT2E int8 compiled
+   as multiples of eager fp32; with --compile also inference through `compile=int8` (x86 PT2E int8 compiled
    by inductor with weight freezing: `toolkit.compilation.QuantizedForward`).
 3. Our model against timm's `mobilenetv1_100` (the same network at alpha 1.0), both in the plain loop with the
    same optimiser class and settings.
 
-Batches are random tensors held in memory (data loading is not measured: see benchmarks/loader_speed.py). Each
+Batches are random tensors held in memory (data loading is not measured: see benchmarks/speed/loader_speed.py). Each
 measurement runs `--warmup` untimed steps, then `--steps` timed ones; Lightning and plain runs alternate
 `--rounds` times and the median counts. Images per CPU-second (all threads of this process) are recorded too:
 they survive a busy machine better than wall time. Results: benchmarks/results/throughput.json.
@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
 
 import timm
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.tools.results import write_results
 from toolkit.compilation import QuantizedForward, compile_module
 from toolkit.tasks.classification import ClassificationTask
 
@@ -101,7 +100,7 @@ def rate(args, clock: Clock) -> dict[str, float]:
 
 
 def compile_for(model: torch.nn.Module, data: FixedBatches, precision: str, compiled: bool) -> None:
-    """torch.compile `model` in place; int8: quantized as `task.compile=int8` does (calibrated on two batches)."""
+    """torch.compile `model` in place; int8: quantized as `compile=int8` does (calibrated on two batches)."""
     if precision == "int8":
         model.forward = QuantizedForward(model.forward, lambda: [b["image"] for b in data.batches[:2]])
     elif compiled:
@@ -190,7 +189,7 @@ def tables(results: dict) -> dict[str, str]:
             out["timm"].append(f"| {phase} | {precision} | {row['ours']['images_per_s']:.1f} | "
                                f"{row['timm']['images_per_s']:.1f} | {row['ratio']:.2f} |")
     if results.get("targets"):
-        out["targets"] = ["| target (issue 14) | wanted | measured | met |", "|---|---|---|---|"]
+        out["targets"] = ["| target | wanted | measured | met |", "|---|---|---|---|"]
         for name, t in results["targets"].items():
             value = t.get("value", t.get("worst"))
             if name == "lightning_vs_plain":
@@ -284,7 +283,7 @@ def main() -> None:
         print(f"  {name:<24s} {value:6.2f} (target >= {t['target']}) {'met' if value >= t['target'] else 'NOT met'}")
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    path = write_results(args.name, results, command="python " + " ".join(sys.argv))
+    path = write_results(args.name, results)
     print(f"results: {path}")
 
 

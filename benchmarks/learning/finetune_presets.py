@@ -1,7 +1,7 @@
 """Which fine-tuning presets suit small custom class folders? Augmentation x flips x optimiser on generated data.
 
-    python benchmarks/finetune_presets.py                    # the settings docs/fine-tuning.md quotes
-    python benchmarks/finetune_presets.py --seeds 0 --epochs 5 --n-train 200   # a quick look
+    python -m benchmarks.learning.finetune_presets                    # the settings docs/fine-tuning.md quotes
+    python -m benchmarks.learning.finetune_presets --seeds 0 --epochs 5 --n-train 200   # a quick look
 
 Two generated class folders (written to a temporary folder as JPEGs, read by the real `data=folder` path):
 - `arrows`: arrows pointing left, right, up or down on noisy backgrounds, 32-48 px. Not flip-invariant: a
@@ -22,13 +22,12 @@ import argparse
 import itertools
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _results import write_results
-from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 AUGMENTS = ("paper", "finetune")
 FLIPS = (True, False)
@@ -214,9 +213,9 @@ def main() -> None:
               f" {time.perf_counter() - start:.0f} s so far)", flush=True)
         # the partial file after every run: a cut-short benchmark still leaves what it measured
         results = {"settings": settings, "runs": runs, "summary": summarise(runs), "complete": False}
-        write_results("finetune_presets", results, command=" ".join(["python", *sys.argv]))
+        write_results("finetune_presets", results)
     results["complete"] = True
-    write_results("finetune_presets", results, command=" ".join(["python", *sys.argv]))
+    write_results("finetune_presets", results)
     rendered = tables(results)
     print("\n" + rendered["presets"] + "\n\n" + rendered["advice"])
 

@@ -1,9 +1,9 @@
 """Does classification learn? MobileNet V1 (small alpha and resolution) on the generated shapes, on the CPU.
 
-    python benchmarks/classification_learning.py                      # defaults: the settings in docs/classification.md
-    python benchmarks/classification_learning.py --alpha 0.5 --resolution 64 --epochs 12 task.optimizer.lr=0.02
-    python benchmarks/classification_learning.py --precision 32-true --results classification_learning_32
-    python benchmarks/classification_learning.py --precision bf16-mixed --results classification_learning_bf16
+    python -m benchmarks.learning.classification_learning                      # defaults: the settings in docs/classification.md
+    python -m benchmarks.learning.classification_learning --alpha 0.5 --resolution 64 --epochs 12 task.optimizer.lr=0.02
+    python -m benchmarks.learning.classification_learning --precision 32-true --results classification_learning/32
+    python -m benchmarks.learning.classification_learning --precision bf16-mixed --results classification_learning/bf16
 
 Runs the real `python -m toolkit task=classification data=shapes` path in-process (the paper's optimiser,
 class folders of JPEGs on disk, albumentations, Lightning) and prints, per epoch, val top-1/top-5 and the
@@ -15,12 +15,11 @@ Markdown docs/classification.md quotes (and `bf16_parity.py` compares the `--pre
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-from _results import write_results
-from _runner import QUIET, run_toolkit  # benchmarks/ is on sys.path when run as a script
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 TARGET_TOP1 = 0.90
 #: --schedule: the paper's (TF-slim's) exponential decay keeps the rate high through a short run, so the last epochs
@@ -56,7 +55,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (weights, augmentation order)")
     parser.add_argument("--precision", default="auto", help="trainer.precision: auto, 32-true, bf16-mixed (the "
                         "learning benchmarks must reach the same top-1 under bf16 as under fp32, within 1 point)")
-    parser.add_argument("--results", default="classification_learning", help="results file benchmarks/results/<NAME>.json")
+    parser.add_argument("--results", default="classification_learning/default",
+                        help="results file benchmarks/results/<NAME>.json (this benchmark's runs: classification_learning/...)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     args, extra = parser.parse_known_args()
 
@@ -90,7 +90,7 @@ def main() -> None:
     print(f">= {TARGET_TOP1:.0%} top-1: " + (f"at epoch {reached['epoch']} after {reached['wall_s']:.0f} s wall / "
                                           f"{reached['cpu_s']:.0f} s CPU" if reached else "not reached"))
     print(f"outputs: {out / 'run'}")
-    write_results(args.results, results, command=" ".join(["python", *sys.argv]))
+    write_results(args.results, results)
 
 
 if __name__ == "__main__":

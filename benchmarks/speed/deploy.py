@@ -1,14 +1,14 @@
 """Deployment speed on this CPU, side by side in one run: MobileNet V1 1.0-224 in every export format, timm's
 `mobilenetv1_100` exported the same way, the machine's fp32 GEMM limit, and SSD300.
 
-    python benchmarks/deploy.py                  # writes benchmarks/results/deploy.json
-    python benchmarks/deploy.py --threads 1 --formats onnx onnx_int8
+    python -m benchmarks.speed.deploy                  # writes benchmarks/results/deploy.json
+    python -m benchmarks.speed.deploy --threads 1 --formats onnx onnx_int8
 
 The GEMM limit: `torch.mm` of two 4096x4096 fp32 matrices measured in the same run gives the machine's
 multiply-add rate; MobileNet V1 1.0-224 needs 569 M mult-adds per image (2 x 569 M flops), so
 `limit = GEMM flop/s / (2 x 569 M)` images/s is what a perfect fp32 runtime could reach. Weights are random
 (timm builds its model from code; speed does not depend on the values); int8 files are calibrated on random
-images, so this script says nothing about int8 accuracy (benchmarks/export_accuracy.py does).
+images, so this script says nothing about int8 accuracy (benchmarks/learning/export_accuracy.py does).
 When other jobs share the machine, the ratios in one run (to the GEMM limit, to timm, int8 / fp32) are the
 figures to read; absolute rates move with the load.
 """
@@ -16,7 +16,6 @@ figures to read; absolute rates move with the load.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
-
+from benchmarks.tools.results import write_results
 from toolkit.modes.export_report import latency  # noqa: E402  (the export report's own timer)
 
 MULT_ADDS_V1_224 = 569e6
@@ -183,7 +180,7 @@ def main() -> None:
                "classifier": rows, "ratios": ratios, "ssd300": ssd_rows,
                "cpu_seconds": time.process_time() - cpu_start,
                "note": "random weights (speed only); the machine was shared with other jobs: read the ratios"}
-    write_results("deploy", results, command="python benchmarks/deploy.py " + " ".join(sys.argv[1:]))
+    write_results("deploy", results)
     for table in tables(results).values():
         print(table, end="\n\n")
 

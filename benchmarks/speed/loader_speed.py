@@ -1,7 +1,7 @@
 """Can the ImageNet-style training loader keep up with the model? Images/s of decode + augment against training.
 
-    python benchmarks/loader_speed.py                      # 500x375 JPEGs (ImageNet's typical size), 224 crops
-    python benchmarks/loader_speed.py --images 128 --repeat 4 --workers 1 2 4
+    python -m benchmarks.speed.loader_speed                      # 500x375 JPEGs (ImageNet's typical size), 224 crops
+    python -m benchmarks.speed.loader_speed --images 128 --repeat 4 --workers 1 2 4
 
 Writes `--images` generated JPEGs (smooth shapes plus sensor-like noise, quality 90: decoding cost like a photo's)
 into a temporary class-folder tree and reads them with the real training pipeline (`ImageListDataset` and
@@ -14,17 +14,16 @@ in this process. Results: benchmarks/results/loader_speed.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from benchmarks.tools.results import write_results
 from toolkit.data.decode import DECODERS, read_rgb
 from toolkit.data.folder import ImageListDataset
 from toolkit.data.transforms import classification_train_transform
@@ -155,7 +154,7 @@ def main() -> None:
               f"needs {fastest / rate:.2f} worker(s)")
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
-    path = write_results("loader_speed", results, command="python " + " ".join(sys.argv))
+    path = write_results("loader_speed", results)
     print(f"results: {path}")
 
 

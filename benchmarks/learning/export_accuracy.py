@@ -1,15 +1,15 @@
 """What export costs in accuracy: each format scored in its own runtime on the whole validation split.
 
-    python benchmarks/export_accuracy.py                                   # trains the shapes classifier first
-    python benchmarks/export_accuracy.py --ckpt best.ckpt data=imagenet paths.data_dir=/data   # your checkpoint
-    python benchmarks/export_accuracy.py --name export_accuracy_ssd task=detection_ssd data=shapes ...
+    python -m benchmarks.learning.export_accuracy                                   # trains the shapes classifier first
+    python -m benchmarks.learning.export_accuracy --ckpt best.ckpt data=imagenet paths.data_dir=/data   # your checkpoint
+    python -m benchmarks.learning.export_accuracy --name export_accuracy_ssd task=detection_ssd data=shapes ...
 
 Without `--ckpt` it first trains a shapes classifier that really learns (MobileNet V1 alpha 0.5 at 64 px,
 1200 generated training images, 12 epochs of AdamW with BatchNorm statistics re-estimated before each
 validation; extra arguments are Hydra overrides for both steps). Then `mode=export` writes every format
 and scores each one with the task's own metric in the runtime that executes it (the int8 files calibrated on
 the training split with the eval transform), and `onnx_int8` is written again with each other ONNX Runtime
-calibration method for comparison; and `mode=eval` scores the checkpoint in process with `task.compile=int8` (x86
+calibration method for comparison; and `mode=eval` scores the checkpoint in process with `compile=int8` (x86
 PT2E int8 compiled by inductor) against float32. Records all of it in `benchmarks/results/<name>.json`; `tables()` renders
 the tables docs/export.md quotes.
 """
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
-from _runner import QUIET, run_toolkit  # noqa: E402
+from benchmarks.tools.results import write_results
+from benchmarks.tools.runner import QUIET, run_toolkit
 
 #: a shapes classifier that learns in a couple of CPU minutes (tests/test_export.py trains a smaller one)
 LEARNS = ["backbone.alpha=0.5", "data.resolution=64", "data.image_size=64", "data.n_train=1200", "data.n_val=600",
@@ -56,8 +54,8 @@ def tables(results: dict) -> dict[str, str]:
         x86 = results["x86_int8"]
         out["x86_int8"] = "\n".join([
             "| in-process path (`mode=eval`) | " + metric + " | change (points) |", "|---|---|---|",
-            f"| `task.compile=false` (float32) | {x86['float'][metric]:.4f} | - |",
-            f"| `task.compile=int8` (x86 PT2E int8, inductor) | {x86['int8'][metric]:.4f} | "
+            f"| `compile=false` (float32) | {x86['float'][metric]:.4f} | - |",
+            f"| `compile=int8` (x86 PT2E int8, inductor) | {x86['int8'][metric]:.4f} | "
             f"{100 * (x86['int8'][metric] - x86['float'][metric]):+.2f} |"])
     return out
 
@@ -88,13 +86,13 @@ def main() -> None:
                                out / f"export_{method}")
         methods[method] = other["export"]["formats"]["onnx_int8"]
     evaluate = base + ["mode=eval", f"ckpt_path={ckpt}", "trainer.precision=32-true"]
-    x86 = {name: run_toolkit(evaluate + [f"task.compile={setting}"], out / f"eval_{name}")[0]["metrics"]
+    x86 = {name: run_toolkit(evaluate + [f"compile={setting}"], out / f"eval_{name}")[0]["metrics"]
            for name, setting in (("float", "false"), ("int8", "int8"))}
     results = {"report": report, "calibration_methods": methods, "x86_int8": x86, "export_wall_s": wall, "export_cpu_s": exported["cpu_s"],
                "overrides": overrides, "trained_here": trained, "note": "latency on a machine shared with other jobs"}
     for table in tables(results).values():
         print(table)
-    write_results(args.name, results, command="python benchmarks/export_accuracy.py " + " ".join(sys.argv[1:]))
+    write_results(args.name, results)
 
 
 if __name__ == "__main__":
