@@ -42,7 +42,14 @@ from toolkit.modes.select_cost import (
     runtime_version,
 )
 from toolkit.modes.select_report import final_metric, plot, table
-from toolkit.modes.select_search import job_overrides, job_results, launch, rung_schedule, successive_halving, write_candidate_configs
+from toolkit.modes.select_search import (
+    job_overrides,
+    job_results,
+    launch,
+    rung_schedule,
+    successive_halving,
+    write_candidate_configs,
+)
 
 log = logging.getLogger(__name__)
 
