@@ -59,7 +59,7 @@ def plot(candidates: list[Candidate], path: Path, *, metric_name: str, runtime: 
         for alpha, group in sorted(by_alpha.items(), reverse=True):
             ax.scatter([getattr(c, key) for c in group], [final_metric(c) for c in group], label=f"alpha {alpha:g}")
         for c in trained:
-            ax.annotate(f"{c.alpha:g}-{c.resolution}" + ("" if c.state == "trained" else f" ({c.state})"),
+            ax.annotate(f"{c.alpha:g}-{c.resolution}" + ("" if c.state == "trained" else f" ({c.state.replace('pruned_at_epoch_', 'pruned@')})"),
                         (getattr(c, key), final_metric(c)), fontsize=7, xytext=(3, 3), textcoords="offset points")
         dropped = [c for c in candidates if c.state == "over_budget"]
         if dropped:
