@@ -97,7 +97,8 @@ def test_selection_killed_after_the_first_rung_resumes_without_retraining(tmp_pa
     second_started = max((j / ".toolkit-run.json").stat().st_mtime for j in jobs[:2])
     assert second_started < first_done  # job 1 started before job 0 ended: they ran at the same time
 
-    done = run_cli([*args, f"select.resume={first}", f"hydra.run.dir={second}"], tmp_path, env=_env(shared_cache))
+    # the rest through the basic launcher (one process, no worker start-up): any Hydra launcher runs the rungs
+    done = run_cli([*args, "select.launcher=basic", f"select.resume={first}", f"hydra.run.dir={second}"], tmp_path, env=_env(shared_cache))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 finished candidate-rung(s) reused" in done.stdout
     assert not (second / "rung0").exists()  # nothing of rung 0 was trained again

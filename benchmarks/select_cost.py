@@ -1,0 +1,73 @@
+"""mode=select's cost phase for the paper's 16 candidates (alpha 1.0/0.75/0.5/0.25 x 224/192/160/128): each built
+untrained, exported and timed at batch 1 in the runtime, for `onnx` and `executorch_int8`; wall and CPU seconds of
+the whole phase, and Spearman's rank correlation of mult-adds and measured latency.
+
+    python benchmarks/select_cost.py [--runtimes onnx executorch_int8] [--threads 1] [--alphas ...] [--resolutions ...]
+
+Runs `mode=select select.export_only=true` (the cost phase without the cache, every file written) on generated
+shapes (a 6-class classifier head). Writes benchmarks/results/select_cost.json; docs/select.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
+from _runner import cpu_seconds, run_toolkit
+
+from toolkit.modes.select_cost import PAPER_ALPHAS, PAPER_RESOLUTIONS, Candidate, rank_correlation
+
+
+def measure(runtime: str, *, alphas, resolutions, threads: int, root: Path) -> dict:
+    overrides = ["mode=select", "debug=cpu", "select.export_only=true", f"select.runtime={runtime}",
+                 f"select.threads={threads}", f"select.alphas=[{','.join(map(str, alphas))}]",
+                 f"select.resolutions=[{','.join(map(str, resolutions))}]"]
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    result, _ = run_toolkit(overrides, root / runtime)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    record = json.loads(Path(result["selection"]).read_text())
+    rows = [{k: c[k] for k in ("alpha", "resolution", "madds", "params", "size_mb", "latency_ms")}
+            for c in record["candidates"]]
+    candidates = [Candidate(alpha=r["alpha"], resolution=r["resolution"], madds=r["madds"], latency_ms=r["latency_ms"])
+                  for r in rows]
+    by_latency = sorted(rows, key=lambda r: r["latency_ms"])
+    by_madds = sorted(rows, key=lambda r: r["madds"])
+    return {"runtime": runtime, "runtime_version": record["runtime_version"], "threads": threads,
+            "candidates": len(rows), "wall_s": wall, "cpu_s": cpu, "seconds_per_candidate": wall / len(rows),
+            "spearman_madds_vs_latency": rank_correlation(candidates),
+            "same_order": [r["alpha"] for r in by_latency] == [r["alpha"] for r in by_madds]
+            and [r["resolution"] for r in by_latency] == [r["resolution"] for r in by_madds],
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtimes", nargs="+", default=["onnx", "executorch_int8"])
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads while timing (1: stable on a shared machine)")
+    parser.add_argument("--alphas", nargs="+", type=float, default=list(PAPER_ALPHAS))
+    parser.add_argument("--resolutions", nargs="+", type=int, default=list(PAPER_RESOLUTIONS))
+    args = parser.parse_args()
+    results = {"runtimes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in args.runtimes:
+            entry = measure(runtime, alphas=args.alphas, resolutions=args.resolutions, threads=args.threads,
+                            root=Path(tmp))
+            results["runtimes"][runtime] = entry
+            print(f"{runtime}: {entry['candidates']} candidates in {entry['wall_s']:.0f} s wall "
+                  f"({entry['seconds_per_candidate']:.1f} s each), Spearman(mult-adds, latency) "
+                  f"{entry['spearman_madds_vs_latency']:.3f}")
+            for r in entry["rows"]:
+                print(f"  {r['alpha']:<5g} {r['resolution']:>4}  {r['madds'] / 1e6:8.1f} M  {r['size_mb']:6.2f} MB  "
+                      f"{r['latency_ms']:8.3f} ms")
+    results["total_wall_s"] = sum(e["wall_s"] for e in results["runtimes"].values())
+    write_results("select_cost", results, command="python benchmarks/select_cost.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
