@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--alphas", nargs="+", type=float, default=list(PAPER_ALPHAS))
     parser.add_argument("--resolutions", nargs="+", type=int, default=list(PAPER_RESOLUTIONS))
     args = parser.parse_args()
-    results = {"runtimes": {}}
+    results: dict = {"runtimes": {}, "complete": False}
+    command = "python benchmarks/select_cost.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         for runtime in args.runtimes:
             entry = measure(runtime, alphas=args.alphas, resolutions=args.resolutions, threads=args.threads,
@@ -65,8 +66,9 @@ def main() -> None:
             for r in entry["rows"]:
                 print(f"  {r['alpha']:<5g} {r['resolution']:>4}  {r['madds'] / 1e6:8.1f} M  {r['size_mb']:6.2f} MB  "
                       f"{r['latency_ms']:8.3f} ms")
-    results["total_wall_s"] = sum(e["wall_s"] for e in results["runtimes"].values())
-    write_results("select_cost", results, command="python benchmarks/select_cost.py " + " ".join(sys.argv[1:]))
+            results["total_wall_s"] = sum(e["wall_s"] for e in results["runtimes"].values())
+            results["complete"] = len(results["runtimes"]) == len(args.runtimes)
+            write_results("select_cost", results, command=command)  # after each runtime: a long run keeps its part
 
 
 if __name__ == "__main__":
