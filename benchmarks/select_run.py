@@ -5,7 +5,7 @@ to the full schedule once (`--check-full`): the chosen one against the best feas
     python benchmarks/select_run.py [--alphas 0.25 0.5 1.0] [--resolutions 64 96] [--runtime onnx] [--check-full]
 
 The first selection has no budget (it measures the costs, cached for the next two); the other two budgets are set
-between measured latencies: one that drops the slowest third of the grid, one that keeps the cheapest two. Each
+between measured latencies: one that drops the slowest candidate, one that keeps the cheapest two. Each
 selection runs as a user types it (`python -m toolkit mode=select ...`, training jobs through the joblib launcher).
 Writes benchmarks/results/select_run.json; docs/select.md quotes it.
 """
@@ -102,8 +102,8 @@ def main() -> None:
         runs.append(loose)
         save()
         latencies = sorted(c["latency_ms"] for c in loose["record"]["candidates"])
-        budgets = [(latencies[len(latencies) * 2 // 3 - 1] + latencies[len(latencies) * 2 // 3]) / 2,
-                   (latencies[1] + latencies[2]) / 2]
+        budgets = [(latencies[-2] + latencies[-1]) / 2,  # drops the slowest candidate
+                   (latencies[1] + latencies[2]) / 2]  # keeps the cheapest two
         for k, budget in enumerate(budgets):
             runs.append(selection(base, round(budget, 4), tmp / f"budget{k}", tmp))
             save()
