@@ -62,6 +62,7 @@ def test_wrong_select_settings_are_one_line_each(make_cfg, override, key):
     assert error.value.key == key and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_selection_killed_after_the_first_rung_resumes_without_retraining(tmp_path, shared_cache):
     """The whole path: cost in ONNX Runtime, rung 0 (four candidates, two at a time through the joblib launcher),
     a kill, `select.resume`: rung 1 only (the best half), the winner exported and verified, selection.json + plot."""
@@ -119,6 +120,7 @@ def test_selection_killed_after_the_first_rung_resumes_without_retraining(tmp_pa
     assert "chosen 0.25 mobilenet_v1" in done.stdout or "chosen 0.5 mobilenet_v1" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_budget_nothing_meets_stops_with_one_line_naming_the_cheapest(tmp_path, shared_cache):
     done = run_cli([*CLI, "select.latency_ms=0.000001", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
                    env=_env(shared_cache))
@@ -132,6 +134,7 @@ def test_a_budget_nothing_meets_stops_with_one_line_naming_the_cheapest(tmp_path
     assert not list((tmp_path / "run").glob("rung*"))  # nothing was trained
 
 
+@pytest.mark.slow
 def test_device_latency_table_replaces_local_timings(make_cfg, tmp_path, shared_cache, monkeypatch):
     """export_only writes the candidate files; `python -m toolkit.deploy --benchmark` (torch-free) times them into a
     table; select.latency_table makes the budget use the table's numbers."""

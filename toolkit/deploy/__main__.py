@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--benchmark":  # the latency table of exported files (toolkit.deploy.benchmark)
         from toolkit.deploy.benchmark import main as benchmark_main
 
-        return benchmark_main(argv[1:])
+        return benchmark_main(argv[1:], one_line=one_line)
     parser = argparse.ArgumentParser(prog="python -m toolkit.deploy", description=__doc__)
     parser.add_argument("model", help="a file written by mode=export (.onnx, or .pte with its .pte.json)")
     parser.add_argument("images", nargs="+", help="image files or folders")

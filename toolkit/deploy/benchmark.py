@@ -98,7 +98,8 @@ def benchmark(files: list[Path], *, threads: int | None, warmup: int, repeats: i
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": rows}
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, one_line) -> int:
+    """The CLI; `one_line(error)` is the deploy CLI's one-line error message."""
     parser = argparse.ArgumentParser(prog="python -m toolkit.deploy --benchmark", description=__doc__)
     parser.add_argument("inputs", nargs="+", help="exported files (.onnx, .pte) or folders of them")
     parser.add_argument("--out", default="latency_table.json", help="the table written (JSON)")
@@ -107,7 +108,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    from toolkit.deploy.__main__ import one_line
     from toolkit.io import write_json_atomic
 
     try:
