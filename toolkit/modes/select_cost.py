@@ -11,6 +11,7 @@ runtime version): a second selection on the same machine measures nothing again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -161,10 +162,9 @@ class CostCache:
         return entry.get("cost") if isinstance(entry, dict) else None
 
     def put(self, key: str, fields: dict[str, Any], cost: dict[str, Any]) -> None:
-        try:  # what other selections wrote meanwhile (two selections on one machine share the file) is kept
+        # what other selections wrote meanwhile (two selections on one machine share the file) is kept
+        with contextlib.suppress(OSError, ValueError):
             self.entries = {**json.loads(self.path.read_text()), **self.entries}
-        except (OSError, ValueError):
-            pass
         self.entries[key] = {"fields": fields, "cost": cost}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json_text(self.entries, indent=1, default=str) + "\n")
