@@ -46,7 +46,11 @@ def plot(candidates: list[Candidate], path: Path, *, metric_name: str, runtime: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    from toolkit.profiling.sweep import (
+        _label_2_and_5,  # the profile sweep's plot: minor ticks 2 and 5 labelled
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     trained = [c for c in candidates if final_metric(c) is not None]
@@ -71,6 +75,7 @@ def plot(candidates: list[Candidate], path: Path, *, metric_name: str, runtime: 
         if key == "madds_m":
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(FuncFormatter(_label_2_and_5))
         elif latency_budget is not None:
             ax.axvline(latency_budget, color="red", linestyle="--", label=f"budget {latency_budget:g} ms")
         ax.set_xlabel(xlabel)
