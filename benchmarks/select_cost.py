@@ -46,6 +46,32 @@ def measure(runtime: str, *, alphas, resolutions, threads: int, root: Path) -> d
             "rows": rows}
 
 
+def tables(results: dict) -> dict[str, str]:
+    """The markdown tables docs/select.md quotes, from the results file: `cost` (one row per candidate, each runtime's
+    size and latency) and `summary` (per runtime: time of the phase, rank correlation)."""
+    runtimes = results["runtimes"]
+    rows: dict[tuple, dict] = {}
+    for name, entry in runtimes.items():
+        for r in entry["rows"]:
+            rows.setdefault((r["alpha"], r["resolution"]), {"madds": r["madds"], "params": r["params"]})[name] = r
+    cost = ["| alpha | res | M mult-adds | M params | " + " | ".join(f"{n} MB | {n} ms" for n in runtimes) + " |",
+            "|---|---|---|---|" + "---|---|" * len(runtimes)]
+    for (alpha, resolution), v in sorted(rows.items(), key=lambda kv: -kv[1]["madds"]):
+        cells = []
+        for name in runtimes:
+            r = v.get(name)
+            cells += [f"{r['size_mb']:.2f}", f"{r['latency_ms']:.2f}"] if r else ["-", "-"]
+        cost.append(f"| {alpha:g} | {resolution} | {v['madds'] / 1e6:.1f} | {v['params'] / 1e6:.2f} | "
+                    + " | ".join(cells) + " |")
+    summary = ["| runtime | candidates | wall s | CPU s | s per candidate | Spearman(mult-adds, latency) |",
+               "|---|---|---|---|---|---|"]
+    for name, e in runtimes.items():
+        rho = e["spearman_madds_vs_latency"]
+        summary.append(f"| {name} {e['runtime_version']} ({e['threads']} thread) | {e['candidates']} | {e['wall_s']:.0f} | "
+                       f"{e['cpu_s']:.0f} | {e['seconds_per_candidate']:.0f} | {'-' if rho is None else f'{rho:.3f}'} |")
+    return {"cost": "\n".join(cost), "summary": "\n".join(summary)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtimes", nargs="+", default=["onnx", "executorch_int8"])

@@ -71,6 +71,21 @@ def full_schedule(base: list[str], names: list[str], epochs: int, folder: Path, 
     return scores
 
 
+def tables(results: dict) -> dict[str, str]:
+    """The markdown table docs/select.md quotes: one row per budget."""
+    lines = ["| budget ms | feasible | chosen | metric (full schedule) | ms (selection) | ms (re-measured) | wall min | "
+             "CPU min | best feasible at full schedule |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["selections"]:
+        check = r.get("check")
+        best = "-" if not check else f"{check['best_feasible_full_schedule']} {check['its_metric']:.3f} " \
+                                     f"(chosen: {check['chosen_full_schedule_metric']:.3f})"
+        budget = "none" if r["budget_ms"] is None else f"{r['budget_ms']:.3f}"
+        lines.append(f"| {budget} | {len(r['feasible'])} | "
+                     f"{r['chosen']} | {r['monitor']} {r['metric']:.3f} | {r['latency_ms']:.3f} | "
+                     f"{r['remeasured_latency_ms']:.3f} | {r['wall_min']:.1f} | {r['cpu_min']:.1f} | {best} |")
+    return {"selections": "\n".join(lines)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.25, 0.5, 1.0])
