@@ -3,6 +3,7 @@ untrained, exported and timed at batch 1 in the runtime, for `onnx` and `executo
 the whole phase, and Spearman's rank correlation of mult-adds and measured latency.
 
     python benchmarks/select_cost.py [--runtimes onnx executorch_int8] [--threads 1] [--alphas ...] [--resolutions ...]
+        [--name select_cost]
 
 Runs `mode=select select.export_only=true` (the cost phase without the cache, every file written) on generated
 shapes (a 6-class classifier head). Writes benchmarks/results/select_cost.json; docs/select.md quotes it.
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="runtime threads while timing (1: stable on a shared machine)")
     parser.add_argument("--alphas", nargs="+", type=float, default=list(PAPER_ALPHAS))
     parser.add_argument("--resolutions", nargs="+", type=int, default=list(PAPER_RESOLUTIONS))
+    parser.add_argument("--name", default="select_cost", help="results file name (a partial grid: another name)")
     args = parser.parse_args()
     results: dict = {"runtimes": {}, "complete": False}
     command = "python benchmarks/select_cost.py " + " ".join(sys.argv[1:])
@@ -94,7 +96,7 @@ def main() -> None:
                       f"{r['latency_ms']:8.3f} ms")
             results["total_wall_s"] = sum(e["wall_s"] for e in results["runtimes"].values())
             results["complete"] = len(results["runtimes"]) == len(args.runtimes)
-            write_results("select_cost", results, command=command)  # after each runtime: a long run keeps its part
+            write_results(args.name, results, command=command)  # after each runtime: a long run keeps its part
 
 
 if __name__ == "__main__":
