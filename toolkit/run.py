@@ -290,10 +290,56 @@ def validate_mode_settings(cfg: DictConfig) -> None:
         if threshold is not None and not (_is_number(threshold) and threshold > 1):
             raise ConfigError("tune.early_stop_threshold", threshold, "a number > 1 (stop once the loss exceeds it "
                               "times the best so far), or null to run every step")
+    if cfg.mode == "select":
+        validate_select(cfg)
     if cfg.mode == "train" and cfg.get("init_from") and not Path(cfg.init_from).expanduser().is_file():
         raise ConfigError("init_from", cfg.init_from, "no such file; give a .ckpt of this toolkit or a state-dict file")
     if not isinstance(cfg.get("init_from_strict", True), bool):
         raise ConfigError("init_from_strict", cfg.init_from_strict, "true (the backbone must load) or false")
+
+
+def validate_select(cfg: DictConfig) -> None:
+    """mode=select's keys (docs/select.md), one line per wrong value, before any candidate is built."""
+    settings = cfg.get("select") or {}
+    _check_choice(settings, "select", "runtime", export_format_names())
+    if settings.get("runtime") is None:
+        raise ConfigError("select.runtime", None, f"the export format the budget is measured in: {', '.join(export_format_names())}")
+    for key in ("latency_ms", "size_mb", "madds_m"):
+        value = settings.get(key)
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"select.{key}", value, "a budget > 0, or null for none")
+    alphas = settings.get("alphas")
+    if alphas is not None and not (isinstance(alphas, ListConfig | list) and alphas
+                                   and all(_is_number(a) and 0 < a <= 4 for a in alphas)):
+        raise ConfigError("select.alphas", alphas, "a non-empty list of widths in (0, 4], e.g. [1.0, 0.75, 0.5, 0.25]; "
+                          "null: the paper's")
+    multiple = getattr(hydra.utils.get_class(cfg.task._target_), "resolution_multiple", 1) if cfg.get("task") else 1
+    resolutions = settings.get("resolutions")
+    if resolutions is not None and not (isinstance(resolutions, ListConfig | list) and resolutions
+                                        and all(_is_int(r) and r >= 32 and r % multiple == 0 for r in resolutions)):
+        raise ConfigError("select.resolutions", resolutions, f"a non-empty list of integers >= 32"
+                          f"{f', multiples of {multiple}' if multiple > 1 else ''} ({PAPER_RESOLUTIONS}); null: the paper's")
+    for key, minimum in (("threads", 1), ("rung_epochs", 1), ("search_epochs", 1), ("eta", 2), ("final_epochs", 1),
+                         ("n_jobs", 1)):
+        _check_int(settings, "select", key, minimum)
+    for key in ("rung_epochs", "search_epochs", "eta", "n_jobs"):
+        if settings.get(key) is None:
+            raise ConfigError(f"select.{key}", None, "an integer (see conf/config.yaml select:)")
+    if settings["rung_epochs"] > settings["search_epochs"]:
+        raise ConfigError("select.rung_epochs", settings["rung_epochs"],
+                          f"must be <= select.search_epochs ({settings['search_epochs']})")
+    if not isinstance(settings.get("export_only"), bool):
+        raise ConfigError("select.export_only", settings.get("export_only"), "true or false")
+    if not isinstance(settings.get("launcher"), str) or not settings.get("launcher"):
+        raise ConfigError("select.launcher", settings.get("launcher"), "a Hydra launcher: joblib, basic, submitit_slurm, ...")
+    extra = settings.get("launcher_overrides")
+    if extra is not None and not (isinstance(extra, ListConfig | list) and all(isinstance(o, str) and "=" in o for o in extra)):
+        raise ConfigError("select.launcher_overrides", extra, "a list of Hydra overrides key=value")
+    for key, hint in (("latency_table", "a JSON file of python -m toolkit.deploy --benchmark"),
+                      ("resume", "the run folder of the selection to resume")):
+        value = settings.get(key)
+        if value and not (Path(value).expanduser().is_dir() if key == "resume" else Path(value).expanduser().is_file()):
+            raise ConfigError(f"select.{key}", value, f"no such {'folder' if key == 'resume' else 'file'}; give {hint}")
 
 
 def validate_config(cfg: DictConfig) -> None:

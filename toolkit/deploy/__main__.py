@@ -1,4 +1,5 @@
 """`python -m toolkit.deploy MODEL IMAGE_OR_FOLDER... [--out DIR]`: predictions from an exported file, torch-free for ONNX.
+`python -m toolkit.deploy --benchmark FILES_OR_FOLDERS [--out latency_table.json]`: their latency here (mode=select).
 
 A problem with the user's files (the model, its metadata, an image, the output folder) ends with one line,
 `error: ...`, naming the file and the fix, and exit code 2; `--debug` shows the traceback instead.
@@ -24,6 +25,11 @@ def collect(inputs: list[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--benchmark":  # the latency table of exported files (toolkit.deploy.benchmark)
+        from toolkit.deploy.benchmark import main as benchmark_main
+
+        return benchmark_main(argv[1:], one_line=one_line)
     parser = argparse.ArgumentParser(prog="python -m toolkit.deploy", description=__doc__)
     parser.add_argument("model", help="a file written by mode=export (.onnx, or .pte with its .pte.json)")
     parser.add_argument("images", nargs="+", help="image files or folders")

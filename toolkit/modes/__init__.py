@@ -14,6 +14,7 @@ MODES: dict[str, str] = {
     "teacher_cache": "toolkit.modes.teacher_cache:teacher_cache",
     "partition": "toolkit.modes.partition:partition",
     "tune": "toolkit.modes.tune:tune",
+    "select": "toolkit.modes.select:select",
 }
 
 
