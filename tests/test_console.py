@@ -211,3 +211,13 @@ def test_native_output_is_kept_from_the_console_unless_the_call_fails(capfd):
     with native_output_quieted(verbose=True):
         os.write(2, b"shown\n")
     assert capfd.readouterr().err == "shown\n"
+
+
+def test_validation_mosaic_spreads_over_a_class_sorted_split():
+    """Validation folders are sorted by class: the mosaic's images come from the whole split, not its first class."""
+    from toolkit.callbacks import spread
+
+    samples = [(f"{c}/{i}.png", c) for c in range(6) for i in range(50)]
+    picked = spread(samples, 16)
+    assert len(picked) == 16 and len({label for _, label in picked}) == 6
+    assert spread(samples[:5], 16) == samples[:5]

@@ -197,9 +197,18 @@ class TrainingCurves(Callback):
                              lr_keys=[k for k in self.history if k.startswith("lr")])
 
 
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spaced over the list: validation folders are sorted by class, so the first 16 images
+    would all show one class."""
+    if len(items) <= count:
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
 class ValidationMosaic(Callback):
-    """`val_predictions.png` in the run folder when training ends: the trained model's predictions on the first
-    validation images (image tasks: classification captions "name 0.88", green when right, red and "(is <true
+    """`val_predictions.png` in the run folder when training ends: the trained model's predictions on validation
+    images spread over the split (image tasks: classification captions "name 0.88", green when right, red and "(is <true
     class>)" when wrong;
     detection boxes drawn as `mode=predict` draws them). Other tasks write nothing."""
 
@@ -229,9 +238,9 @@ class ValidationMosaic(Callback):
         dataset = getattr(trainer.datamodule, "val_dataset", None)
         kind = getattr(pl_module, "data_kind", None)
         if kind == "classification" and hasattr(dataset, "samples"):
-            truth = {str(p): int(label) for p, label in dataset.samples[: self.images]}
+            truth = {str(p): int(label) for p, label in spread(dataset.samples, self.images)}
         elif kind == "detection" and hasattr(dataset, "records"):
-            truth = {str(r[1]): None for r in dataset.records[: self.images // 2]}
+            truth = {str(r[1]): None for r in spread(dataset.records, self.images // 2)}
         else:
             return None
         if not truth or not hasattr(trainer.datamodule, "predict_loader"):
