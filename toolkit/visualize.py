@@ -198,6 +198,9 @@ def curves_figure(epochs: dict[str, list[tuple[int, float]]], *, loss_keys: Sequ
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         ax.xaxis.get_major_locator().set_params(integer=True)
+        seen = sorted({x for key in keys for x, _ in epochs[key]})
+        if len(seen) < 8:  # few epochs: a tick on each (the locator puts fractional ticks around a single point)
+            ax.set_xticks(seen)
     fig.tight_layout()
     return fig
 
