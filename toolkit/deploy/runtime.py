@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.deploy.metadata import check_outputs, metadata_from_props, read_metadata, where
+from toolkit.deploy.metadata import check_outputs, checked, metadata_from_props, read_metadata, where
 from toolkit.deploy.onnx_file import MissingRuntimeError, is_onnxruntime_error, onnx_session
 from toolkit.errors import DataError, ToolkitError
 
@@ -89,13 +89,26 @@ def open_model(path: str | Path, threads: int | None = None) -> tuple[OnnxModel 
     """(runner, metadata) for an exported file, chosen by its suffix; the metadata checked against the file's
     input and outputs where the graph states them (`toolkit.deploy.metadata.check_outputs`)."""
     path = Path(path)
-    if path.suffix not in (".onnx", ".pte"):
-        raise ToolkitError(f"{path}: not an exported model (.onnx, or .pte with its .pte.json)")
+    if path.suffix not in (".onnx", ".pte", ".tflite", ".xml"):
+        raise ToolkitError(f"{path}: not an exported model (.onnx, .xml (OpenVINO), or .pte/.tflite with its .json)")
     if not path.is_file():
         raise DataError(f"{path}: no such exported model file")
     if path.suffix == ".pte":
         metadata = read_metadata(path)
         return ExecuTorchModel(path, metadata["outputs"], threads), metadata
+    if path.suffix == ".tflite":  # LiteRT (toolkit.deploy.litert_file); metadata beside it as .pte's
+        from toolkit.deploy.litert_file import LiteRTModel
+
+        metadata = read_metadata(path)
+        return LiteRTModel(path, metadata["outputs"], threads), metadata
+    if path.suffix == ".xml":  # OpenVINO IR (toolkit.deploy.openvino_file); metadata in its rt_info
+        from toolkit.deploy.openvino_file import OpenVinoModel
+
+        model = OpenVinoModel(path, threads)
+        metadata = checked(path, model.metadata())
+        check_outputs(metadata, model.output_shapes(), f"{path} (rt_info)")
+        check_input(metadata, model.input_shape(), f"{path} (rt_info)")
+        return model, metadata
     model = OnnxModel(path, threads)  # one load: the metadata comes from the same session
     metadata = metadata_from_props(path, model.session.get_modelmeta().custom_metadata_map)
     check_outputs(metadata, model.output_shapes(), where(path))

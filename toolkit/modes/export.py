@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import logging
 import time
@@ -540,15 +541,25 @@ def write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibrat
 
 def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibration: list[torch.Tensor],
                   metadata_for) -> tuple[Path, dict[str, Any]]:
+    from toolkit.formats import ExportRequest
+    from toolkit.formats.int8_target import int8_activations
+    from toolkit.formats.selection import registered_formats
     from toolkit.io import atomic_path, write_json_atomic
 
     postprocess = str(cfg.export.get("postprocess", "nms")) if kind == "detection" else "nms"
-    module, outputs = inference_module(task, kind, fmt, postprocess)
+    runtimes = registered_formats()
+    form = "executorch" if fmt in runtimes else fmt  # LiteRT, OpenVINO, Core ML hold detectors as .pte does: NMS after
+    module, outputs = inference_module(task, kind, form, postprocess)
     path = out / FILE_NAMES[fmt]
     example = calibration[0]
     metadata = metadata_for(outputs)
     if kind == "detection":
-        metadata = {**metadata, **detector_outputs(task, fmt, postprocess, int(cfg.data.resolution))}
+        metadata = {**metadata, **detector_outputs(task, form, postprocess, int(cfg.data.resolution))}
+    if fmt in runtimes:  # toolkit.formats: the format writes the file and its metadata
+        request = ExportRequest(module=module, example=example, outputs=outputs, calibration=calibration,
+                                metadata=metadata, dynamic_batch=kind != "detection", settings=cfg.export)
+        path = out / runtimes[fmt].file_name
+        return path, runtimes[fmt].write(request, path)
     if fmt in ("onnx", "onnx_int8"):
         fp32 = out / FILE_NAMES["onnx"]
         if fmt == "onnx" or not fp32.is_file():
@@ -559,7 +570,7 @@ def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibra
                             dynamic_size=metadata.get("input_size") is None)
                 write_onnx_metadata(partial, metadata)
         if fmt == "onnx_int8":
-            method, activations = str(cfg.export.calibration_method), str(cfg.export.get("int8_activations", "uint8"))
+            method, activations = str(cfg.export.calibration_method), int8_activations(cfg.export)
             # Faster R-CNN's second stage sees a different number of proposals in every image
             varying = kind == "detection" and hasattr(task.model, "roi_heads")
             heads = prediction_layers(fp32) if kind == "detection" else ()
@@ -615,6 +626,13 @@ def detector_outputs(task, fmt: str, postprocess: str, resolution: int) -> dict[
 
 
 def missing_dependency(fmt: str) -> str | None:
+    from toolkit.formats.selection import registered_formats
+
+    if (registered := registered_formats().get(fmt)) is not None:
+        for name in registered.requires:
+            if importlib.util.find_spec(name) is None:
+                return f"export.formats={fmt} needs the '{name}' package: pip install 'mobilenet-toolkit[{registered.extra}]'"
+        return None
     modules = {"export": ("onnx", "onnxruntime"), "mobile": ("executorch",)}.get(EXTRAS.get(fmt, ""), ())
     for name in modules:
         try:
@@ -771,9 +789,20 @@ class TorchRunner:
             return self.module(torch.from_numpy(batch))
 
 
-def open_runner(fmt: str, path: Path, metadata: dict[str, Any], threads: int | None):
-    from toolkit.deploy.runtime import ExecuTorchModel, OnnxModel
+def file_size(path: Path) -> int:
+    """Bytes of an exported file: with its weights beside it (OpenVINO's .bin), or its whole folder (.mlpackage)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights is not None and weights.is_file() else 0)
 
+
+def open_runner(fmt: str, path: Path, metadata: dict[str, Any], threads: int | None):
+    from toolkit.deploy.runtime import ExecuTorchModel, OnnxModel, open_model
+    from toolkit.formats.selection import registered_formats
+
+    if fmt in registered_formats():  # LiteRT, OpenVINO: toolkit.deploy's adapter for the file's suffix
+        return open_model(path, threads)[0]
     if fmt.startswith("onnx"):
         return OnnxModel(path, threads)
     if fmt.startswith("executorch"):
@@ -783,9 +812,17 @@ def open_runner(fmt: str, path: Path, metadata: dict[str, Any], threads: int | N
 
 # ---- the mode ------------------------------------------------------------------------------------------------
 def export(cfg: DictConfig) -> dict:
+    from toolkit.formats.selection import (
+        check_gate_settings,
+        expand_formats,
+        gate_failures,
+        registered_formats,
+    )
+
     out = output_dir(cfg)
     settings = cfg.export
-    formats = list(settings.formats)
+    check_gate_settings(settings)
+    formats = settings.formats = expand_formats(settings.formats)  # export.formats=all: every installed format
     for fmt in formats:
         if (problem := missing_dependency(fmt)) is not None:
             raise ExportError(problem)
@@ -830,14 +867,18 @@ def export(cfg: DictConfig) -> dict:
             path, metadata = write_format(fmt, task, kind, cfg, out, calibration, metadata_for)
         except ExportError as e:
             # a format this model has no form in (the writers' own message, no underlying error): the rest goes on
-            unavailable = e.__cause__ is None and (fmt.startswith("executorch") and kind == "detection"
+            unavailable = e.__cause__ is None and ((fmt.startswith("executorch") or fmt in registered_formats())
+                                                   and kind == "detection"
                                                    or fmt.startswith("torchscript"))
             if unavailable:
                 print(f"export: {fmt} skipped: {e}")
                 report["skipped"][fmt] = str(e)
                 continue
             raise
-        entry: dict[str, Any] = {"file": str(path), "size_mb": path.stat().st_size / 1e6}
+        entry: dict[str, Any] = {"file": str(path), "size_mb": file_size(path) / 1e6}
+        if not getattr(registered_formats().get(fmt), "runs_here", True):  # Core ML: written, its spec checked
+            report["formats"][fmt] = {**entry, "not_run": "needs Apple hardware", "warnings": []}
+            continue
         runner = open_runner(fmt, path, metadata, threads)
         if verify:
             model = RuntimeModel(runner, kind, metadata)
@@ -856,6 +897,8 @@ def export(cfg: DictConfig) -> dict:
         if entry["warnings"]:
             log.warning("export: %s is worse than the PyTorch model: %s", fmt, "; ".join(entry["warnings"]))
     print(f"export report written to {path}")
+    if failures := gate_failures(report, task.monitor, task.mode, settings):  # export.min_metric / max_metric_drop
+        raise ExportError(f"export: {'; '.join(failures)} (report: {path})")
     return {"export": report, "export_file": str(path), "output_dir": str(out)}
 
 
@@ -907,7 +950,8 @@ def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
         return [name, "-" if size is None else f"{size:.2f}",
                 *("-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics),
                 "-" if key is None else f"{100 * agree[key]:.2f}% {key.split('_')[0]}",
-                f"{entry['latency_ms_batch1']:.2f}", "-" if throughput is None else f"{throughput:.1f}",
+                "-" if entry.get("latency_ms_batch1") is None else f"{entry['latency_ms_batch1']:.2f}",
+                "-" if throughput is None else f"{throughput:.1f}",
                 "LOW" if entry.get("warnings") else ""]
 
     rows.append(cells("pytorch (fp32)", report["pytorch"], None))
@@ -922,4 +966,5 @@ def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
                    else "the data cannot be used: see the warning above") + ")")]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines += [f"{fmt}: skipped: {why}" for fmt, why in report["skipped"].items()]
+    lines += [f"{fmt}: not run ({entry['not_run']})" for fmt, entry in report["formats"].items() if "not_run" in entry]
     return "\n".join(lines)

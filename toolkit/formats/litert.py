@@ -1,0 +1,102 @@
+"""LiteRT (formerly TensorFlow Lite) `.tflite` files through litert-torch: `litert` (fp32) and `litert_int8`
+(full-integer: int8 weights and activations, int8 input and output with their scales in the file, calibrated
+on `request.calibration` by PT2E with litert-torch's quantizer). Android apps run them with LiteRT's
+interpreter (XNNPACK on the CPU); `toolkit.deploy.litert_file` runs them here in `ai-edge-litert`.
+
+litert-torch lowers a `torch.export` program through JAX/StableHLO; a dynamic batch does not lower (its reshape
+of `view(batch, C)` needs concrete sizes), so a file takes one image per call, as phone apps run it, and
+`toolkit.deploy` runs larger batches image by image. The TFLite metadata schema's writer (`tflite-support`)
+does not install beside this stack, so the metadata is the JSON beside the file (`model.tflite.json`), as `.pte`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.deploy.metadata import sidecar_path
+from toolkit.formats import ExportRequest, register_format
+from toolkit.io import atomic_path, plain_file_mode, write_json_atomic
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """litert-torch prints a progress line per stage and JAX/absl log on stderr: the export report is the output."""
+    loggers = [logging.getLogger(name) for name in ("absl", "jax", "torch.export", "root")]
+    levels = [q.level for q in loggers]
+    try:
+        for q in loggers:
+            q.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for q, level in zip(loggers, levels, strict=True):
+            q.setLevel(level)
+
+
+def single_images(calibration: list[Any]):
+    """Every calibration image as a batch of one: the program is exported for one image per call."""
+    for images in calibration:
+        yield from images.split(1)
+
+
+def convert_litert(module, example, calibration: list[Any] | None):
+    """The litert-torch model of `module` at `example`'s shape (one image); int8 by PT2E when `calibration`."""
+    import litert_torch
+    import torch
+
+    example = example[:1].contiguous()
+    if calibration is None:
+        return litert_torch.convert(module, (example,))
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    # per-channel symmetric int8 weights, int8 activations with static ranges: TFLite's full-integer scheme
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for image in single_images(calibration):
+            prepared(image.contiguous())
+    quantized = convert_pt2e(prepared, fold_quantize=False)
+    return litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+@dataclass(frozen=True)
+class LiteRTFormat:
+    name: str
+    file_name: str
+    int8: bool
+    extra: str = "litert"
+    requires: tuple[str, ...] = ("litert_torch", "ai_edge_litert")
+
+    def write(self, request: ExportRequest, path: Path) -> dict[str, Any]:
+        metadata = dict(request.metadata)
+        metadata["batch"] = 1  # one image per call (see the module's docstring)
+        if self.int8:
+            metadata["quantization"] = ("litert-torch PT2E full-integer int8: per-channel symmetric int8 weights, int8 "
+                                        "activations with static ranges; int8 input and outputs (scale and zero point "
+                                        "in the file's tensors: quantise the input, dequantise the outputs)")
+        with quiet_converter():
+            model = convert_litert(request.module, request.example, request.calibration if self.int8 else None)
+            with atomic_path(path) as partial:
+                model.export(str(partial))
+                os.chmod(partial, plain_file_mode())  # the converter writes a new file
+        try:
+            write_json_atomic(sidecar_path(path), metadata)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a file without its metadata is of no use to anyone
+            raise
+        return metadata
+
+
+LITERT = register_format(LiteRTFormat(name="litert", file_name="model.tflite", int8=False))
+LITERT_INT8 = register_format(LiteRTFormat(name="litert_int8", file_name="model_int8.tflite", int8=True))
