@@ -550,7 +550,7 @@ def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibra
     runtimes = registered_formats()
     form = "executorch" if fmt in runtimes else fmt  # LiteRT, OpenVINO, Core ML hold detectors as .pte does: NMS after
     module, outputs = inference_module(task, kind, form, postprocess)
-    path = out / FILE_NAMES[fmt]
+    path = out / (runtimes[fmt].file_name if fmt in runtimes else FILE_NAMES[fmt])
     example = calibration[0]
     metadata = metadata_for(outputs)
     if kind == "detection":
@@ -558,7 +558,6 @@ def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibra
     if fmt in runtimes:  # toolkit.formats: the format writes the file and its metadata
         request = ExportRequest(module=module, example=example, outputs=outputs, calibration=calibration,
                                 metadata=metadata, dynamic_batch=kind != "detection", settings=cfg.export)
-        path = out / runtimes[fmt].file_name
         return path, runtimes[fmt].write(request, path)
     if fmt in ("onnx", "onnx_int8"):
         fp32 = out / FILE_NAMES["onnx"]
