@@ -48,8 +48,11 @@ def single_images(calibration: list[Any]):
         yield from images.split(1)
 
 
-def convert_litert(module, example, calibration: list[Any] | None):
-    """The litert-torch model of `module` at `example`'s shape (one image); int8 by PT2E when `calibration`."""
+def convert_litert(module, example, calibration: list[Any] | None, quantized_modules: tuple[str, ...] = ()):
+    """The litert-torch model of `module` at `example`'s shape (one image); int8 by PT2E when `calibration`:
+    the whole module, or only the submodules named in `quantized_modules` (a detector's backbone and extra
+    layers: its prediction heads and box decoding, whose index arithmetic the quantizer cannot observe, stay float,
+    as in `onnx_int8`)."""
     import litert_torch
     import torch
 
@@ -61,13 +64,20 @@ def convert_litert(module, example, calibration: list[Any] | None):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     # per-channel symmetric int8 weights, int8 activations with static ranges: TFLite's full-integer scheme
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = PT2EQuantizer()
+    for name in quantized_modules:
+        quantizer.set_module_name(name, config)
+    if not quantized_modules:
+        quantizer.set_global(config)
     prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
     with torch.no_grad():
         for image in single_images(calibration):
             prepared(image.contiguous())
     quantized = convert_pt2e(prepared, fold_quantize=False)
-    return litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    # the converter reads only the scheme (static QDQ) from its quant_config's global setting
+    scheme = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config))
+    return litert_torch.convert(quantized, (example,), quant_config=scheme)
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,12 @@ class LiteRTFormat:
         if self.int8:
             metadata["quantization"] = ("litert-torch PT2E full-integer int8: per-channel symmetric int8 weights, int8 "
                                         "activations with static ranges; int8 input and outputs (scale and zero point "
-                                        "in the file's tensors: quantise the input, dequantise the outputs)")
+                                        "in the file's tensors: quantise the input, dequantise the outputs)"
+                                        + ("; quantised modules: " + ", ".join(request.int8_options["quantized_modules"])
+                                           if request.int8_options.get("quantized_modules") else ""))
         with quiet_converter():
-            model = convert_litert(request.module, request.example, request.calibration if self.int8 else None)
+            model = convert_litert(request.module, request.example, request.calibration if self.int8 else None,
+                                   tuple(request.int8_options.get("quantized_modules", ())))
             with atomic_path(path) as partial:
                 model.export(str(partial))
                 os.chmod(partial, plain_file_mode())  # the converter writes a new file

@@ -49,6 +49,8 @@ def required_modules(name: str) -> tuple[str, ...]:
 
 def installed(name: str) -> bool:
     """Whether the modules format `name` imports are installed (found, not imported: some take seconds)."""
+    if name not in BUILT_IN and name not in registered_formats():
+        return False  # no exporter of that name
     return all(importlib.util.find_spec(module) is not None for module in required_modules(name))
 
 

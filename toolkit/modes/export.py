@@ -557,7 +557,10 @@ def _write_format(fmt: str, task, kind: str, cfg: DictConfig, out: Path, calibra
         metadata = {**metadata, **detector_outputs(task, form, postprocess, int(cfg.data.resolution))}
     if fmt in runtimes:  # toolkit.formats: the format writes the file and its metadata
         request = ExportRequest(module=module, example=example, outputs=outputs, calibration=calibration,
-                                metadata=metadata, dynamic_batch=kind != "detection", settings=cfg.export)
+                                metadata=metadata, dynamic_batch=kind != "detection", settings=cfg.export,
+                                # SSD: int8 backbone and extra layers; heads and box decoding float, as onnx_int8
+                                int8_options={"quantized_modules": ("ssd.backbone", "ssd.extras")}
+                                if kind == "detection" else {})
         return path, runtimes[fmt].write(request, path)
     if fmt in ("onnx", "onnx_int8"):
         fp32 = out / FILE_NAMES["onnx"]
