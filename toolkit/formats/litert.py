@@ -70,7 +70,10 @@ def convert_litert(module, example, calibration: list[Any] | None, quantized_mod
         quantizer.set_module_name(name, config)
     if not quantized_modules:
         quantizer.set_global(config)
-    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+    graph = torch.export.export(module, (example,)).module()
+    if quantized_modules:
+        dynamo_module_keys(graph)
+    prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for image in single_images(calibration):
             prepared(image.contiguous())
@@ -78,6 +81,21 @@ def convert_litert(module, example, calibration: list[Any] | None, quantized_mod
     # the converter reads only the scheme (static QDQ) from its quant_config's global setting
     scheme = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config))
     return litert_torch.convert(quantized, (example,), quant_config=scheme)
+
+
+def dynamo_module_keys(graph) -> None:
+    """Rename each node's `nn_module_stack` keys to the form litert-torch's module-name filter parses.
+
+    litert-torch 0.10 reads a node's module path from the key by cutting the 10-character prefix `L__self___`
+    and turning `_` into `.`; torch 2.14 writes keys as `L__self__` + the dotted path (9 characters), so every
+    name comes out one letter short ("ssd.backbone" -> "sd.backbone") and `set_module_name` matches nothing.
+    Writing the keys as `L__self___` + the path with `.` as `_` gives back the paths (of modules whose names have
+    no underscore, as the ones named here)."""
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            node.meta["nn_module_stack"] = {"L__self___" + path.replace(".", "_"): (path, kind)
+                                            for path, kind in stack.values()}
 
 
 @dataclass(frozen=True)

@@ -67,13 +67,33 @@ def convert_openvino(request: ExportRequest):
     return model
 
 
-def quantize_openvino(model, calibration: list[Any]):
+def prediction_convolutions(model) -> list[str]:
+    """Names of the convolutions nearest each output (walking back from the outputs, not past a convolution):
+    a detector's prediction heads. The IR converted from `torch.export` keeps no module names to find them by."""
+    found, seen = set(), set()
+    stack = [output.get_node() for output in model.outputs]
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        if node.get_type_name() == "Convolution":
+            found.add(name)
+            continue
+        stack += [value.get_source_output().get_node() for value in node.inputs()]
+    return sorted(found)
+
+
+def quantize_openvino(model, calibration: list[Any], float_heads: bool = False):
     """NNCF post-training quantisation (its default: symmetric int8 weights per channel and activations, ranges
-    from every calibration batch)."""
+    from every calibration batch). `float_heads`: the prediction convolutions stay float (a detector's box
+    offsets and class scores, as in `onnx_int8`)."""
     import nncf
 
     batches = [images.contiguous().numpy() for images in calibration]
-    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+    ignored = nncf.IgnoredScope(names=prediction_convolutions(model)) if float_heads else None
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=ignored)
 
 
 def save_ir(model, path: Path, compress_to_fp16: bool) -> None:
@@ -107,7 +127,9 @@ class OpenVinoFormat:
         with quiet_converter():
             model = convert_openvino(request)
             if self.int8:
-                model = quantize_openvino(model, request.calibration)
+                # a task that keeps some layers float (detectors: their heads) names them in int8_options
+                model = quantize_openvino(model, request.calibration,
+                                          float_heads=bool(request.int8_options.get("quantized_modules")))
         for key, value in encode(metadata).items():
             model.set_rt_info(value, [RT_INFO_KEY, key])
         path.parent.mkdir(parents=True, exist_ok=True)
