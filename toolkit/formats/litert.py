@@ -64,16 +64,20 @@ def convert_litert(module, example, calibration: list[Any] | None, quantized_mod
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     # per-channel symmetric int8 weights, int8 activations with static ranges: TFLite's full-integer scheme
+    class NamedModulesQuantizer(PT2EQuantizer):
+        """Annotates the graph prepare_pt2e hands it (rebuilt after export) with module paths it can match."""
+
+        def annotate(self, model):
+            dynamo_module_keys(model)
+            return super().annotate(model)
+
     config = get_symmetric_quantization_config(is_per_channel=True)
-    quantizer = PT2EQuantizer()
+    quantizer = NamedModulesQuantizer() if quantized_modules else PT2EQuantizer()
     for name in quantized_modules:
         quantizer.set_module_name(name, config)
     if not quantized_modules:
         quantizer.set_global(config)
-    graph = torch.export.export(module, (example,)).module()
-    if quantized_modules:
-        dynamo_module_keys(graph)
-    prepared = prepare_pt2e(graph, quantizer)
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
     with torch.no_grad():
         for image in single_images(calibration):
             prepared(image.contiguous())
@@ -84,18 +88,27 @@ def convert_litert(module, example, calibration: list[Any] | None, quantized_mod
 
 
 def dynamo_module_keys(graph) -> None:
-    """Rename each node's `nn_module_stack` keys to the form litert-torch's module-name filter parses.
+    """Rewrite each node's `nn_module_stack` so litert-torch's module-name filter finds the modules named.
 
-    litert-torch 0.10 reads a node's module path from the key by cutting the 10-character prefix `L__self___`
-    and turning `_` into `.`; torch 2.14 writes keys as `L__self__` + the dotted path (9 characters), so every
-    name comes out one letter short ("ssd.backbone" -> "sd.backbone") and `set_module_name` matches nothing.
-    Writing the keys as `L__self___` + the path with `.` as `_` gives back the paths (of modules whose names have
-    no underscore, as the ones named here)."""
+    That filter (litert-torch 0.10) reads a module path from each key by cutting the 10-character prefix
+    `L__self___` and turning `_` into `.`, and matches names exactly; torch 2.14 writes keys as `L__self__` + the
+    dotted path (9 characters: every name comes out one letter short) and records only the modules whose forward
+    ran (a detector calls its backbone's stages, not the backbone), and none for weights. The keys are rewritten in the filter's form,
+    with every enclosing path added, so `set_module_name("ssd.backbone", ...)` covers all that runs inside it
+    (paths whose names have no underscore, as the ones named here)."""
     for node in graph.graph.nodes:
         stack = node.meta.get("nn_module_stack")
-        if stack:
-            node.meta["nn_module_stack"] = {"L__self___" + path.replace(".", "_"): (path, kind)
-                                            for path, kind in stack.values()}
+        if node.op == "get_attr":  # a weight: the modules that own it (the annotators check every node of a pattern)
+            stack = {node.target: (node.target.rpartition(".")[0], "")}
+        if not stack:
+            continue
+        entries = {}
+        for path, kind in stack.values():
+            parts = path.split(".") if path else []
+            for depth in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:depth])
+                entries.setdefault("L__self___" + prefix.replace(".", "_"), (prefix, kind))
+        node.meta["nn_module_stack"] = entries or stack
 
 
 @dataclass(frozen=True)
