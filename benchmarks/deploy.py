@@ -84,7 +84,10 @@ def export_all(module: torch.nn.Module, name: str, formats: list[str], out: Path
     for fmt, writer in registered_formats().items():
         if fmt in formats and getattr(writer, "runs_here", True):
             request = ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
-                                    metadata={"outputs": outputs}, dynamic_batch=kind != "detection")
+                                    metadata={"outputs": outputs}, dynamic_batch=kind != "detection",
+                                    # SSD: backbone and extra layers int8, heads float, as mode=export writes it
+                                    int8_options={"quantized_modules": ("ssd.backbone", "ssd.extras")}
+                                    if kind == "detection" else {})
             files[fmt] = out / f"{name}_{writer.file_name}"
             writer.write(request, files[fmt])
     return files
