@@ -225,3 +225,16 @@ def test_int8_target_picks_the_fast_activation_type():
     assert int8_activations({"int8_target": "arm", "int8_activations": "uint8"}) == "uint8"  # explicit wins
     with pytest.raises(ConfigError, match="export.int8_target"):
         int8_activations({"int8_target": "riscv"})
+
+
+@pytest.mark.slow
+def test_export_formats_all_writes_and_scores_every_installed_format(make_cfg):
+    """`export.formats=all` through mode=export: every installed format (the legacy TorchScript ones left out) in one
+    report; a metric gate that every file passes lets the command succeed."""
+    report = run(make_cfg(["backbone.alpha=0.25", "data.resolution=32", "data.image_size=32", "data.n_train=8",
+                           "data.n_val=8", "data.batch_size=4", "mode=export", "export.formats=all",
+                           "export.max_metric_drop=0.5", "export.calibration_batches=1", "export.latency_repeats=2",
+                           "export.batch_size=2"]))["export"]
+    assert set(expand_formats(["all"])) == set(report["formats"]) and not report["skipped"]
+    assert not any(name.startswith("torchscript") for name in report["formats"])
+    assert all("val/top1" in entry for name, entry in report["formats"].items() if name != "coreml")
