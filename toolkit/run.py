@@ -23,7 +23,6 @@ from toolkit.modes import MODES, get_mode
 log = logging.getLogger(__name__)
 
 PAPER_RESOLUTIONS = "paper: 224, 192, 160, 128"
-EXPORT_FORMATS = ("onnx", "onnx_int8", "executorch", "executorch_int8", "torchscript", "torchscript_int8")
 
 
 def _is_int(value) -> bool:
@@ -246,9 +245,17 @@ def validate_mode_settings(cfg: DictConfig) -> None:
     if cfg.mode == "export":
         settings = cfg.get("export") or {}
         formats = settings.get("formats") or []
-        unknown = [f for f in formats if f not in EXPORT_FORMATS]
+        from toolkit.formats.selection import check_gate_settings, known_formats
+
+        if isinstance(formats, str):  # export.formats=all
+            formats = [formats]
+        unknown = [f for f in formats if f not in known_formats()]
         if unknown or not formats:
-            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(EXPORT_FORMATS)}")
+            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(known_formats())}")
+        _check_choice(settings, "export", "int8_target", ("x86", "arm"))
+        _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
+        _check_choice(settings, "export", "coreml_precision", ("fp16", "fp32"))
+        check_gate_settings(settings)
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
         _check_choice(settings, "export", "postprocess", ("nms", "none"))  # detectors: NMS in the file, or the raw head
