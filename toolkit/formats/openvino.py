@@ -128,10 +128,12 @@ class OpenVinoFormat:
         with quiet_converter():
             model = convert_openvino(request)
             if self.int8:
-                # a task that keeps layers float (detectors: their prediction heads) names them in int8_options;
-                # the IR keeps no module names, so the heads are found by the graph's structure
+                # a task that keeps part of its model float (detectors: their prediction heads) says so in
+                # int8_options (float_layers, or quantized_modules naming the rest); the IR keeps no module names,
+                # so the heads are found by the graph's structure
+                options = request.int8_options
                 model = quantize_openvino(model, request.calibration,
-                                          float_heads=bool(request.int8_options.get("float_layers")))
+                                          float_heads=bool(options.get("float_layers") or options.get("quantized_modules")))
         for key, value in encode(metadata).items():
             model.set_rt_info(value, [RT_INFO_KEY, key])
         path.parent.mkdir(parents=True, exist_ok=True)
