@@ -118,7 +118,9 @@ class InferenceContract:
 
     def int8_options(self, fmt: str) -> dict[str, Any]:
         """What int8 formats need besides calibration images: `float_layers` (node-name parts of the layers kept
-        in float), `per_image` (collect activation ranges image by image: shapes that change between images)."""
+        in float), `per_image` (collect activation ranges image by image: shapes that change between images),
+        `quantized_modules` (module paths in the exported module of the only parts quantised, for quantisers
+        that select by module: LiteRT's)."""
         return {}
 
     # ---- what the file says about itself ------------------------------------------------------------------------
@@ -345,7 +347,11 @@ class DetectorContract(InferenceContract):
         from toolkit.detection.export import PREDICTION_LAYERS
 
         # Faster R-CNN's second stage sees a different number of proposals in every image
-        return {"float_layers": PREDICTION_LAYERS, "per_image": hasattr(self.task.model, "roi_heads")}
+        options = {"float_layers": PREDICTION_LAYERS, "per_image": hasattr(self.task.model, "roi_heads")}
+        if self.is_ssd():  # int8 backbone and extra layers (paths in SSDDenseOutputs); heads and box decoding
+            # float: their index arithmetic is out of a quantiser's reach, as onnx_int8 keeps the heads float
+            options["quantized_modules"] = ("ssd.backbone", "ssd.extras")
+        return options
 
     def input_metadata(self, meta: dict[str, Any], rule, min_side, resolution: int, datamodule):
         from toolkit.data import eval_preprocess

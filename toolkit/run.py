@@ -255,10 +255,18 @@ def validate_mode_settings(cfg: DictConfig) -> None:
             raise ConfigError("profile.results_file", results, "no such file; give a CSV with columns model,alpha,resolution,top1")
     if cfg.mode == "export":
         settings = cfg.get("export") or {}
-        formats, known = settings.get("formats") or [], export_format_names()
-        unknown = [f for f in formats if f not in known]
+        formats = settings.get("formats") or []
+        from toolkit.formats.selection import check_gate_settings, known_formats
+
+        if isinstance(formats, str):  # export.formats=all
+            formats = [formats]
+        unknown = [f for f in formats if f not in known_formats()]
         if unknown or not formats:
-            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(known)}")
+            raise ConfigError("export.formats", list(formats), f"a non-empty list from: {', '.join(known_formats())}")
+        _check_choice(settings, "export", "int8_target", ("x86", "arm"))
+        _check_choice(settings, "export", "int8_activations", ("uint8", "int8"))
+        _check_choice(settings, "export", "coreml_precision", ("fp16", "fp32"))
+        check_gate_settings(settings)
         _check_choice(settings, "export", "calibration", ("train", "val", "random"))
         _check_choice(settings, "export", "calibration_method", ("percentile", "minmax", "entropy"))
         _check_choice(settings, "export", "postprocess", ("nms", "none"))  # detectors: NMS in the file, or the raw head

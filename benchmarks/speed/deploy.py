@@ -3,6 +3,11 @@
 
     python -m benchmarks.speed.deploy                  # writes benchmarks/results/deploy.json
     python -m benchmarks.speed.deploy --threads 1 --formats onnx onnx_int8
+    python -m benchmarks.speed.deploy --formats onnx onnx_int8 litert litert_int8 openvino openvino_int8
+
+Formats: onnx, onnx_int8, executorch, executorch_int8 and the runtimes' formats of toolkit.formats (litert,
+litert_int8: LiteRT's interpreter, one image per call; openvino, openvino_int8: OpenVINO Runtime on the CPU);
+Core ML cannot run here and is not timed. Each int8 format's row is also given as a speed-up over its own fp32.
 
 The GEMM limit: `torch.mm` of two 4096x4096 fp32 matrices measured in the same run gives the machine's
 multiply-add rate; MobileNet V1 1.0-224 needs 569 M mult-adds per image (2 x 569 M flops), so
@@ -72,12 +77,38 @@ def export_all(module: torch.nn.Module, name: str, formats: list[str], out: Path
             int8 = fmt.endswith("int8")
             files[fmt] = export_executorch(module, calibration[0][:1], out / f"{name}{'_int8' if int8 else ''}.pte",
                                            calibration if int8 else None, dynamic_batch=kind != "detection")
+    from toolkit.formats import ExportRequest
+    from toolkit.formats.selection import registered_formats
+
+    for fmt, writer in registered_formats().items():
+        if fmt in formats and getattr(writer, "runs_here", True):
+            request = ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
+                                    metadata={"outputs": outputs}, dynamic_batch=kind != "detection",
+                                    # SSD: backbone and extra layers int8, heads float, as mode=export writes it
+                                    int8_options={"quantized_modules": ("ssd.backbone", "ssd.extras")}
+                                    if kind == "detection" else {})
+            files[fmt] = out / f"{name}_{writer.file_name}"
+            writer.write(request, files[fmt])
     return files
+
+
+def file_mb(path: Path) -> float:
+    """Size of an exported file with an OpenVINO IR's weights (.bin beside the .xml)."""
+    weights = path.with_suffix(".bin")
+    return (path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)) / 1e6
 
 
 def runner_for(fmt: str, path: Path, outputs: list[str], threads: int):
     from toolkit.deploy.runtime import ExecuTorchModel, OnnxModel
 
+    if fmt.startswith("litert"):
+        from toolkit.deploy.litert_file import LiteRTModel
+
+        return LiteRTModel(path, outputs, threads)
+    if fmt.startswith("openvino"):
+        from toolkit.deploy.openvino_file import OpenVinoModel
+
+        return OpenVinoModel(path, threads)
     return OnnxModel(path, threads) if fmt.startswith("onnx") else ExecuTorchModel(path, outputs, threads)
 
 
@@ -138,7 +169,7 @@ def main() -> None:
                          **measure(TorchRunner(module), (3, 224, 224), args.batch, max(3, args.repeats // 4))})
         formats = args.formats if name == "ours" else [f for f in args.formats if f.startswith("onnx")]
         for fmt, path in export_all(module, name, formats, out, 224, "classification", ["logits"]).items():
-            row = {"model": label, "format": fmt, "size_mb": path.stat().st_size / 1e6,
+            row = {"model": label, "format": fmt, "size_mb": file_mb(path),
                    **measure(runner_for(fmt, path, ["logits"], args.threads), (3, 224, 224), args.batch, args.repeats)}
             rows.append(row)
             print(row)
@@ -150,9 +181,15 @@ def main() -> None:
     ratios = {}
     if "onnx" in ours and "onnx" in theirs:
         ratios["ours_over_timm_onnx_batch"] = ours["onnx"][batch_key] / theirs["onnx"][batch_key]
-    for fmt in ("onnx_int8", "executorch_int8"):
+    for fmt in ("onnx_int8", "executorch_int8", "litert_int8", "openvino_int8"):
         if fmt in ours and "onnx" in ours:
             ratios[f"{fmt}_over_onnx_fp32_batch1"] = ours[fmt]["img_s_batch1"] / ours["onnx"]["img_s_batch1"]
+        fp32 = fmt.removesuffix("_int8")
+        if fmt in ours and fp32 in ours and fp32 != "onnx":  # each int8 file over its own runtime's fp32
+            ratios[f"{fmt}_over_{fp32}_fp32_batch1"] = ours[fmt]["img_s_batch1"] / ours[fp32]["img_s_batch1"]
+    fp32_rows = [r for r in ours.values() if not r["format"].endswith("int8") and r[batch_key] is not None]
+    if fp32_rows:
+        ratios["best_fp32_runtime_of_gemm_limit_batch"] = max(r[batch_key] for r in fp32_rows) / limit
 
     ssd_rows = []
     if not args.no_ssd:
@@ -163,13 +200,13 @@ def main() -> None:
         whole = export_all(WholeDetector(ssd).eval(), "ssd300", [f for f in args.formats if f.startswith("onnx")], out,
                            300, "detection", ["boxes", "scores", "labels", "count"])
         dense = export_all(SSDDenseOutputs(ssd).eval(), "ssd300_dense",
-                           [f for f in args.formats if f.startswith("executorch")], out, 300, "detection",
+                           [f for f in args.formats if not f.startswith("onnx")], out, 300, "detection",
                            ["boxes", "scores"])
         for fmt, path in {**whole, **dense}.items():
-            outputs = ["boxes", "scores"] if fmt.startswith("executorch") else ["boxes", "scores", "labels", "count"]
+            outputs = ["boxes", "scores"] if not fmt.startswith("onnx") else ["boxes", "scores", "labels", "count"]
             row = {"model": "toolkit SSD300 mobilenet_v1 1.0 (80 classes)", "format": fmt,
                    "nms": "in graph" if fmt.startswith("onnx") else "not timed (numpy after the runtime)",
-                   "size_mb": path.stat().st_size / 1e6,
+                   "size_mb": file_mb(path),
                    **measure(runner_for(fmt, path, outputs, args.threads), (3, 300, 300), args.batch, args.repeats,
                              single_only=True),
                    "map": None}

@@ -172,3 +172,17 @@ def check_outputs(metadata: dict, shapes: dict[str, Any], source: str) -> None:
     if anchors is not None and len(rows) >= 2 and is_int(rows[-2]) and rows[-2] != len(anchors):
         raise DataError(f"{source}: the metadata holds {len(anchors)} anchors for the model's {rows[-2]} box rows; "
                         f"{REEXPORT}")
+
+
+def check_input(metadata: dict[str, Any], shape: list, source: str) -> None:
+    """A graph with a fixed input size must get the size the metadata's resize rule makes."""
+    from toolkit.data.eval_preprocess import rule_from_metadata
+
+    rule = rule_from_metadata(metadata)
+    expected = rule.get("crop") if rule["mode"] == "center_crop" else rule.get("size")
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise DataError(f"{source}: the model takes a {shape} input, not a batch of 3-channel (NCHW) images; "
+                        "export it again")
+    if expected is not None and all(isinstance(v, int) for v in shape[2:]) and list(shape[2:]) != list(expected):
+        raise DataError(f"{source}: the model takes {shape[2]}x{shape[3]} images but its metadata resizes them to "
+                        f"{expected[0]}x{expected[1]} (resize, resolution); export it again")

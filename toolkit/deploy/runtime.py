@@ -1,4 +1,5 @@
-"""One interface over the runtimes that execute exported files: ONNX Runtime and ExecuTorch's Python runtime.
+"""One interface over the runtimes that execute exported files: ONNX Runtime, ExecuTorch's Python runtime, LiteRT
+(`toolkit.deploy.litert_file`) and OpenVINO (`toolkit.deploy.openvino_file`).
 
 A runtime is one adapter class: `open(path, threads)` -> (runner, the file's checked metadata), and the runner's
 `run(batch: np.ndarray) -> dict[str, np.ndarray]` (NCHW float32 in, outputs by name out). `RUNTIMES` maps a file
@@ -13,11 +14,14 @@ from typing import Any
 import numpy as np
 
 from toolkit.console import native_output_quieted
-from toolkit.deploy.metadata import check_outputs, metadata_from_props, read_metadata, where
+from toolkit.deploy.litert_file import LiteRTModel
+from toolkit.deploy.metadata import check_input, check_outputs, metadata_from_props, read_metadata, where
 from toolkit.deploy.onnx_file import MissingRuntimeError, is_onnxruntime_error, onnx_session
+from toolkit.deploy.openvino_file import OpenVinoModel
 from toolkit.errors import DataError, ToolkitError
 
-__all__ = ["RUNTIMES", "ExecuTorchModel", "MissingRuntimeError", "OnnxModel", "open_model"]
+__all__ = ["RUNTIMES", "ExecuTorchModel", "LiteRTModel", "MissingRuntimeError", "OnnxModel", "OpenVinoModel",
+           "open_model"]
 
 
 class OnnxModel:
@@ -110,6 +114,8 @@ class ExecuTorchModel:
 
 #: the runtime adapter of each exported file suffix (a class with `open(path, threads)` -> (runner, metadata))
 RUNTIMES: dict[str, Any] = {".onnx": OnnxModel, ".pte": ExecuTorchModel}
+RUNTIMES[".tflite"] = LiteRTModel  # LiteRT: metadata in the JSON beside the file, as a .pte's
+RUNTIMES[".xml"] = OpenVinoModel  # OpenVINO IR (+ its .bin): metadata in the IR's runtime info
 
 
 def open_model(path: str | Path, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -117,21 +123,8 @@ def open_model(path: str | Path, threads: int | None = None) -> tuple[Any, dict[
     the file's input and outputs where the graph states them (`toolkit.deploy.metadata.check_outputs`)."""
     path = Path(path)
     if path.suffix not in RUNTIMES:
-        raise ToolkitError(f"{path}: not an exported model (.onnx, or .pte with its .pte.json)")
+        raise ToolkitError(f"{path}: not an exported model (.onnx, .xml (OpenVINO) with its .bin, or .pte/.tflite "
+                           "with its .json)")
     if not path.is_file():
         raise DataError(f"{path}: no such exported model file")
     return RUNTIMES[path.suffix].open(path, threads)
-
-
-def check_input(metadata: dict[str, Any], shape: list, source: str) -> None:
-    """A graph with a fixed input size must get the size the metadata's resize rule makes."""
-    from toolkit.data.eval_preprocess import rule_from_metadata
-
-    rule = rule_from_metadata(metadata)
-    expected = rule.get("crop") if rule["mode"] == "center_crop" else rule.get("size")
-    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-        raise DataError(f"{source}: the model takes a {shape} input, not a batch of 3-channel (NCHW) images; "
-                        "export it again")
-    if expected is not None and all(isinstance(v, int) for v in shape[2:]) and list(shape[2:]) != list(expected):
-        raise DataError(f"{source}: the model takes {shape[2]}x{shape[3]} images but its metadata resizes them to "
-                        f"{expected[0]}x{expected[1]} (resize, resolution); export it again")

@@ -49,6 +49,8 @@ class ExportFormat(Protocol):
     # whole; False: SSD's NMS runs after the runtime (`toolkit.deploy.decoders`), Faster R-CNN has no form in it.
     # Optional: `open(path, threads) -> (runner, metadata)` for a file `toolkit.deploy.runtime.RUNTIMES` does not
     # open (legacy TorchScript needs torch); verification opens every other file by its suffix, as a user does.
+    # Optional: `runs_here: bool` (default True): False for files this machine cannot run (Core ML needs Apple
+    # hardware): export writes them and reports them as not run, with no metric or latency.
 
 
 #: every registered format by name, in registration order (the order `export.formats=all` exports them)
@@ -67,4 +69,7 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
 from toolkit.formats import onnx  # noqa: E402, F401
 from toolkit.formats import executorch  # noqa: E402, F401
 from toolkit.formats import torchscript  # noqa: E402, F401
+from toolkit.formats import litert  # noqa: E402, F401
+from toolkit.formats import openvino  # noqa: E402, F401
+from toolkit.formats import coreml  # noqa: E402, F401
 # isort: on

@@ -18,6 +18,7 @@ from toolkit.detection.export import PREDICTION_LAYERS
 from toolkit.errors import ExportError
 from toolkit.formats import ExportRequest, register_format
 from toolkit.formats.common import quiet_exporter
+from toolkit.formats.int8_target import int8_activations
 
 
 def write_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
@@ -199,7 +200,8 @@ class OnnxInt8Format(OnnxFormat):
         if not fp32.is_file():
             OnnxFormat().write(request, fp32)
         settings, options = request.settings, request.int8_options
-        method, activations = str(settings.get("calibration_method", "percentile")), str(settings.get("int8_activations", "uint8"))
+        # activation type: export.int8_activations, else the fast one of export.int8_target's CPU (U8S8 x86, S8S8 ARM)
+        method, activations = str(settings.get("calibration_method", "percentile")), int8_activations(settings)
         heads = prediction_layers(fp32, tuple(options["float_layers"])) if options.get("float_layers") else ()
         metadata = {**request.metadata, "quantization": quantization_note(activations, method, bool(heads))}
         with atomic_path(path) as partial:

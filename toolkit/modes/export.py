@@ -10,8 +10,11 @@ Formats (`export.formats`, each an object of `toolkit.formats.FORMATS`):
 - `executorch` / `executorch_int8`: `.pte` files for ExecuTorch (`torch.export` + the XNNPACK delegate; int8 by
   PT2E quantisation with the XNNPACK quantizer), metadata in `<file>.pte.json`. SSD's NMS runs after the
   runtime (`toolkit.deploy.postprocess`); Faster R-CNN has no ExecuTorch form (RoIAlign and NMS have no XNNPACK kernel).
+- `litert` / `litert_int8` (`.tflite`), `openvino` / `openvino_int8` (IR `.xml` + `.bin`): detectors in the
+  `.pte`'s form (formats with `graph_nms = False`); `coreml` (`.mlpackage`): written, not run (needs Apple hardware).
 - `torchscript` / `torchscript_int8`: legacy, classifier-style tasks only (torch.jit and FX quantisation are
   deprecated in torch 2.14); opt-in.
+- `all`: every installed format but the legacy ones (`toolkit.formats.selection.expand_formats`).
 
 What is written is the task's (its inference contract, `task.inference()`: module, outputs, metadata, int8
 needs, the formats it has no form in); how, the format's. This mode loops over the formats and knows no task.
@@ -19,7 +22,8 @@ needs, the formats it has no form in); how, the format's. This mode loops over t
 Verification: every written file is opened as a user opens it (`toolkit.deploy.runtime.open_model`, by suffix)
 and runs on `export.verify_batches` validation batches (all by default) through the task's own validation step,
 so the report gives the task's metric beside PyTorch's, agreement with the PyTorch outputs, file size and
-latency (`export.json` and a printed table, `toolkit.modes.export_report`).
+latency (`export.json` and a printed table, `toolkit.modes.export_report`). The release gate
+(`export.min_metric`, `export.max_metric_drop`) fails the command after the report is written when a file misses it.
 """
 
 from __future__ import annotations
@@ -38,23 +42,20 @@ from toolkit.deploy.decoders import decoder_for
 from toolkit.deploy.runtime import open_model
 from toolkit.errors import ExportError, ToolkitError
 from toolkit.formats import FORMATS, ExportFormat, ExportRequest
+from toolkit.formats.selection import (
+    check_gate_settings,
+    expand_formats,
+    gate_failures,
+    missing_dependency,
+    not_run,
+)
 from toolkit.modes.common import build_task, load_task, output_dir, write_json
 from toolkit.modes.export_data import calibration_inputs, cause_line, check_data_for, load_data
-from toolkit.modes.export_report import TorchRunner, format_export_report, quality_warnings, speed
+from toolkit.modes.export_report import TorchRunner, file_size, format_export_report, quality_warnings, speed
 
 __all__ = ["ExportError", "export", "missing_dependency", "write_format"]
 
 log = logging.getLogger(__name__)
-
-
-def missing_dependency(fmt: ExportFormat) -> str | None:
-    """The one line naming the extra to install when a module the format imports is missing, else None."""
-    for name in fmt.requires:
-        try:
-            __import__(name)
-        except ImportError:
-            return f"export.formats={fmt.name} needs the '{name}' package: pip install 'mobilenet-toolkit[{fmt.extra}]'"
-    return None
 
 
 def write_format(fmt: ExportFormat, request: ExportRequest, path: Path) -> dict[str, Any]:
@@ -144,9 +145,10 @@ def load_model(cfg: DictConfig):
 def export(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     settings = cfg.export
-    formats = [FORMATS[name] for name in settings.formats]
+    check_gate_settings(settings)
+    formats = [FORMATS[name] for name in expand_formats(settings.formats)]  # export.formats=all: every installed one
     for fmt in formats:
-        if (problem := missing_dependency(fmt)) is not None:
+        if (problem := missing_dependency(fmt.name)) is not None:
             raise ExportError(problem)
     task, datamodule, reason = load_model(cfg)
     contract = task.inference()
@@ -183,7 +185,10 @@ def export(cfg: DictConfig) -> dict:
                               postprocess=postprocess, nms_in_graph=nms_in_graph)
         path = out / fmt.file_name
         write_format(fmt, request, path)
-        entry: dict[str, Any] = {"file": str(path), "size_mb": path.stat().st_size / 1e6}
+        entry: dict[str, Any] = {"file": str(path), "size_mb": file_size(path) / 1e6}
+        if (why := not_run(fmt)) is not None:  # Core ML: written (its converter checks the program), not run here
+            report["formats"][fmt.name] = {**entry, "not_run": why, "warnings": []}
+            continue
         runner, written = open_file(fmt, path, threads)
         run = decoded_run(runner, written)
         if verify:
@@ -203,4 +208,6 @@ def export(cfg: DictConfig) -> dict:
         if entry["warnings"]:
             log.warning("export: %s is worse than the PyTorch model: %s", name, "; ".join(entry["warnings"]))
     print(f"export report written to {path}")
+    if failures := gate_failures(report, task.monitor, task.mode, settings):  # export.min_metric, max_metric_drop
+        raise ExportError(f"export: {'; '.join(failures)} (report: {path})")
     return {"export": report, "export_file": str(path), "output_dir": str(out)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,8 @@ def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
         return [name, "-" if size is None else f"{size:.2f}",
                 *("-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics),
                 "-" if key is None else f"{100 * agree[key]:.2f}% {key.split('_')[0]}",
-                f"{entry['latency_ms_batch1']:.2f}", "-" if throughput is None else f"{throughput:.1f}",
+                "-" if entry.get("latency_ms_batch1") is None else f"{entry['latency_ms_batch1']:.2f}",
+                "-" if throughput is None else f"{throughput:.1f}",
                 "LOW" if entry.get("warnings") else ""]
 
     rows.append(cells("pytorch (fp32)", report["pytorch"], None))
@@ -115,4 +117,14 @@ def format_export_report(report: dict[str, Any], metrics: list[str]) -> str:
                    else "the data cannot be used: see the warning above") + ")")]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines += [f"{fmt}: skipped: {why}" for fmt, why in report["skipped"].items()]
+    lines += [f"{fmt}: not run ({entry['not_run']})" for fmt, entry in report["formats"].items() if "not_run" in entry]
     return "\n".join(lines)
+
+
+def file_size(path: Path) -> int:
+    """Bytes of an exported file with what it needs beside it: OpenVINO's .bin next to the .xml, or a whole
+    folder (Core ML's .mlpackage)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)
