@@ -208,6 +208,6 @@ def export(cfg: DictConfig) -> dict:
         if entry["warnings"]:
             log.warning("export: %s is worse than the PyTorch model: %s", name, "; ".join(entry["warnings"]))
     print(f"export report written to {path}")
-    if failures := gate_failures(report, task.monitor, task.mode, settings):  # export.min_metric, max_metric_drop
+    if failures := gate_failures(report, task.monitor, task.monitor_mode, settings):  # export.min_metric, max_metric_drop
         raise ExportError(f"export: {'; '.join(failures)} (report: {path})")
     return {"export": report, "export_file": str(path), "output_dir": str(out)}
