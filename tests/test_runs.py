@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import FAST, run_cli
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch import Callback
@@ -125,13 +125,20 @@ def test_resume_refuses_to_write_into_the_checkpoints_own_run_folder(make_cfg, t
 
 
 # ---- repeatability ---------------------------------------------------------------------------------------------
-def test_the_same_command_twice_gives_identical_metrics(make_cfg, tmp_path):
+def test_the_same_command_twice_gives_identical_metrics(tmp_path):
     """The first run generates the data, the second reads it from the cache (make demo's case); one data worker,
-    so augmentation runs in a worker process as in real runs."""
-    args = ["backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=16", "data.n_val=8",
-            "data.image_size=40", "trainer.max_epochs=2", "data.num_workers=1"]
-    first = run(make_cfg([*args, f"paths.output_dir={tmp_path / 'a'}"]))
-    second = run(make_cfg([*args, f"paths.output_dir={tmp_path / 'b'}"]))
+    so augmentation runs in a worker process as in real runs. Through the CLI: a worker is a fork of its process,
+    and this test process has by now loaded the export runtimes' native thread pools, which a fork copies
+    half-initialised (the whole pytest process died with SIGSEGV here)."""
+    args = [*FAST, "backbone.alpha=0.25", "data.resolution=32", "data.batch_size=8", "data.n_train=16",
+            "data.n_val=8", "data.image_size=40", "trainer.max_epochs=2", "data.num_workers=1"]
+    env = {"TOOLKIT_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for name in ("a", "b"):
+        done = run_cli([*args, f"paths.output_dir={tmp_path / name}"], cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        runs.append(json.loads((tmp_path / name / "train_metrics.json").read_text()))
+    first, second = runs
     assert first["metrics"] == second["metrics"] and first["best_score"] == second["best_score"]
     a = torch.load(first["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     b = torch.load(second["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
