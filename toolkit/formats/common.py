@@ -41,3 +41,21 @@ def write_sidecar(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
         path.unlink(missing_ok=True)
         raise
     return metadata
+
+
+@contextlib.contextmanager
+def quiet_converter(*logger_names: str):
+    """Around a third-party converter that prints progress bars and logs per pass (litert-torch, NNCF, coremltools):
+    its loggers at ERROR, its Python-level stdout/stderr and warnings dropped; the export report is the output."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [q.level for q in loggers]
+    try:
+        for q in loggers:
+            q.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for q, level in zip(loggers, levels, strict=True):
+            q.setLevel(level)

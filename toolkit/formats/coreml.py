@@ -10,13 +10,9 @@ report says "not run (needs Apple hardware)"). The metadata is in the file: the 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,25 +20,9 @@ from typing import Any
 from toolkit.deploy.metadata import encode
 from toolkit.errors import ConfigError
 from toolkit.formats import ExportRequest, register_format
+from toolkit.formats.common import quiet_converter
 
 PRECISIONS = ("fp16", "fp32")
-
-
-@contextlib.contextmanager
-def quiet_converter():
-    """coremltools draws a progress bar per pass and warns that it has not been tested with this torch."""
-    loggers = [logging.getLogger(name) for name in ("coremltools", "torch.export", "root")]
-    levels = [q.level for q in loggers]
-    try:
-        for q in loggers:
-            q.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for q, level in zip(loggers, levels, strict=True):
-            q.setLevel(level)
 
 
 def precision_of(settings) -> str:
@@ -58,7 +38,7 @@ def convert_coreml(request: ExportRequest, precision: str):
     import torch
 
     example = request.example[:1].contiguous()
-    with quiet_converter():
+    with quiet_converter("coremltools", "torch.export", "root"):
         program = torch.export.export(request.module, (example,)).run_decompositions({})
         return ct.convert(program, inputs=[ct.TensorType(name="image", shape=tuple(example.shape), dtype=np.float32)],
                           outputs=[ct.TensorType(name=name, dtype=np.float32) for name in request.outputs],

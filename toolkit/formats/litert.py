@@ -11,35 +11,15 @@ does not install beside this stack, so the metadata is the JSON beside the file 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.deploy.metadata import sidecar_path
 from toolkit.formats import ExportRequest, register_format
+from toolkit.formats.common import quiet_converter
 from toolkit.io import atomic_path, plain_file_mode, write_json_atomic
-
-
-@contextlib.contextmanager
-def quiet_converter():
-    """litert-torch prints a progress line per stage and JAX/absl log on stderr: the export report is the output."""
-    loggers = [logging.getLogger(name) for name in ("absl", "jax", "torch.export", "root")]
-    levels = [q.level for q in loggers]
-    try:
-        for q in loggers:
-            q.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for q, level in zip(loggers, levels, strict=True):
-            q.setLevel(level)
 
 
 def single_images(calibration: list[Any]):
@@ -129,7 +109,7 @@ class LiteRTFormat:
                                         "in the file's tensors: quantise the input, dequantise the outputs)"
                                         + ("; quantised modules: " + ", ".join(request.int8_options["quantized_modules"])
                                            if request.int8_options.get("quantized_modules") else ""))
-        with quiet_converter():
+        with quiet_converter("absl", "jax", "torch.export", "root"):
             model = convert_litert(request.module, request.example, request.calibration if self.int8 else None,
                                    tuple(request.int8_options.get("quantized_modules", ())))
             with atomic_path(path) as partial:

@@ -9,40 +9,20 @@ JSON-encoded as ONNX's `metadata_props`); `Core().read_model(...).get_rt_info()`
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.deploy.metadata import encode
 from toolkit.formats import ExportRequest, register_format
+from toolkit.formats.common import quiet_converter
 from toolkit.io import plain_file_mode
 
 #: the rt_info section that holds the toolkit's metadata (toolkit.deploy.openvino_file reads it)
 RT_INFO_KEY = "mobilenet_toolkit"
-
-
-@contextlib.contextmanager
-def quiet_converter():
-    """NNCF draws progress bars and logs INFO lines per step: the export report is the output."""
-    loggers = [logging.getLogger(name) for name in ("nncf", "openvino", "torch.export")]
-    levels = [q.level for q in loggers]
-    try:
-        for q in loggers:
-            q.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for q, level in zip(loggers, levels, strict=True):
-            q.setLevel(level)
 
 
 def convert_openvino(request: ExportRequest):
@@ -125,7 +105,7 @@ class OpenVinoFormat:
         if self.int8:
             metadata["quantization"] = ("NNCF post-training quantisation (OpenVINO): symmetric per-channel int8 "
                                         "weights, int8 activations with ranges from the calibration images")
-        with quiet_converter():
+        with quiet_converter("nncf", "openvino", "torch.export"):
             model = convert_openvino(request)
             if self.int8:
                 # a task that keeps part of its model float (detectors: their prediction heads) says so in

@@ -16,8 +16,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import platform
 from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -112,14 +110,9 @@ def candidate_config(cfg: DictConfig, alpha: float, resolution: int, folder: Pat
 
 def machine() -> dict[str, Any]:
     """What a latency depends on besides the model: the CPU model and the cores this process may use."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "cores": cores, "system": platform.system()}
+    from toolkit.deploy.benchmark import this_machine
+
+    return {key: value for key, value in this_machine().items() if key != "machine"}
 
 
 def runtime_version(runtime: str) -> str | None:
