@@ -9,7 +9,8 @@ these, one class per kind of task).
   `decoder` names the torch-free decoder of `toolkit.deploy.decoders` that turns the file's outputs into the
   records `mode=predict` writes (the metadata's `task` value);
 - `one_image`: the graph takes one image per run (detectors); calibration and verification feed it so;
-  `trace`: its modules are exported by tracing (NMS, RoIAlign inside);
+  `trace`: its modules are exported by tracing (NMS, RoIAlign inside); `any_size`: the network runs at any square
+  input size (detectors' anchors are laid out for one);
 - `int8_options(fmt)`: what int8 must keep in float, and whether ranges are collected image by image;
 - verification: `scoring(model)` (the task with another model standing in for its network, for the task's own
   validation step; the task itself is not changed), `recorder()` (the PyTorch model, recording its outputs),
@@ -94,6 +95,7 @@ class InferenceContract:
     decoder = "outputs"  # the toolkit.deploy.decoders entry that reads the files (the metadata's `task`)
     output_names: tuple[str, ...] = ("output",)
     one_image = False  # the exported graph takes one image per run (detectors)
+    any_size = True  # the network runs at any square size (mode=select times one file per width at each resolution)
     trace = False  # its modules hold data-dependent ops (NMS, RoIAlign): exporters that trace them (ONNX's TorchScript-based one)
     single_output = True  # legacy TorchScript export traces single-output modules only
 
@@ -313,6 +315,7 @@ class DetectorContract(InferenceContract):
 
     decoder = "detection"
     one_image = True
+    any_size = False  # the anchors are laid out for one input size
     trace = True  # torchvision registers ONNX symbolics for nms and roi_align with the tracing exporter
     single_output = False
 

@@ -4,6 +4,8 @@ the latency of exported files on this machine, as the table `mode=select select.
 Torch-free for ONNX files (onnxruntime, numpy), so it runs where the model will: an ARM board, a phone's Python, a
 CI runner. `.pte` files need ExecuTorch's runtime. Each file runs at batch 1 on a zero image of the size its
 metadata gives, `--warmup` times, then `--repeats` timed runs; the table holds the median and the 90th percentile.
+A file written for several input sizes (metadata `resolutions`: mode=select writes one file per width α, timed at
+each resolution ρ) gives one row per size.
 """
 
 from __future__ import annotations
@@ -46,31 +48,45 @@ def format_name(path: Path, metadata: dict[str, Any]) -> str:
     return base + ("_int8" if metadata.get("quantization") else "")
 
 
-def input_size(metadata: dict[str, Any]) -> tuple[int, int]:
+def input_sizes(metadata: dict[str, Any]) -> list[tuple[int, int]]:
+    """The input sizes a file is timed at: each of its `resolutions` (smallest first), else its one input size."""
+    if metadata.get("resolutions"):
+        return [(int(r), int(r)) for r in sorted(metadata["resolutions"])]
     size = metadata.get("input_size")
     if size:
-        return int(size[0]), int(size[1])
+        return [(int(size[0]), int(size[1]))]
     resolution = int(metadata.get("resolution") or 224)
-    return resolution, resolution
+    return [(resolution, resolution)]
 
 
-def time_file(path: Path, *, threads: int | None, warmup: int, repeats: int) -> dict[str, Any]:
+def time_file(path: Path, *, threads: int | None, warmup: int, repeats: int) -> list[dict[str, Any]]:
+    """One row per input size the file takes: median and 90th-percentile latency at batch 1, up to the final
+    outputs (a detector whose file has no NMS: with the NMS that runs after the runtime, as on the device)."""
+    from toolkit.deploy.decoders import decoder_for
     from toolkit.deploy.runtime import open_model
 
     runner, metadata = open_model(path, threads)
-    height, width = input_size(metadata)
-    batch = np.zeros((1, 3, height, width), dtype=np.float32)
-    for _ in range(warmup):
-        runner.run(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(batch)
-        times.append(1000 * (time.perf_counter() - start))
-    return {"file": str(path), "format": format_name(path, metadata), "backbone": metadata.get("backbone"),
-            "alpha": metadata.get("alpha"), "resolution": metadata.get("resolution"), "input": [height, width],
-            "size_mb": path.stat().st_size / 1e6, "latency_ms": float(np.median(times)),
-            "latency_ms_p90": float(np.percentile(times, 90)), "repeats": repeats}
+    decoder = decoder_for(metadata, str(path))
+    rows = []
+    for height, width in input_sizes(metadata):
+        batch = np.zeros((1, 3, height, width), dtype=np.float32)
+
+        def run():
+            return decoder.decode(runner.run(batch), metadata, (height, width))  # noqa: B023 - called in this loop
+
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(1000 * (time.perf_counter() - start))
+        rows.append({"file": str(path), "format": format_name(path, metadata), "backbone": metadata.get("backbone"),
+                     "alpha": metadata.get("alpha"), "resolution": height if metadata.get("resolutions")
+                     else metadata.get("resolution"), "input": [height, width], "size_mb": path.stat().st_size / 1e6,
+                     "latency_ms": float(np.median(times)), "latency_ms_p90": float(np.percentile(times, 90)),
+                     "repeats": repeats})
+    return rows
 
 
 def this_machine() -> dict[str, Any]:
@@ -85,7 +101,7 @@ def this_machine() -> dict[str, Any]:
 
 
 def benchmark(files: list[Path], *, threads: int | None, warmup: int, repeats: int) -> dict[str, Any]:
-    rows = [time_file(path, threads=threads, warmup=warmup, repeats=repeats) for path in files]
+    rows = [row for path in files for row in time_file(path, threads=threads, warmup=warmup, repeats=repeats)]
     versions = {}
     for package in ("onnxruntime", "executorch"):
         try:

@@ -28,6 +28,8 @@ class ExportRequest:
     metadata: dict[str, Any]  # what the file says about itself (preprocessing, labels, outputs, ...)
     dynamic_batch: bool = True  # the batch dimension stays open
     dynamic_size: bool = False  # the spatial size stays open (detectors resizing by their own rule)
+    size_range: tuple[int, int] | None = None  # (smallest, largest) square side the file takes: mode=select times
+    # one file per width at each resolution (formats with `size_range = True` honour it; None: the example's size)
     settings: Mapping[str, Any] = field(default_factory=dict)  # cfg.export: opset, calibration_method, int8 options
     int8_options: dict[str, Any] = field(default_factory=dict)  # the task's int8 needs (e.g. layers kept in float)
     trace: bool = False  # data-dependent ops (NMS, RoIAlign): exporters that trace (ONNX's TorchScript-based one)
@@ -49,6 +51,7 @@ class ExportFormat(Protocol):
     # whole; False: SSD's NMS runs after the runtime (`toolkit.deploy.decoders`), Faster R-CNN has no form in it.
     # Optional: `open(path, threads) -> (runner, metadata)` for a file `toolkit.deploy.runtime.RUNTIMES` does not
     # open (legacy TorchScript needs torch); verification opens every other file by its suffix, as a user does.
+    # Optional: `size_range: bool` (default False): the format honours `ExportRequest.size_range`.
     # Optional: `runs_here: bool` (default True): False for files this machine cannot run (Core ML needs Apple
     # hardware): export writes them and reports them as not run, with no metric or latency.
 

@@ -19,12 +19,18 @@ MAX_PTE_BATCH = 32
 
 
 def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor] | None,
-                      dynamic_batch: bool) -> Path:
-    """`torch.export` -> (PT2E int8 with the XNNPACK quantizer when `calibration` is given) -> XNNPACK-lowered .pte."""
+                      dynamic_batch: bool, size_range: tuple[int, int] | None = None) -> Path:
+    """`torch.export` -> (PT2E int8 with the XNNPACK quantizer when `calibration` is given) -> XNNPACK-lowered .pte.
+    `size_range`: (smallest, largest) square side the program takes (XNNPACK reshapes at run time; memory is planned
+    for the largest)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_PTE_BATCH)},) if dynamic_batch else None
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=MAX_PTE_BATCH)} if dynamic_batch else {}
+    if size_range is not None:
+        dims[2] = torch.export.Dim("height", min=size_range[0], max=size_range[1])
+        dims[3] = torch.export.Dim("width", min=size_range[0], max=size_range[1])
+    shapes = (dims,) if dims else None
     if dynamic_batch and len(example) < 2:
         example = example.repeat(2, 1, 1, 1)  # torch.export specialises a dimension of size 1
     with quiet_exporter():
@@ -57,11 +63,12 @@ class ExecuTorchFormat:
     requires: tuple[str, ...] = ("executorch",)
     int8: bool = False
     graph_nms: bool = False  # XNNPACK has no NMS or RoIAlign kernel: SSD's NMS runs after the runtime
+    size_range: bool = True
 
     def write(self, request: ExportRequest, path: Path) -> dict[str, Any]:
         metadata = dict(request.metadata)
         export_executorch(request.module, request.example[:1], path, request.calibration if self.int8 else None,
-                          dynamic_batch=request.dynamic_batch)
+                          dynamic_batch=request.dynamic_batch, size_range=request.size_range)
         if self.int8:
             metadata["quantization"] = "PT2E XNNPACKQuantizer int8, per-channel weights"
         return write_sidecar(path, metadata)

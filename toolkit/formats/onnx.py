@@ -31,11 +31,13 @@ def write_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int, outputs: list[str],
-                exporter: str = "dynamo", *, dynamic_size: bool = False) -> Path:
+                exporter: str = "dynamo", *, dynamic_size: bool = False,
+                size_range: tuple[int, int] | None = None) -> Path:
     """`exporter="dynamo"`: torch.export's ONNX exporter with a dynamic batch axis (tensor-in, tensors-out
     networks). `exporter="torchscript"`: the tracing exporter, for which torchvision registers
     NonMaxSuppression/RoiAlign symbolics (whole detectors: a batch of one image, every output but `count` of
-    open length; `dynamic_size`: any height and width, as Faster R-CNN's keep-aspect inputs)."""
+    open length; `dynamic_size`: any height and width, as Faster R-CNN's keep-aspect inputs). `size_range`
+    (dynamo): square inputs of any side from its first to its second value."""
     import onnx
 
     if exporter not in ("dynamo", "torchscript"):
@@ -49,8 +51,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
                 torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=min(opset, 17),
                                   input_names=["image"], output_names=outputs, dynamic_axes=axes)
             else:
+                dims = {0: torch.export.Dim("batch")}
+                if size_range is not None:
+                    dims[2] = torch.export.Dim("height", min=size_range[0], max=size_range[1])
+                    dims[3] = torch.export.Dim("width", min=size_range[0], max=size_range[1])
                 torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                  dynamic_shapes=(dims,), opset_version=opset,
                                   external_data=False, verbose=False)
     except Exception as e:  # the exporter's errors are long; keep the first line
         raise ExportError(f"ONNX export of {type(module).__name__} failed: {str(e).splitlines()[0]}") from e
@@ -171,6 +177,7 @@ class OnnxFormat:
     extra: str = "export"
     requires: tuple[str, ...] = ("onnx", "onnxruntime")
     int8: bool = False
+    size_range: bool = True
 
     def write(self, request: ExportRequest, path: Path) -> dict[str, Any]:
         from toolkit.io import atomic_path
@@ -180,7 +187,8 @@ class OnnxFormat:
             example = example.repeat(2, 1, 1, 1)  # a batch of 1 would be specialised
         with atomic_path(path) as partial:
             export_onnx(request.module, example, partial, int(request.settings.get("opset", 18)), request.outputs,
-                        "torchscript" if request.trace else "dynamo", dynamic_size=request.dynamic_size)
+                        "torchscript" if request.trace else "dynamo", dynamic_size=request.dynamic_size,
+                        size_range=request.size_range)
             write_onnx_metadata(partial, request.metadata)
         return request.metadata
 

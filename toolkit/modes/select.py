@@ -141,11 +141,13 @@ def select(cfg: DictConfig) -> dict:
         selection.info.update({"export_only": True, "files": str(out / "candidates")})
         path = selection.save(complete=True)
         print(table(candidates, runtime=runtime))
-        print(f"select: {len(candidates)} candidate files in {out / 'candidates'}; on the device run\n"
+        files = list(dict.fromkeys(c.file for c in candidates))  # one file per width where it takes every size
+        print(f"select: {len(files)} file(s) for the {len(candidates)} candidates in {out / 'candidates'}; "
+              "on the device run\n"
               f"  python -m toolkit.deploy --benchmark {out / 'candidates'} --out latency_table.json"
               + (f" --threads {settings.threads}" if settings.get("threads") else "")
               + f"\nthen mode=select ... select.latency_table=latency_table.json (record: {path})")
-        return {"selection": str(path), "output_dir": str(out), "files": [c.file for c in candidates]}
+        return {"selection": str(path), "output_dir": str(out), "files": files}
     source = "measured here"
     if settings.get("latency_table"):
         apply_latency_table(read_latency_table(settings.latency_table), settings.latency_table, candidates, runtime)

@@ -1,10 +1,12 @@
 """mode=select, cost phase: every α × ρ candidate built untrained, exported to `select.runtime` and measured there
 (latency at batch 1, file size), counted (mult-adds, parameters) and checked against the budgets. No training.
 
-Each candidate goes through `mode=export`'s public entry (`toolkit.modes.export.export`) with
-`export.formats=[<runtime>]`, `export.verify=false` and random calibration images (an int8 file's speed does not
-depend on its activation ranges), into `<selection>/candidates/<name>/`; the latency and size are read from its
-report (`report["formats"][runtime]`: `latency_ms_batch1`, `size_mb`, `file`). Measurements are cached in
+The candidates of one width α share their weights, so where the runtime's format takes a range of input sizes
+(ONNX, ExecuTorch) and the task's network runs at any size (not detectors), one file per α is written, into
+`<selection>/candidates/a<α>/`, and timed at each ρ; otherwise one file per candidate, `candidates/a<α>_r<ρ>/`.
+Files are written by mode=export's pieces (the task's inference contract; random calibration images: an int8
+file's speed does not depend on its activation ranges) and timed by `python -m toolkit.deploy --benchmark`'s code
+(batch 1, up to the final outputs), as on a device. Measurements are cached in
 `<paths.cache_dir>/select_cost.json` by (backbone, α, ρ, task and head, classes, runtime, threads, machine,
 runtime version): a second selection on the same machine measures nothing again.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -174,29 +177,115 @@ def count(cfg: DictConfig, datamodule, candidate: Candidate) -> None:
     candidate.madds, candidate.params = int(counted.mult_adds), int(counted.params)
 
 
-def export_candidate(cfg: DictConfig, candidate: Candidate, folder: Path) -> dict[str, Any]:
-    """Write the candidate's file in `select.runtime` through mode=export and return its report entry."""
-    from toolkit.modes.export import export
-
-    runtime = str(cfg.select.runtime)
-    config = candidate_config(cfg, candidate.alpha, candidate.resolution, folder, mode="export")
+def file_config(cfg: DictConfig, alpha: float, resolutions: list[int], folder: Path) -> DictConfig:
+    """mode=export's config for the file of width `alpha` taking `resolutions`, resolved (export workers run
+    without Hydra's context): random calibration images (an int8 file's speed does not depend on its ranges)."""
+    config = candidate_config(cfg, alpha, max(resolutions), folder, mode="export")
     with open_dict(config):
-        config.export.formats = [runtime]
-        config.export.verify = False
-        config.export.calibration = "random"  # an int8 file's speed does not depend on its ranges
-        config.export.batch_size = 1  # the report's throughput column: the latency at batch 1 again, nothing more
-        config.export.threads = cfg.select.get("threads")
-    report = export(config)["export"]
-    if runtime not in report["formats"]:
-        why = report.get("skipped", {}).get(runtime, "not written")
+        config.export.formats = [str(cfg.select.runtime)]
+        config.export.calibration = "random"
+        config.export.batch_size = 1
+    return OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+
+
+def write_file(config: DictConfig, resolutions: list[int]) -> Path:
+    """Write the untrained model of `config` (`file_config`) in `select.runtime` through mode=export's pieces (the
+    task's inference contract), unverified, into its output folder. With several `resolutions` the file takes
+    every one (metadata `resolutions`; `ExportRequest.size_range`): the α × ρ candidates of one width share their
+    weights, so one file is exported per width and timed at each ρ."""
+    from toolkit.formats import FORMATS
+    from toolkit.modes.export import load_model, request_for, write_format
+    from toolkit.modes.export_data import calibration_inputs
+
+    runtime = str(config.select.runtime)
+    fmt = FORMATS[runtime]
+    task, datamodule, _ = load_model(config)
+    contract = task.inference()
+    contract.check()
+    nms_in_graph = getattr(fmt, "graph_nms", True)
+    if (why := contract.no_form(runtime, nms_in_graph=nms_in_graph)) is not None:
         raise ConfigError("select.runtime", runtime, f"this task has no {runtime} form ({why})")
-    return report["formats"][runtime]
+    calibration, _ = calibration_inputs(config, datamodule, one_image=contract.one_image)
+    request = request_for(contract, fmt, calibration, config.export, resolution=max(resolutions),
+                          datamodule=datamodule, postprocess=str(config.export.get("postprocess", "nms")),
+                          nms_in_graph=nms_in_graph)
+    if len(resolutions) > 1:
+        request = dataclasses.replace(request, dynamic_batch=False, size_range=(min(resolutions), max(resolutions)),
+                                      metadata={**request.metadata, "resolutions": sorted(resolutions)})
+    folder = Path(config.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / fmt.file_name
+    write_format(fmt, request, path)
+    return path
+
+
+def shares_files(cfg: DictConfig, datamodule) -> bool:
+    """Whether one file per width can be timed at every resolution: the runtime's format takes a size range and
+    the task's network runs at any size (detectors' anchors do not)."""
+    from toolkit.formats import FORMATS
+    from toolkit.modes.common import build_task
+
+    if not getattr(FORMATS[str(cfg.select.runtime)], "size_range", False):
+        return False
+    return bool(getattr(build_task(cfg, datamodule).inference(), "any_size", False))
+
+
+@dataclass
+class FileJob:
+    """The file(s) of one width: `shared` (one file for every resolution; None: one file per resolution) and
+    `singles` (one config per resolution: the plan, or the fallback of a program that will not take the range)."""
+
+    alpha: float
+    resolutions: list[int]
+    shared: DictConfig | None
+    singles: list[DictConfig]
+
+    def write(self) -> list[tuple[Path, float]]:
+        """[(file, α)]."""
+        from toolkit.errors import ExportError
+
+        if self.shared is not None:
+            try:
+                return [(write_file(self.shared, self.resolutions), self.alpha)]
+            except ExportError as e:
+                log.warning("select: one file for every resolution of alpha %g failed (%s); one file per resolution",
+                            self.alpha, e)
+        return [(write_file(config, [r]), self.alpha) for config, r in zip(self.singles, self.resolutions, strict=True)]
+
+
+def file_jobs(cfg: DictConfig, todo: dict[float, list[Candidate]], folder: Path, *, shared: bool) -> list[FileJob]:
+    jobs = []
+    for alpha, members in todo.items():
+        resolutions = [c.resolution for c in members]
+        singles = [file_config(cfg, alpha, [c.resolution], folder / c.name) for c in members]
+        if shared and len(resolutions) > 1:
+            jobs.append(FileJob(alpha, resolutions, file_config(cfg, alpha, resolutions, folder / f"a{alpha:g}"),
+                                singles))
+        else:  # one job per file: they run in parallel
+            jobs += [FileJob(alpha, [r], None, [config]) for config, r in zip(singles, resolutions, strict=True)]
+    return jobs
+
+
+def written_files(cfg: DictConfig, jobs: list[FileJob]) -> list[tuple[Path, float]]:
+    """Every job's files, `select.n_jobs` at a time in separate processes (exporters spend most of their time in
+    single-threaded Python: ExecuTorch's lowering takes ~20 s per MobileNet); timing comes after, alone."""
+    n_jobs = max(1, min(int(cfg.select.get("n_jobs") or 1), len(jobs)))
+    if n_jobs == 1:
+        return [pair for job in jobs for pair in job.write()]
+    from joblib import Parallel, delayed
+
+    written = Parallel(n_jobs=n_jobs, backend="loky")(delayed(job.write)() for job in jobs)
+    return [pair for pairs in written for pair in pairs]
 
 
 def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Path, *, use_cache: bool) -> None:
-    """Fill each candidate's cost: from the cache where it holds the candidate (and `use_cache`), else measured."""
+    """Fill each candidate's cost: from the cache where it holds the candidate (and `use_cache`), else measured
+    (`written_files`, then each file timed at every size it takes, as `python -m toolkit.deploy --benchmark` does)."""
+    from toolkit.deploy.benchmark import time_file
+
     cache = CostCache(Path(cfg.paths.cache_dir) / CACHE_FILE)
     num_classes = (datamodule.task_kwargs() if datamodule is not None else {}).get("num_classes")
+    todo: dict[float, list[Candidate]] = {}
     for candidate in candidates:
         key, fields = cache_key(cfg, candidate, num_classes)
         cached = cache.get(key) if use_cache else None
@@ -205,12 +294,24 @@ def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Pa
             candidate.size_mb, candidate.local_latency_ms = cached["size_mb"], cached["latency_ms"]
             candidate.cached = True
         else:
+            todo.setdefault(candidate.alpha, []).append(candidate)
+    shared = bool(todo) and shares_files(cfg, datamodule)
+    files = written_files(cfg, file_jobs(cfg, todo, folder, shared=shared))
+    threads, repeats = cfg.select.get("threads"), int(cfg.export.latency_repeats)
+    rows = {}  # (alpha, resolution) -> (file, benchmark row): each file timed at every size it takes
+    for path, alpha in files:
+        for row in time_file(path, threads=threads, warmup=3, repeats=repeats):
+            rows[(alpha, int(row["resolution"]))] = (path, row)
+    for alpha, members in todo.items():
+        for candidate in members:
             count(cfg, datamodule, candidate)
-            entry = export_candidate(cfg, candidate, folder / candidate.name)
-            candidate.size_mb, candidate.local_latency_ms = float(entry["size_mb"]), float(entry["latency_ms_batch1"])
-            candidate.file = str(entry["file"])
+            path, row = rows[(alpha, candidate.resolution)]
+            candidate.size_mb, candidate.local_latency_ms = float(row["size_mb"]), float(row["latency_ms"])
+            candidate.file = str(path)
+            key, fields = cache_key(cfg, candidate, num_classes)
             cache.put(key, fields, {"madds": candidate.madds, "params": candidate.params,
                                     "size_mb": candidate.size_mb, "latency_ms": candidate.local_latency_ms})
+    for candidate in candidates:
         candidate.latency_ms = candidate.local_latency_ms
         log.info("select: %s %s: %.1f M mult-adds, %.2f MB, %.3f ms%s", candidate.name, cfg.select.runtime,
                  candidate.madds / 1e6, candidate.size_mb, candidate.latency_ms, " (cached)" if candidate.cached else "")
