@@ -124,6 +124,17 @@ def test_resume_refuses_to_write_into_the_checkpoints_own_run_folder(make_cfg, t
         run(make_cfg([*SHAPES, f"ckpt_path={ckpt}"]))  # make_cfg's run folder is tmp_path/run
 
 
+def test_resume_with_another_width_is_one_line_naming_the_setting(make_cfg, tmp_path):
+    first = run(make_cfg([*SHAPES, "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'first'}"]))
+    last = Path(first["output_dir"]) / "checkpoints" / "last.ckpt"
+    done = run_cli([*FAST, *SHAPES, "backbone.alpha=0.5", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'second'}"],
+                   tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "does not fit the checkpoint's" in lines[0], done.stderr
+    assert "alpha=0.5 here, 0.25 in the checkpoint" in lines[0] and "init_from=" in lines[0]
+
+
 # ---- repeatability ---------------------------------------------------------------------------------------------
 def test_the_same_command_twice_gives_identical_metrics(tmp_path):
     """The first run generates the data, the second reads it from the cache (make demo's case); one data worker,

@@ -329,6 +329,34 @@ def record_resume(ckpt_path: str, out: Path) -> dict:
     return checkpoint
 
 
+def check_resume_fits(task, checkpoint: dict, ckpt_path: str) -> None:
+    """A resumed run must build the checkpoint's model: otherwise one line naming the settings that differ (Lightning
+    would stop in the middle of loading the weights with a long size-mismatch traceback)."""
+    saved = checkpoint.get("state_dict") or {}
+    built = task.state_dict()
+    differ = [k for k in built if k in saved and tuple(saved[k].shape) != tuple(built[k].shape)]
+    missing = [k for k in built if k not in saved]
+    if not differ and not missing:
+        return
+    first = (f"{differ[0]} is {list(saved[differ[0]].shape)} in the checkpoint, {list(built[differ[0]].shape)} here"
+             if differ else f"{missing[0]} is not in the checkpoint")
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    old = flat(dict(checkpoint.get("hyper_parameters") or {}))
+    new = flat(OmegaConf.to_container(OmegaConf.create(dict(task.hparams)), resolve=True))
+    changed = sorted((k for k in new if k in old and new[k] != old[k]),  # the model's settings first: they shape weights
+                     key=lambda k: not k.startswith(("backbone", "model", "num_classes")))
+    settings = [f"{k.rstrip('.')}={new[k]} here, {old[k]} in the checkpoint" for k in changed]
+    raise ConfigError("ckpt_path", ckpt_path, "this run's model does not fit the checkpoint's ("
+                      + ("; ".join(settings[:3]) + "; " if settings else "") + f"{first}): resume with the settings "
+                      "the run was trained with, or start a new run from its weights: init_from=<checkpoint> "
+                      "init_from_strict=false")
+
+
 def write_json(path: Path, payload: Any) -> Path:
     return write_text_atomic(path, json_text(payload, indent=2, default=float) + "\n")
 

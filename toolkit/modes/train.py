@@ -16,6 +16,7 @@ from toolkit.modes.common import (
     build_datamodule,
     build_task,
     build_trainer,
+    check_resume_fits,
     output_dir,
     plain_metrics,
     record_resume,
@@ -39,12 +40,16 @@ def per_image_counts(task, resolution: int) -> dict[str, int]:
 def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg, cfg.get("ckpt_path"))
     out = output_dir(cfg)
+    checkpoint = None
     if ckpt_path:  # resuming: into this run's new folder, which records where it came from, on the same data
-        restore_data_config(cfg, record_resume(ckpt_path, out), ckpt_path)
+        checkpoint = record_resume(ckpt_path, out)
+        restore_data_config(cfg, checkpoint, ckpt_path)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     task = build_task(cfg, datamodule)
+    if checkpoint is not None:
+        check_resume_fits(task, checkpoint, ckpt_path)
     if cfg.get("init_from"):
         if ckpt_path:
             log.warning("init_from=%s is ignored: resuming from %s restores every weight", cfg.init_from, ckpt_path)
