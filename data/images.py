@@ -47,6 +47,10 @@ def load_rgb(path: str | Path, min_side: int | None = None, *, skip_hint: str = 
     The array is upright (EXIF orientation applied) and 16-bit images are scaled to 8 bits (module docstring).
     `skip_hint`: how the caller's user skips such files (`toolkit.deploy` has `--skip-corrupt`).
     """
+    if isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        # a named pipe, socket or device: opening it would wait forever for a writer
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device). Remove it from the dataset's list, "
+                        f"{skip_hint}")
     try:
         with Image.open(path) as img:
             if min_side is not None and img.format == "JPEG":

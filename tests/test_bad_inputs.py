@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import subprocess
 import sys
@@ -114,7 +115,13 @@ def _truncated(p: Path) -> Path:
     return p
 
 
+def _fifo(p: Path) -> Path:
+    os.mkfifo(p)  # reading it would wait forever for a writer
+    return p
+
+
 BAD_IMAGES = {
+    "named_pipe": (_fifo, "not a regular file"),
     "png_bomb_30000px": (png_bomb, "decompression bomb"),
     "png_bomb_10000px": (lambda p: png_bomb(p, 10000, 10000), "over the 89 Mpx limit"),
     "zero_bytes": (_zero_bytes, "cannot be decoded as an image"),
