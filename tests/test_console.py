@@ -105,6 +105,17 @@ def test_progress_bar_metrics_fit_their_room():
     assert list(fitted) == ["loss", "top1"] and sum(len(k) + len(v) + 3 for k, v in fitted.items()) <= 24
 
 
+def test_progress_bar_counts_epochs_from_one():
+    from types import SimpleNamespace
+
+    from toolkit.callbacks import CompactProgressBar
+
+    bar = CompactProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=8)
+    assert bar._get_train_description(0).strip() == "Epoch 1/8"
+    assert bar._get_train_description(7).strip() == "Epoch 8/8"
+
+
 def test_metrics_table_digits_and_coco_not_applicable():
     table = metrics_table({"val/map": 0.123456789, "val/map_large": -1.0, "val/skipped_samples": 0.0})
     assert table.splitlines() == ["metric          value", "-------------  ------", "val/map        0.1235",

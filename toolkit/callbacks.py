@@ -115,6 +115,11 @@ class CompactProgressBar(RichProgressBar):
                                      pulse_style=self.theme.progress_bar_pulse, bar_width=self.BAR_WIDTH)
         return columns[:4]  # without the it/s column
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        # "Epoch 1/8" ... "Epoch 8/8" for max_epochs=8 (Lightning's reads "Epoch 0/7" ... "Epoch 7/7")
+        description = f"Epoch {current_epoch + 1}" + (f"/{self.trainer.max_epochs}" if self.trainer.max_epochs else "")
+        return f"{description:{len(self.validation_description)}}"
+
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
         console = getattr(self, "_console", None)
         # everything but the metrics: "Epoch 12/99 " + bar + " 123/456 " + "0:01:02 • 0:03:04 " (+ separators)
