@@ -49,11 +49,16 @@ class FasterRCNNTask(DetectionTask):
 
     # ---- optimisation: torchvision's recipe (linear lr scaling, warm-up, steps) ---------------------------
     def total_batch_size(self) -> int | None:
-        """Images per optimizer step over all devices and nodes, or None where `batch_size` is unset."""
+        """Images per optimizer step over all devices and nodes, or None where `batch_size` is unset. The batch is
+        the data's real one where a trainer's datamodule says it (`data.batch_size` capped at a small split's size)."""
         if not self.hparams.batch_size:
             return None
         trainer = self._trainer
-        return self.hparams.batch_size * (trainer.world_size * trainer.accumulate_grad_batches if trainer else 1)
+        if trainer is None:
+            return self.hparams.batch_size
+        datamodule = getattr(trainer, "datamodule", None)
+        batch = datamodule.train_batch_size() if hasattr(datamodule, "train_batch_size") else self.hparams.batch_size
+        return batch * trainer.world_size * trainer.accumulate_grad_batches
 
     def param_groups(self, weight_decay: float, lr: float) -> list[dict]:
         total, reference = self.total_batch_size(), self.hparams.lr_reference_batch

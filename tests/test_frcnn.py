@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -252,6 +253,11 @@ def test_lr_scales_with_batch_and_init_from_a_classifier_fills_the_box_head(tmp_
     task = FasterRCNNTask(backbone=V1, num_classes=3, batch_size=4, lr_reference_batch=16,
                           optimizer={"_target_": "torch.optim.SGD", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4})
     assert all(g["lr"] == pytest.approx(0.005) for g in task.param_groups(1e-4, 0.02))
+    # a split of 2 images caps the batch at 2: the lr follows the batch that is really used, on 2 devices
+    task._trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=1,
+                                    datamodule=SimpleNamespace(train_batch_size=lambda: 2))
+    assert all(g["lr"] == pytest.approx(0.02 * 4 / 16) for g in task.param_groups(1e-4, 0.02))
+    task._trainer = None
 
     torch.manual_seed(1)
     classifier = ImageClassifier(create_backbone("mobilenet_v1", alpha=0.25), 1000)
