@@ -174,3 +174,15 @@ def test_library_functions_name_the_config_key():
         read_rgb("x.jpg", decoder="opencv")
     with pytest.raises(ConfigError, match="task.temperature"):
         attribute_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), temperature=0.0)
+
+
+def test_memory_bound_is_the_containers_limit_where_lower(tmp_path, monkeypatch):
+    import toolkit.run as run_module
+
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(run_module, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    limit.write_text("max\n")  # cgroup v2 without a limit: the machine's RAM
+    ram = run_module.machine_memory_bytes()
+    assert ram > 2**28
+    limit.write_text(f"{2**30}\n")
+    assert run_module.machine_memory_bytes() == min(ram, 2**30)

@@ -69,8 +69,21 @@ TRAIN_BYTES_PER_PARAMETER, EVAL_BYTES_PER_PARAMETER = 16, 4
 ACTIVATION_PROBE_RESOLUTION = 64
 
 
+#: where a container's memory limit is (cgroup v2, then v1): a bound above it would be killed by the kernel first
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def machine_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """This process's memory: the machine's RAM, or the container's (cgroup) limit where that is lower."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (cgroup v2) or a huge v1 number: no limit below the machine's
+            return min(physical, int(text))
+    return physical
 
 
 def _gib(n: float) -> str:
