@@ -155,6 +155,17 @@ def test_predictions_are_strict_json(tmp_path):
     assert len(records) == 3 and all(np.isfinite(t["score"]) for r in records for t in r["top_k"])
 
 
+def test_a_second_run_without_out_keeps_the_first_runs_predictions(tmp_path):
+    tiny_onnx(tmp_path / "model.onnx")
+    images = photos(tmp_path / "in", 2)
+    for folder in ("predictions", "predictions-2"):
+        proc = deploy(["model.onnx", images], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{folder}/predictions.json" in proc.stdout
+    first = (tmp_path / "predictions" / "predictions.json").read_text()
+    assert first == (tmp_path / "predictions-2" / "predictions.json").read_text()
+
+
 # ---- the images ------------------------------------------------------------------------------------------------
 def test_a_corrupt_image_names_deploys_own_option_and_skip_corrupt_counts_it(tmp_path):
     tiny_onnx(tmp_path / "model.onnx")

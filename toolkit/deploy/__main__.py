@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit.deploy", description=__doc__)
     parser.add_argument("model", help="a file written by mode=export (.onnx, or .pte with its .pte.json)")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--out", default="predictions", help="folder for predictions.json/.csv and pictures")
+    parser.add_argument("--out", default=None, help="folder for predictions.json/.csv and pictures (default: "
+                        "./predictions, or predictions-2, -3, ... where an earlier run's files are: none is overwritten)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     parser.add_argument("--score-thresh", type=float, default=None, help="detectors: keep boxes scoring at least this")
     parser.add_argument("--top-k", type=int, default=None, help="classifiers/geolocation: how many classes/cells per image")
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ToolkitError(f"{name} {value}: must be at least 1")
         if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
             raise ToolkitError(f"--score-thresh {args.score_thresh}: must be a score from 0 to 1")
-        result = predict_files(args.model, collect(args.images), args.out, args.threads, args.score_thresh,
+        result = predict_files(args.model, collect(args.images), args.out or fresh_folder("predictions"), args.threads,
+                               args.score_thresh,
                                args.top_k, skip_corrupt=args.skip_corrupt)
     except (ToolkitError, OSError) as e:
         if args.debug:
@@ -60,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     for f in result["files"]:
         print(f"wrote {f}")
     return 0
+
+
+def fresh_folder(name: str) -> Path:
+    """`name`, or `name-2`, `name-3`, ... : the first that does not exist or is empty (an earlier run's stay)."""
+    for n in range(1, 10_000):
+        path = Path(name if n == 1 else f"{name}-{n}")
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return path
+    raise ToolkitError(f"{name}: 10000 earlier prediction folders here; pass --out")
 
 
 def one_line(error: BaseException) -> str:
