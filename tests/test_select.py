@@ -211,13 +211,13 @@ def test_one_file_per_width_takes_every_resolution(make_cfg, tmp_path, monkeypat
     assert by_name["a0.25_r32"]["file"] == by_name["a0.25_r64"]["file"] == str(files[0])
     for c in record["candidates"]:  # each candidate measured at its own size in the shared file
         assert c["latency_ms"] > 0 and c["size_mb"] > 0
-        assert 0 < c["peak_memory_mb"] < 1000, c  # the runtime's memory for a < 1 MB model: MBs, not GBs
+        assert 0 < c["peak_memory_mb"] < 200, c  # ONNX Runtime holding a 1-3 MB model: MBs, not the parent process
 
     table_file = tmp_path / "table.json"
     table = _benchmark_cli([tmp_path / "run" / "candidates"], table_file)
     rows = {(r["format"], r["alpha"], r["resolution"]): r for r in table["models"]}
     assert set(rows) == {("onnx", a, r) for a in (0.25, 0.5) for r in (32, 64)}
-    assert all(r["input"] == [r["resolution"]] * 2 and 0 < r["peak_memory_mb"] < 1000 for r in rows.values())
+    assert all(r["input"] == [r["resolution"]] * 2 and 0 < r["peak_memory_mb"] < 200 for r in rows.values())
     candidates = [Candidate(alpha=a, resolution=r) for a in (0.25, 0.5) for r in (32, 64)]
     apply_latency_table(read_latency_table(table_file), table_file, candidates, "onnx")
     assert all(c.latency_ms == rows[("onnx", c.alpha, c.resolution)]["latency_ms"] for c in candidates)

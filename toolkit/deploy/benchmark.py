@@ -8,7 +8,8 @@ median and the 90th percentile. A file written for several input sizes (metadata
 one file per width α, timed at each resolution ρ) gives one row per size, smallest first.
 
 Each file is timed in a fresh Python process of its own (one file at a time), which also gives the runtime's peak
-memory for that file: `peak_memory_mb`, the process's peak resident memory (`getrusage` `ru_maxrss`) minus its
+memory for that file: `peak_memory_mb`, the process's peak resident memory (Linux: `VmHWM`; elsewhere `getrusage`'s
+`ru_maxrss`) minus its
 resident memory just before the file was loaded (the runtime's library already imported), so the model's weights,
 the runtime's buffers and arenas for loading and running it, not Python's or the library's own code. A row of a
 several-size file holds the peak up to and including its size. None where the OS reports no peak (Windows).
@@ -85,7 +86,16 @@ def input_sizes(metadata: dict[str, Any]) -> list[tuple[int, int]]:
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far (None where the OS does not report it)."""
+    """This process's peak resident memory so far (None where the OS does not report it). Linux: `VmHWM` of
+    /proc/self/status, the high-water mark of this program's memory (getrusage's `ru_maxrss` there carries the
+    parent's peak across fork + exec, so a fresh child would report its parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next((line for line in f if line.startswith("VmHWM:")), None)
+        if line is not None:
+            return int(line.split()[1]) * 1024 / 1e6  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
