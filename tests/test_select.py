@@ -249,3 +249,26 @@ def test_a_width_whose_shared_file_fails_falls_back_to_one_file_per_resolution(m
     record = _record(tmp_path / "run")
     assert sorted(c["name"] for c in record["candidates"]) == ["a0.25_r32", "a0.25_r64", "a0.5_r32", "a0.5_r64"]
     assert all(c["latency_ms"] > 0 and c["peak_memory_mb"] > 0 for c in record["candidates"])
+
+
+def test_benchmark_finds_and_names_every_runtimes_files(tmp_path):
+    """`--benchmark` takes every suffix toolkit.deploy.runtime runs, and names each file's export format as
+    export.formats does (`_int8`: the writers record their quantisation in the metadata)."""
+    from toolkit.deploy.benchmark import format_name, model_files
+    from toolkit.deploy.runtime import RUNTIMES
+    from toolkit.errors import ToolkitError
+
+    for name in ("a/model.onnx", "a/model_int8.pte", "b/model.tflite", "b/model_openvino.xml", "b/model_openvino.bin",
+                 "b/model.tflite.json", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = model_files([str(tmp_path)])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in found) == [
+        "a/model.onnx", "a/model_int8.pte", "b/model.tflite", "b/model_openvino.xml"]
+    assert {p.suffix for p in found} == set(RUNTIMES)
+    int8 = {"quantization": "int8"}
+    assert [format_name(p, int8) for p in sorted(found)] == ["onnx_int8", "executorch_int8", "litert_int8",
+                                                           "openvino_int8"]
+    assert [format_name(p, {}) for p in sorted(found)] == ["onnx", "executorch", "litert", "openvino"]
+    with pytest.raises(ToolkitError, match="not an exported model"):
+        model_files([str(tmp_path / "notes.txt")])
