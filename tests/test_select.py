@@ -272,3 +272,14 @@ def test_benchmark_finds_and_names_every_runtimes_files(tmp_path):
     assert [format_name(p, {}) for p in sorted(found)] == ["onnx", "executorch", "litert", "openvino"]
     with pytest.raises(ToolkitError, match="not an exported model"):
         model_files([str(tmp_path / "notes.txt")])
+
+
+def test_benchmark_of_a_damaged_file_is_one_line(tmp_path):
+    """The file is timed in a child process; its refusal comes back as the CLI's one line (exit 2), naming the file."""
+    damaged = tmp_path / "model.onnx"
+    damaged.write_bytes(b"not a model")
+    done = subprocess.run([sys.executable, "-m", "toolkit.deploy", "--benchmark", str(damaged), "--out",
+                           str(tmp_path / "table.json")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and str(damaged) in lines[0], done.stderr
+    assert not (tmp_path / "table.json").exists()
