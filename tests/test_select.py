@@ -177,3 +177,109 @@ def test_device_latency_table_replaces_local_timings(make_cfg, tmp_path, shared_
                     f"select.latency_table={table_file}"])
     with pytest.raises(DataError, match="no onnx latency for a0.5_r32"):
         run(cfg)
+
+
+def _benchmark_cli(inputs: list[Path], table_file: Path) -> dict:
+    """`python -m toolkit.deploy --benchmark` as on a device, asserting it never imported torch (ONNX files)."""
+    script = ("import sys; from toolkit.deploy.__main__ import main; rc = main(sys.argv[1:]); "
+              "assert 'torch' not in sys.modules, 'toolkit.deploy --benchmark imported torch'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", script, "--benchmark", *map(str, inputs), "--out", str(table_file),
+                           "--repeats", "3", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "peak memory" in done.stdout
+    return json.loads(table_file.read_text())
+
+
+@pytest.mark.slow
+def test_one_file_per_width_takes_every_resolution(make_cfg, tmp_path, monkeypatch):
+    """2 widths x 2 resolutions: two ONNX files (written two at a time, select.n_jobs=2), each taking both sizes;
+    the device benchmark gives one row per size with the runtime's peak memory, and a table from it matches every
+    candidate by (format, alpha, resolution)."""
+    from toolkit.deploy.runtime import open_model
+    from toolkit.modes.select_cost import apply_latency_table, read_latency_table
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = make_cfg(["mode=select", "trainer.precision=32-true", *TINY, "select.n_jobs=2", "select.export_only=true"])
+    result = run(cfg)
+    files = sorted(Path(f) for f in result["files"])
+    assert [f.relative_to(tmp_path / "run" / "candidates").as_posix() for f in files] == ["a0.25/model.onnx",
+                                                                                          "a0.5/model.onnx"]
+    for f in files:
+        assert open_model(f, 1)[1]["resolutions"] == [32, 64]
+    record = _record(tmp_path / "run")
+    by_name = {c["name"]: c for c in record["candidates"]}
+    assert by_name["a0.25_r32"]["file"] == by_name["a0.25_r64"]["file"] == str(files[0])
+    for c in record["candidates"]:  # each candidate measured at its own size in the shared file
+        assert c["latency_ms"] > 0 and c["size_mb"] > 0
+        assert 0 < c["peak_memory_mb"] < 200, c  # ONNX Runtime holding a 1-3 MB model: MBs, not the parent process
+
+    table_file = tmp_path / "table.json"
+    table = _benchmark_cli([tmp_path / "run" / "candidates"], table_file)
+    rows = {(r["format"], r["alpha"], r["resolution"]): r for r in table["models"]}
+    assert set(rows) == {("onnx", a, r) for a in (0.25, 0.5) for r in (32, 64)}
+    assert all(r["input"] == [r["resolution"]] * 2 and 0 < r["peak_memory_mb"] < 200 for r in rows.values())
+    candidates = [Candidate(alpha=a, resolution=r) for a in (0.25, 0.5) for r in (32, 64)]
+    apply_latency_table(read_latency_table(table_file), table_file, candidates, "onnx")
+    assert all(c.latency_ms == rows[("onnx", c.alpha, c.resolution)]["latency_ms"] for c in candidates)
+
+
+@pytest.mark.slow
+def test_a_width_whose_shared_file_fails_falls_back_to_one_file_per_resolution(make_cfg, tmp_path, monkeypatch, caplog):
+    """The exporter refuses the size range for alpha 0.5 (ExportError): that width gets one file per resolution and
+    a warning; alpha 0.25 keeps its shared file; every candidate is measured (select.n_jobs=1: written in this
+    process, where the refusal is patched in)."""
+    import toolkit.modes.select_cost as select_cost
+    from toolkit.errors import ExportError
+
+    real_write = select_cost.write_file
+
+    def refusing(config, resolutions):
+        if len(resolutions) > 1 and float(config.backbone.alpha) == 0.5:
+            raise ExportError("the program does not take a range of sizes")
+        return real_write(config, resolutions)
+
+    monkeypatch.setattr(select_cost, "write_file", refusing)
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = make_cfg(["mode=select", "trainer.precision=32-true", *TINY, "select.n_jobs=1", "select.export_only=true"])
+    with caplog.at_level("WARNING", logger="toolkit.modes.select_cost"):
+        result = run(cfg)
+    files = sorted(Path(f).relative_to(tmp_path / "run" / "candidates").as_posix() for f in result["files"])
+    assert files == ["a0.25/model.onnx", "a0.5_r32/model.onnx", "a0.5_r64/model.onnx"]
+    assert any("one file for every resolution of alpha 0.5 failed" in r.getMessage() for r in caplog.records)
+    record = _record(tmp_path / "run")
+    assert sorted(c["name"] for c in record["candidates"]) == ["a0.25_r32", "a0.25_r64", "a0.5_r32", "a0.5_r64"]
+    assert all(c["latency_ms"] > 0 and c["peak_memory_mb"] > 0 for c in record["candidates"])
+
+
+def test_benchmark_finds_and_names_every_runtimes_files(tmp_path):
+    """`--benchmark` takes every suffix toolkit.deploy.runtime runs, and names each file's export format as
+    export.formats does (`_int8`: the writers record their quantisation in the metadata)."""
+    from toolkit.deploy.benchmark import format_name, model_files
+    from toolkit.deploy.runtime import RUNTIMES
+    from toolkit.errors import ToolkitError
+
+    for name in ("a/model.onnx", "a/model_int8.pte", "b/model.tflite", "b/model_openvino.xml", "b/model_openvino.bin",
+                 "b/model.tflite.json", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = model_files([str(tmp_path)])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in found) == [
+        "a/model.onnx", "a/model_int8.pte", "b/model.tflite", "b/model_openvino.xml"]
+    assert {p.suffix for p in found} == set(RUNTIMES)
+    int8 = {"quantization": "int8"}
+    assert [format_name(p, int8) for p in sorted(found)] == ["onnx_int8", "executorch_int8", "litert_int8",
+                                                           "openvino_int8"]
+    assert [format_name(p, {}) for p in sorted(found)] == ["onnx", "executorch", "litert", "openvino"]
+    with pytest.raises(ToolkitError, match="not an exported model"):
+        model_files([str(tmp_path / "notes.txt")])
+
+
+def test_benchmark_of_a_damaged_file_is_one_line(tmp_path):
+    """The file is timed in a child process; its refusal comes back as the CLI's one line (exit 2), naming the file."""
+    damaged = tmp_path / "model.onnx"
+    damaged.write_bytes(b"not a model")
+    done = subprocess.run([sys.executable, "-m", "toolkit.deploy", "--benchmark", str(damaged), "--out",
+                           str(tmp_path / "table.json")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and str(damaged) in lines[0], done.stderr
+    assert not (tmp_path / "table.json").exists()

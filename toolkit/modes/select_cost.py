@@ -6,7 +6,8 @@ The candidates of one width α share their weights, so where the runtime's forma
 `<selection>/candidates/a<α>/`, and timed at each ρ; otherwise one file per candidate, `candidates/a<α>_r<ρ>/`.
 Files are written by mode=export's pieces (the task's inference contract; random calibration images: an int8
 file's speed does not depend on its activation ranges) and timed by `python -m toolkit.deploy --benchmark`'s code
-(batch 1, up to the final outputs), as on a device. Measurements are cached in
+(batch 1, up to the final outputs; each file in a fresh process, after every file is written, which also gives the
+runtime's peak memory for it), as on a device. Measurements are cached in
 `<paths.cache_dir>/select_cost.json` by (backbone, α, ρ, task and head, classes, runtime, threads, machine,
 runtime version): a second selection on the same machine measures nothing again.
 """
@@ -54,6 +55,7 @@ class Candidate:
     size_mb: float | None = None
     latency_ms: float | None = None  # the latency the budget is checked against (the device table's, if given)
     local_latency_ms: float | None = None  # measured on this machine
+    peak_memory_mb: float | None = None  # the runtime's peak resident memory for the file (load + runs), this machine
     file: str | None = None
     cached: bool = False
     over_budget: list[str] = field(default_factory=list)  # why it was dropped, one phrase per budget
@@ -75,7 +77,7 @@ class Candidate:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "resolution": self.resolution, "madds": self.madds,
                 "params": self.params, "size_mb": self.size_mb, "latency_ms": self.latency_ms,
-                "local_latency_ms": self.local_latency_ms, "file": self.file, "cached": self.cached,
+                "local_latency_ms": self.local_latency_ms, "peak_memory_mb": self.peak_memory_mb, "file": self.file, "cached": self.cached,
                 "over_budget": self.over_budget, "rungs": self.rungs, "state": self.state}
 
     @classmethod
@@ -280,8 +282,9 @@ def written_files(cfg: DictConfig, jobs: list[FileJob]) -> list[tuple[Path, floa
 
 def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Path, *, use_cache: bool) -> None:
     """Fill each candidate's cost: from the cache where it holds the candidate (and `use_cache`), else measured
-    (`written_files`, then each file timed at every size it takes, as `python -m toolkit.deploy --benchmark` does)."""
-    from toolkit.deploy.benchmark import time_file
+    (`written_files`; then, once every file is written, each file timed at every size it takes in a fresh process of
+    its own, one at a time, as `python -m toolkit.deploy --benchmark` does: latency and the runtime's peak memory)."""
+    from toolkit.deploy.benchmark import time_in_child
 
     cache = CostCache(Path(cfg.paths.cache_dir) / CACHE_FILE)
     num_classes = (datamodule.task_kwargs() if datamodule is not None else {}).get("num_classes")
@@ -292,6 +295,7 @@ def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Pa
         if cached is not None:
             candidate.madds, candidate.params = cached["madds"], cached["params"]
             candidate.size_mb, candidate.local_latency_ms = cached["size_mb"], cached["latency_ms"]
+            candidate.peak_memory_mb = cached.get("peak_memory_mb")  # absent from caches written before it was measured
             candidate.cached = True
         else:
             todo.setdefault(candidate.alpha, []).append(candidate)
@@ -300,21 +304,25 @@ def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Pa
     threads, repeats = cfg.select.get("threads"), int(cfg.export.latency_repeats)
     rows = {}  # (alpha, resolution) -> (file, benchmark row): each file timed at every size it takes
     for path, alpha in files:
-        for row in time_file(path, threads=threads, warmup=3, repeats=repeats):
+        for row in time_in_child(path, threads=threads, warmup=3, repeats=repeats):
             rows[(alpha, int(row["resolution"]))] = (path, row)
     for alpha, members in todo.items():
         for candidate in members:
             count(cfg, datamodule, candidate)
             path, row = rows[(alpha, candidate.resolution)]
             candidate.size_mb, candidate.local_latency_ms = float(row["size_mb"]), float(row["latency_ms"])
+            candidate.peak_memory_mb = row.get("peak_memory_mb")
             candidate.file = str(path)
             key, fields = cache_key(cfg, candidate, num_classes)
             cache.put(key, fields, {"madds": candidate.madds, "params": candidate.params,
-                                    "size_mb": candidate.size_mb, "latency_ms": candidate.local_latency_ms})
+                                    "size_mb": candidate.size_mb, "latency_ms": candidate.local_latency_ms,
+                                    "peak_memory_mb": candidate.peak_memory_mb})
     for candidate in candidates:
         candidate.latency_ms = candidate.local_latency_ms
-        log.info("select: %s %s: %.1f M mult-adds, %.2f MB, %.3f ms%s", candidate.name, cfg.select.runtime,
-                 candidate.madds / 1e6, candidate.size_mb, candidate.latency_ms, " (cached)" if candidate.cached else "")
+        memory = "" if candidate.peak_memory_mb is None else f", peak memory {candidate.peak_memory_mb:.1f} MB"
+        log.info("select: %s %s: %.1f M mult-adds, %.2f MB, %.3f ms%s%s", candidate.name, cfg.select.runtime,
+                 candidate.madds / 1e6, candidate.size_mb, candidate.latency_ms, memory,
+                 " (cached)" if candidate.cached else "")
 
 
 # ---- a latency table from the device (python -m toolkit.deploy --benchmark) ---------------------------------

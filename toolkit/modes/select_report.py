@@ -15,14 +15,15 @@ def _cell(value: Any, spec: str) -> str:
 
 
 def table(candidates: list[Candidate], *, runtime: str, metric_name: str | None = None) -> str:
-    """One row per candidate: α, ρ, mult-adds, params, size, latency, metric and state (or why it is over budget)."""
-    header = ["alpha", "res", "M madds", "M params", "MB", f"ms ({runtime})"] + ([metric_name] if metric_name else [])
+    """One row per candidate: α, ρ, mult-adds, params, size, latency, the runtime's peak memory, metric and state
+    (or why it is over budget)."""
+    header = ["alpha", "res", "M madds", "M params", "MB", f"ms ({runtime})", "peak MB"] + ([metric_name] if metric_name else [])
     header.append("state")
     rows = []
     for c in sorted(candidates, key=lambda c: (-c.alpha, -c.resolution)):
         row = [f"{c.alpha:g}", str(c.resolution), _cell(c.madds_m, ".1f"),
                _cell(None if c.params is None else c.params / 1e6, ".2f"), _cell(c.size_mb, ".2f"),
-               _cell(c.latency_ms, ".3f")]
+               _cell(c.latency_ms, ".3f"), _cell(c.peak_memory_mb, ".1f")]
         if metric_name:
             row.append(_cell(final_metric(c), ".4f"))
         row.append(c.state + (f" ({'; '.join(c.over_budget)})" if c.over_budget else ""))
