@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.errors import ExportError
+from toolkit.errors import ConfigError, ExportError
 
 #: a runtime as verification calls it: a batch of inputs -> {output name: array}, decoded as toolkit.deploy does
 Run = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -105,6 +105,10 @@ class InferenceContract:
     # ---- what is exported ---------------------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse a model that cannot be exported at all (ExportError), before any file is written."""
+
+    def configure(self, settings) -> None:
+        """Apply the `export:` settings that change what the files compute (detectors: `export.score_thresh`);
+        the PyTorch reference of verification computes the same. The task itself is not changed."""
 
     def no_form(self, fmt: str, *, nms_in_graph: bool = True) -> str | None:
         """Why the model has no form in format `fmt` (export skips it and says so), or None. `nms_in_graph`: the
@@ -319,22 +323,46 @@ class DetectorContract(InferenceContract):
     trace = True  # torchvision registers ONNX symbolics for nms and roi_align with the tracing exporter
     single_output = False
 
+    def __init__(self, task):
+        super().__init__(task)
+        self.model = task.model  # the detector as exported: `configure` may set its score threshold
+
+    def configure(self, settings) -> None:
+        """`export.score_thresh` (null: the detector's own): the lowest score the files return, in place of the
+        evaluation threshold (SSD's TF value 1e-8, Faster R-CNN's 0.0, for COCO mAP over up to 100 detections).
+        Applied to a shallow copy of the detector (weights shared), which the files and verification's PyTorch
+        reference both use, so they predict alike; `mode=eval` keeps the task's own threshold."""
+        thresh = settings.get("score_thresh")
+        if thresh is None:
+            return
+        if isinstance(thresh, bool) or not isinstance(thresh, int | float) or not 0 <= thresh < 1:
+            raise ConfigError("export.score_thresh", thresh, "a score in [0, 1) (0.01: torchvision's SSD "
+                              "deployment threshold), or null for the detector's own")
+        model = copy.copy(self.task.model)
+        if hasattr(model, "roi_heads"):  # Faster R-CNN: the second stage's threshold
+            model._modules = dict(model._modules)
+            model._modules["roi_heads"] = copy.copy(model.roi_heads)
+            model.roi_heads.score_thresh = float(thresh)
+        else:
+            model.score_thresh = float(thresh)
+        self.model = model
+
     def is_ssd(self) -> bool:
         from toolkit.detection.ssd import MobileNetSSD
 
-        return isinstance(self.task.model, MobileNetSSD)
+        return isinstance(self.model, MobileNetSSD)
 
     def no_form(self, fmt: str, *, nms_in_graph: bool = True) -> str | None:
         if not nms_in_graph and not self.is_ssd():
             runtime = ("ExecuTorch", "XNNPACK") if fmt.startswith("executorch") else (fmt, "runtime")
-            return (f"{fmt}: {type(self.task.model).__name__} has no {runtime[0]} form (RoIAlign and NMS have no "
+            return (f"{fmt}: {type(self.model).__name__} has no {runtime[0]} form (RoIAlign and NMS have no "
                     f"{runtime[1]} kernel); its ONNX export holds the whole detector")
         return super().no_form(fmt)
 
     def module(self, fmt: str, *, postprocess: str = "nms", nms_in_graph: bool = True) -> tuple[nn.Module, list[str]]:
-        from toolkit.detection.export import SSDDenseOutputs, SSDRawHead, WholeDetector
+        from toolkit.detection.export import SSDDenseOutputs, SSDRawHead, SSDWholeDetector, WholeDetector
 
-        model = self.task.model
+        model = self.model
         if postprocess == "none":
             if not self.is_ssd():
                 raise ExportError(f"export.postprocess=none: {type(model).__name__} needs NMS between its RPN and "
@@ -344,13 +372,14 @@ class DetectorContract(InferenceContract):
             if (reason := self.no_form(fmt, nms_in_graph=False)) is not None:
                 raise ExportError(reason)
             return SSDDenseOutputs(model).eval(), ["boxes", "scores"]
-        return WholeDetector(model).eval(), ["boxes", "scores", "labels", "count"]
+        whole = SSDWholeDetector(model) if self.is_ssd() else WholeDetector(model)
+        return whole.eval(), ["boxes", "scores", "labels", "count"]
 
     def int8_options(self, fmt: str) -> dict[str, Any]:
         from toolkit.detection.export import PREDICTION_LAYERS
 
         # Faster R-CNN's second stage sees a different number of proposals in every image
-        options = {"float_layers": PREDICTION_LAYERS, "per_image": hasattr(self.task.model, "roi_heads")}
+        options = {"float_layers": PREDICTION_LAYERS, "per_image": hasattr(self.model, "roi_heads")}
         if self.is_ssd():  # int8 backbone and extra layers (paths in SSDDenseOutputs); heads and box decoding
             # float: their index arithmetic is out of a quantiser's reach, as onnx_int8 keeps the heads float
             options["quantized_modules"] = ("ssd.backbone", "ssd.extras")
@@ -375,7 +404,7 @@ class DetectorContract(InferenceContract):
         (ONNX, export.postprocess=nms), decoded anchors (SSD .pte) or the raw head (export.postprocess=none)."""
         from toolkit.detection.export import nms_settings, raw_head_decoding
 
-        model = self.task.model
+        model = self.model
         conventions = dict(DETECTION_CONVENTIONS)
         if postprocess == "none":
             conventions["rows"] = ("bbox_regression (1, A, 4) and cls_logits (1, A, K+1): one row per anchor of "
@@ -396,7 +425,7 @@ class DetectorContract(InferenceContract):
         return [self.task.monitor, "val/map_50"]
 
     def recorder(self) -> Recorder:
-        return Recorder(self.task.model, lambda out: [{k: v.detach() for k, v in o.items()} for o in out])
+        return Recorder(self.model, lambda out: [{k: v.detach() for k, v in o.items()} for o in out])
 
     def runtime_model(self, run: Run, outputs: list[str]) -> RuntimeModel:
         def forward(images):

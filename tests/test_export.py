@@ -21,7 +21,7 @@ from torch import nn
 
 from toolkit.deploy.metadata import read_metadata
 from toolkit.deploy.preprocess import preprocess
-from toolkit.detection.export import WholeDetector
+from toolkit.detection.export import SSDWholeDetector, WholeDetector
 from toolkit.errors import ConfigError
 from toolkit.modes.common import build_datamodule, build_task
 from toolkit.run import run
@@ -253,7 +253,8 @@ def fixed_seed_detector(make_cfg, task: str, extra: list[str]):
 def onnx_detector(detector, tmp_path: Path, dynamic_size: bool, name: str = "det") -> onnxruntime.InferenceSession:
     from toolkit.formats.onnx import export_onnx
 
-    path = export_onnx(WholeDetector(detector).eval(), torch.rand(1, 3, 128, 128), tmp_path / f"{name}.onnx", 17,
+    whole = WholeDetector(detector) if hasattr(detector, "roi_heads") else SSDWholeDetector(detector)  # as exported
+    path = export_onnx(whole.eval(), torch.rand(1, 3, 128, 128), tmp_path / f"{name}.onnx", 17,
                        ["boxes", "scores", "labels", "count"], "torchscript", dynamic_size=dynamic_size)
     assert "NonMaxSuppression" in op_types(onnx.load(str(path)).graph)
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -289,6 +290,63 @@ def test_ssd_onnx_gives_pytorch_boxes_on_several_image_sizes_and_on_an_empty_ima
     assert assert_same_detections(detector, strict, torch.zeros(3, 128, 128)) == 0
 
 
+class FixedHead(nn.Module):
+    """An SSD head giving the same random box codes and class logits for any input: every class has candidates
+    of distinct scores all over the image (a trained head's outputs need training; a random one's are near-tied)."""
+
+    def __init__(self, anchors: int, classes: int, background: float):
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.register_buffer("codes", torch.randn(1, anchors, 4, generator=generator) * 0.5)
+        logits = torch.randn(1, anchors, classes + 1, generator=generator) * 2
+        logits[..., 0] += background
+        self.register_buffer("logits", logits)
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        zero = 0 * features[0].mean()  # keeps the head in the traced graph's data flow
+        return {"bbox_regression": self.codes + zero, "cls_logits": self.logits + zero}
+
+
+@pytest.mark.parametrize(("score_thresh", "background"), [(1e-8, 0.0), (0.01, 4.0), (0.5, 6.0)])
+def test_ssd_postprocess_without_a_class_loop_gives_torchvision_detections(tmp_path, score_thresh, background):
+    """SSD's post-processing in the ONNX graph and in numpy (`.pte`, `.tflite`, IR files): one top-k over every
+    class, one filter, one class-aware NMS stopping at detections_per_img, where torchvision loops over classes
+    and hands NMS every candidate: the same boxes, scores and labels in the same order as torchvision's
+    `SSD.postprocess_detections`, at the evaluation threshold (8000 candidates), a deployment one and one that
+    leaves fewer than detections_per_img. The graph holds one TopK and one NonMaxSuppression, which stops at
+    detections_per_img."""
+    from toolkit.deploy.postprocess import ssd_detections
+    from toolkit.detection.export import SSDDenseOutputs, ssd_anchors
+    from toolkit.detection.ssd import build_ssd
+    from toolkit.formats.onnx import export_onnx
+
+    ssd = build_ssd({"name": "mobilenet_v1", "alpha": 0.25}, 40, score_thresh=score_thresh).eval()
+    ssd.head = FixedHead(len(ssd_anchors(ssd, 128)), 40, background)
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = ssd([image[0]])[0]
+        eager = SSDWholeDetector(ssd)(image)
+        boxes, probs = SSDDenseOutputs(ssd)(image)
+    assert 0 < len(ref["scores"]) <= 100 and (len(ref["scores"]) == 100) == (score_thresh < 0.5)
+    path = export_onnx(SSDWholeDetector(ssd).eval(), image, tmp_path / "ssd.onnx", 17,
+                       ["boxes", "scores", "labels", "count"], "torchscript")
+    graph = onnx.load(str(path)).graph
+    assert [n.op_type for n in graph.node].count("TopK") == 1 and "If" not in op_types(graph)
+    (nms_node,) = [n for n in graph.node if n.op_type == "NonMaxSuppression"]
+    limit = next(i for i in graph.node if i.output[0] == nms_node.input[2]).attribute[0].t
+    assert onnx.numpy_helper.to_array(limit).tolist() == [100]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph_out = session.run(None, {"image": image.numpy()})
+    numpy_out = ssd_detections(boxes[0].numpy(), probs[0].numpy(), score_thresh, ssd.nms_thresh,
+                               ssd.topk_candidates, ssd.detections_per_img)
+    for name, (b, s, lab) in {"eager": [t.numpy() for t in eager[:3]], "onnx": graph_out[:3],
+                              "numpy": numpy_out}.items():
+        assert (lab == ref["labels"].numpy()).all(), name
+        np.testing.assert_allclose(b, ref["boxes"].numpy(), atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(s, ref["scores"].numpy(), atol=1e-6, err_msg=name)
+    assert int(graph_out[3][0]) == len(ref["scores"])
+
+
 def test_faster_rcnn_onnx_gives_pytorch_boxes_at_any_input_size(make_cfg, tmp_path):
     """RPN, RoIAlign and both NMS stages inside one graph that takes keep-aspect inputs of any size."""
     detector = fixed_seed_detector(make_cfg, "detection_frcnn", ["task.model.rcnn.box_score_thresh=0.05"])
@@ -316,6 +374,7 @@ def test_ssd_export_mode_scores_each_file(make_cfg, tmp_path):
     assert "onnx_int8" in report["formats"] and report["formats"]["onnx_int8"]["images_per_s_batch2"] is None
     meta = read_metadata(entry["file"])
     assert meta["task"] == "detection" and meta["input_size"] == [128, 128] and meta["nms"]["in_graph"]
+    assert meta["nms"]["score_thresh"] == 0.01  # export.score_thresh, the deployment threshold, in file and reference
     if "executorch" in formats:
         pte = report["formats"]["executorch"]
         assert pte["agreement"]["box_match_iou0.9"] == 1.0

@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 KIND_DISPATCH = re.compile(r"""\b(?:data_)?kind\s*(?:==|!=|\bin\b|\bnot in\b)|\[["']task["']\]\s*(?:==|!=|\bin\b)""")
 
 
-@pytest.mark.parametrize("package", ["toolkit/modes", "toolkit/deploy", "toolkit/formats"])
+@pytest.mark.parametrize("package", ["toolkit/modes", "toolkit/deploy", "toolkit/formats", "benchmarks/speed/deploy.py"])
 def test_no_task_kind_dispatch_outside_the_tasks(package):
+    root = ROOT / package
+    assert root.exists(), package
     found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-             for path in sorted((ROOT / package).rglob("*.py"))
+             for path in ([root] if root.is_file() else sorted(root.rglob("*.py")))
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if KIND_DISPATCH.search(line.split("#", 1)[0])]
     assert found == []
@@ -109,6 +111,35 @@ def test_verification_scores_a_copy_and_leaves_the_task_alone():
                                      ["logits"])
     runtime(images)
     assert contract.agreement(reference, runtime.outputs)["top1_agreement"] == 1.0
+
+
+def test_export_score_thresh_sets_the_files_and_the_reference_not_the_task():
+    """export.score_thresh: the exported module, its `nms` metadata and verification's PyTorch reference use it,
+    on a copy of the detector sharing its weights; the task keeps its evaluation threshold; a bad value is one
+    ConfigError naming the key."""
+    from toolkit.errors import ConfigError
+    from toolkit.tasks.detection_frcnn import FasterRCNNTask
+    from toolkit.tasks.detection_ssd import SSDTask
+
+    tiny = {"name": "mobilenet_v1", "alpha": 0.25}
+    ssd_task = SSDTask(backbone=tiny, num_classes=2).eval()
+    contract = ssd_task.inference()
+    contract.configure({"score_thresh": None})
+    assert contract.model is ssd_task.model
+    contract.configure({"score_thresh": 0.01})
+    module, _ = contract.module("onnx")
+    meta = contract.output_metadata("onnx", 64, "nms", True)
+    assert module.ssd.score_thresh == meta["nms"]["score_thresh"] == 0.01 == contract.recorder().model.score_thresh
+    assert contract.output_metadata("executorch", 64, "nms", False)["nms"]["score_thresh"] == 0.01
+    assert ssd_task.model.score_thresh == 1e-8 and module.ssd.head is ssd_task.model.head
+    frcnn_task = FasterRCNNTask(backbone=tiny, num_classes=2).eval()
+    contract = frcnn_task.inference()
+    contract.configure({"score_thresh": 0.05})
+    assert contract.model.roi_heads.score_thresh == 0.05 and frcnn_task.model.roi_heads.score_thresh == 0.0
+    assert contract.model.roi_heads.box_predictor is frcnn_task.model.roi_heads.box_predictor
+    for bad in (1.0, -0.1, "high", True):
+        with pytest.raises(ConfigError, match="export.score_thresh"):
+            contract.configure({"score_thresh": bad})
 
 
 def test_generic_decoder_writes_every_output_per_image(tmp_path):

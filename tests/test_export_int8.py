@@ -247,13 +247,13 @@ def test_lower_is_better_metrics_and_embeddings_are_judged_their_way():
 def test_ssd_int8_keeps_heads_decoding_and_nms_in_float(tmp_path):
     """In the int8 SSD graph only the backbone and extra layers run in int8: the prediction heads keep float
     weights and no box decoding, top-k or NMS node reads a quantised tensor."""
-    from toolkit.detection.export import WholeDetector
+    from toolkit.detection.export import SSDWholeDetector
     from toolkit.detection.ssd import build_ssd
     from toolkit.formats.onnx import prediction_layers
 
     torch.manual_seed(0)
     ssd = build_ssd({"name": "mobilenet_v1", "alpha": 0.25}, 3).eval()
-    fp32 = export_onnx(WholeDetector(ssd).eval(), torch.rand(1, 3, 64, 64), tmp_path / "ssd.onnx", 17,
+    fp32 = export_onnx(SSDWholeDetector(ssd).eval(), torch.rand(1, 3, 64, 64), tmp_path / "ssd.onnx", 17,
                        ["boxes", "scores", "labels", "count"], "torchscript")
     heads = prediction_layers(fp32)
     assert len(heads) == 12  # a classification and a regression conv on each of the 6 feature maps

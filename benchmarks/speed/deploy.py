@@ -8,6 +8,9 @@
 Formats: onnx, onnx_int8, executorch, executorch_int8 and the runtimes' formats of toolkit.formats (litert,
 litert_int8: LiteRT's interpreter, one image per call; openvino, openvino_int8: OpenVINO Runtime on the CPU);
 Core ML cannot run here and is not timed. Each int8 format's row is also given as a speed-up over its own fp32.
+Every file is written by the toolkit's own format writers from the task's inference contract, as `mode=export`
+writes it, and timed up to what a user gets from it (`toolkit.deploy`'s decoding): SSD's ONNX files with NMS in
+the graph, its other files with NMS in numpy after the runtime (`toolkit.deploy.postprocess`), both timed.
 
 The GEMM limit: `torch.mm` of two 4096x4096 fp32 matrices measured in the same run gives the machine's
 multiply-add rate; MobileNet V1 1.0-224 needs 569 M mult-adds per image (2 x 569 M flops), so
@@ -24,6 +27,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -57,38 +61,40 @@ def measure(runner, shape: tuple[int, ...], batch: int, repeats: int, single_onl
     return result
 
 
-def export_all(module: torch.nn.Module, name: str, formats: list[str], out: Path, resolution: int, kind: str,
-               outputs: list[str]) -> dict[str, Path]:
-    """Write `module` in each format with the toolkit's own exporters (what mode=export writes)."""
-    from toolkit.formats.executorch import export_executorch
-    from toolkit.formats.onnx import export_onnx, quantize_onnx
+def export_settings() -> dict:
+    """`cfg.export` as `mode=export` runs by default (opset, calibration method, int8 target, score threshold)."""
+    from omegaconf import OmegaConf
 
+    from toolkit import compose
+
+    return OmegaConf.to_container(compose(["mode=export"], output_dir=tempfile.mkdtemp(prefix="deploy_cfg_")).export)
+
+
+def export_all(task, formats: list[str], out: Path, resolution: int) -> dict[str, Path]:
+    """Write the task's inference model in each format with the toolkit's own writers, as `mode=export` writes it
+    (the task's contract decides module, outputs, one image per call, int8 needs; detectors in each format's form:
+    NMS in the ONNX graph, after the runtime elsewhere), calibrated on random images. Formats the model has no
+    form in, and files that cannot run here (Core ML), are left out."""
+    from toolkit.formats import FORMATS
+    from toolkit.modes.export import request_for, write_format
+
+    settings = export_settings()
+    contract = task.inference()
+    contract.configure(settings)
     generator = torch.Generator().manual_seed(0)
-    batch = 1 if kind == "detection" else 2
+    batch = 1 if contract.one_image else 2
     calibration = [torch.randn(batch, 3, resolution, resolution, generator=generator) for _ in range(4)]
+    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    if {"onnx", "onnx_int8"} & set(formats):
-        files["onnx"] = export_onnx(module, calibration[0], out / f"{name}.onnx", 18, outputs,
-                                     "torchscript" if kind == "detection" else "dynamo")
-        if "onnx_int8" in formats:
-            files["onnx_int8"] = quantize_onnx(files["onnx"], out / f"{name}_int8.onnx", calibration)
-    for fmt in ("executorch", "executorch_int8"):
-        if fmt in formats:
-            int8 = fmt.endswith("int8")
-            files[fmt] = export_executorch(module, calibration[0][:1], out / f"{name}{'_int8' if int8 else ''}.pte",
-                                           calibration if int8 else None, dynamic_batch=kind != "detection")
-    from toolkit.formats import ExportRequest
-    from toolkit.formats.selection import registered_formats
-
-    for fmt, writer in registered_formats().items():
-        if fmt in formats and getattr(writer, "runs_here", True):
-            request = ExportRequest(module=module, example=calibration[0], outputs=outputs, calibration=calibration,
-                                    metadata={"outputs": outputs}, dynamic_batch=kind != "detection",
-                                    # SSD: backbone and extra layers int8, heads float, as mode=export writes it
-                                    int8_options={"quantized_modules": ("ssd.backbone", "ssd.extras")}
-                                    if kind == "detection" else {})
-            files[fmt] = out / f"{name}_{writer.file_name}"
-            writer.write(request, files[fmt])
+    for name in formats:
+        fmt = FORMATS[name]
+        nms_in_graph = getattr(fmt, "graph_nms", True)
+        if not getattr(fmt, "runs_here", True) or contract.no_form(name, nms_in_graph=nms_in_graph) is not None:
+            continue
+        request = request_for(contract, fmt, calibration, settings, resolution=resolution, datamodule=None,
+                              postprocess="nms", nms_in_graph=nms_in_graph)
+        files[name] = out / fmt.file_name
+        write_format(fmt, request, files[name])
     return files
 
 
@@ -98,18 +104,14 @@ def file_mb(path: Path) -> float:
     return (path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)) / 1e6
 
 
-def runner_for(fmt: str, path: Path, outputs: list[str], threads: int):
-    from toolkit.deploy.runtime import ExecuTorchModel, OnnxModel
+def runner_for(path: Path, threads: int):
+    """The file opened as a user opens it (by suffix), returning what a user gets: its outputs decoded as
+    `toolkit.deploy` decodes them (detectors: boxes, NMS after the runtime where the file has none)."""
+    from toolkit.deploy.runtime import open_model
+    from toolkit.modes.export import decoded_run
 
-    if fmt.startswith("litert"):
-        from toolkit.deploy.litert_file import LiteRTModel
-
-        return LiteRTModel(path, outputs, threads)
-    if fmt.startswith("openvino"):
-        from toolkit.deploy.openvino_file import OpenVinoModel
-
-        return OpenVinoModel(path, threads)
-    return OnnxModel(path, threads) if fmt.startswith("onnx") else ExecuTorchModel(path, outputs, threads)
+    runner, metadata = open_model(path, threads)
+    return SimpleNamespace(run=decoded_run(runner, metadata), metadata=metadata)
 
 
 def tables(results: dict) -> dict[str, str]:
@@ -152,25 +154,28 @@ def main() -> None:
 
     import timm
 
-    from toolkit.heads import build_classifier
+    from toolkit.modes.export_report import TorchRunner
+    from toolkit.tasks.classification import ClassificationTask
+    from toolkit.tasks.detection_ssd import SSDTask
 
     flops = gemm_flops(args.threads)
     limit = flops / (2 * MULT_ADDS_V1_224)
     print(f"fp32 GEMM {flops / 1e9:.1f} GFLOP/s on {args.threads} threads -> limit {limit:.0f} img/s for V1 1.0-224")
-    models = {"toolkit mobilenet_v1 1.0-224": build_classifier({"name": "mobilenet_v1", "alpha": 1.0}, 1000).eval(),
-              "timm mobilenetv1_100": timm.create_model("mobilenetv1_100", pretrained=False).eval()}
+    v1 = {"name": "mobilenet_v1", "alpha": 1.0}
+    timm_task = ClassificationTask(backbone=v1, num_classes=1000).eval()
+    timm_task.model = timm.create_model("mobilenetv1_100", pretrained=False).eval()  # timm's network, the same task
+    tasks = {"toolkit mobilenet_v1 1.0-224": ClassificationTask(backbone=v1, num_classes=1000).eval(),
+             "timm mobilenetv1_100": timm_task}
     rows = []
-    for label, module in models.items():
+    for label, task in tasks.items():
         name = "ours" if label.startswith("toolkit") else "timm"
         with torch.inference_mode():
-            from toolkit.modes.export_report import TorchRunner
-
             rows.append({"model": label, "format": "pytorch (eager)",
-                         **measure(TorchRunner(module), (3, 224, 224), args.batch, max(3, args.repeats // 4))})
+                         **measure(TorchRunner(task.model), (3, 224, 224), args.batch, max(3, args.repeats // 4))})
         formats = args.formats if name == "ours" else [f for f in args.formats if f.startswith("onnx")]
-        for fmt, path in export_all(module, name, formats, out, 224, "classification", ["logits"]).items():
+        for fmt, path in export_all(task, formats, out / name, 224).items():
             row = {"model": label, "format": fmt, "size_mb": file_mb(path),
-                   **measure(runner_for(fmt, path, ["logits"], args.threads), (3, 224, 224), args.batch, args.repeats)}
+                   **measure(runner_for(path, args.threads), (3, 224, 224), args.batch, args.repeats)}
             rows.append(row)
             print(row)
     batch_key = f"img_s_batch{args.batch}"
@@ -193,23 +198,13 @@ def main() -> None:
 
     ssd_rows = []
     if not args.no_ssd:
-        from toolkit.detection.export import SSDDenseOutputs, WholeDetector
-        from toolkit.detection.ssd import build_ssd
-
-        ssd = build_ssd({"name": "mobilenet_v1", "alpha": 1.0}, 80).eval()
-        whole = export_all(WholeDetector(ssd).eval(), "ssd300", [f for f in args.formats if f.startswith("onnx")], out,
-                           300, "detection", ["boxes", "scores", "labels", "count"])
-        dense = export_all(SSDDenseOutputs(ssd).eval(), "ssd300_dense",
-                           [f for f in args.formats if not f.startswith("onnx")], out, 300, "detection",
-                           ["boxes", "scores"])
-        for fmt, path in {**whole, **dense}.items():
-            outputs = ["boxes", "scores"] if not fmt.startswith("onnx") else ["boxes", "scores", "labels", "count"]
+        ssd = SSDTask(backbone=v1, num_classes=80).eval()
+        for fmt, path in export_all(ssd, args.formats, out / "ssd300", 300).items():
+            runner = runner_for(path, args.threads)
             row = {"model": "toolkit SSD300 mobilenet_v1 1.0 (80 classes)", "format": fmt,
-                   "nms": "in graph" if fmt.startswith("onnx") else "not timed (numpy after the runtime)",
+                   "nms": "in graph" if runner.metadata["nms"]["in_graph"] else "numpy after the runtime",
                    "size_mb": file_mb(path),
-                   **measure(runner_for(fmt, path, outputs, args.threads), (3, 300, 300), args.batch, args.repeats,
-                             single_only=True),
-                   "map": None}
+                   **measure(runner, (3, 300, 300), args.batch, args.repeats, single_only=True), "map": None}
             ssd_rows.append(row)
             print(row)
 

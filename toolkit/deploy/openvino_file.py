@@ -34,8 +34,12 @@ class OpenVinoModel:
         core = ov.Core()
         try:
             self.model = core.read_model(str(self.path))
-            # f32: the CPU plugin would otherwise run an fp32 IR in bf16 on AMX CPUs (outputs off by 1e-1)
-            config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+            # LATENCY: one stream using every thread on each request, for one image (or one batch) at a time as
+            # apps and toolkit.deploy run it (THROUGHPUT splits the threads into streams for parallel requests).
+            # f32: the CPU plugin would otherwise run an fp32 IR's float ops in bf16 on AMX CPUs (outputs off by
+            # 1e-1); in an int8 IR it applies to the layers left float (first input, heads, softmax), kept f32 too
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                      **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
             self.compiled = core.compile_model(self.model, "CPU", config)
         except RuntimeError as e:  # OpenVINO's refusal of a damaged or foreign file
             detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)

@@ -24,15 +24,34 @@ def box_iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, np.finfo(np.float32).tiny)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
-    """Greedy NMS: indices of the kept boxes, highest score first (torchvision.ops.nms's rule: drop IoU > thresh)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float, labels: np.ndarray | None = None,
+        max_kept: int | None = None) -> np.ndarray:
+    """Greedy NMS: indices of the kept boxes, highest score first (torchvision.ops.nms's rule: drop IoU > thresh).
+    `labels`: a box suppresses only boxes of its own label (torchvision's batched_nms), in one pass over all of
+    them; `max_kept`: the first that many kept boxes. Whether a box is kept depends only on the boxes scoring
+    above it, so those come from the best candidates alone: greedy runs on the 4 x max_kept best first, and on
+    more only when that keeps too few."""
     order = np.argsort(-scores, kind="stable")
+    if max_kept is None:
+        return greedy_nms(boxes, order, iou_thresh, labels, len(order))
+    size = 4 * max_kept
+    while True:
+        keep = greedy_nms(boxes, order[:size], iou_thresh, labels, max_kept)
+        if len(keep) >= max_kept or size >= len(order):
+            return keep
+        size *= 4
+
+
+def greedy_nms(boxes: np.ndarray, order: np.ndarray, iou_thresh: float, labels: np.ndarray | None,
+               max_kept: int) -> np.ndarray:
+    """NMS over `order` (indices, best first), stopping at `max_kept` kept boxes."""
     keep = []
-    while order.size:
+    while order.size and len(keep) < max_kept:
         best, order = order[0], order[1:]
         keep.append(best)
-        if order.size:
-            order = order[box_iou_one(boxes[best], boxes[order]) <= iou_thresh]
+        rivals = np.arange(order.size) if labels is None else np.flatnonzero(labels[order] == labels[best])
+        if rivals.size:
+            order = np.delete(order, rivals[box_iou_one(boxes[best], boxes[order[rivals]]) > iou_thresh])
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -73,20 +92,19 @@ def decode_ssd_head(regression: np.ndarray, logits: np.ndarray, raw_head: dict,
 
 def ssd_detections(boxes: np.ndarray, probs: np.ndarray, score_thresh: float, nms_thresh: float,
                    topk_candidates: int, detections_per_img: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes, scores, labels 1..K) from one image's decoded anchors (A x 4) and class probabilities (A x K+1)."""
-    kept_boxes, kept_scores, kept_labels = [], [], []
-    for label in range(1, probs.shape[1]):
-        score = probs[:, label]
-        idx = np.nonzero(score > score_thresh)[0]
-        idx = idx[np.argsort(-score[idx], kind="stable")[:topk_candidates]]
-        if not idx.size:
-            continue
-        keep = idx[nms(boxes[idx], score[idx], nms_thresh)]  # per class: torchvision's batched_nms
-        kept_boxes.append(boxes[keep])
-        kept_scores.append(score[keep])
-        kept_labels.append(np.full(len(keep), label, dtype=np.int64))
-    if not kept_boxes:
+    """(boxes, scores, labels 1..K) from one image's decoded anchors (A x 4) and class probabilities (A x K+1):
+    per class the `topk_candidates` best anchors scoring above `score_thresh`, NMS within each class, the
+    `detections_per_img` best (torchvision's SSD.postprocess_detections), without a loop over the classes: one
+    top-k over every class, one filter, one NMS pass that stops at `detections_per_img` kept boxes."""
+    scores = probs[:, 1:]  # (A, K): background column dropped
+    k = min(int(topk_candidates), len(scores))
+    if k == 0 or scores.shape[1] == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    all_boxes, all_scores, all_labels = np.concatenate(kept_boxes), np.concatenate(kept_scores), np.concatenate(kept_labels)
-    order = np.argsort(-all_scores, kind="stable")[:detections_per_img]
-    return all_boxes[order], all_scores[order], all_labels[order]
+    best = np.argpartition(-scores, k - 1, axis=0)[:k] if k < len(scores) else np.arange(len(scores))[:, None]
+    best = np.broadcast_to(best, (k, scores.shape[1]))  # (k, K) anchor indices: each class's k best
+    top = np.take_along_axis(scores, best, axis=0)
+    labels = np.broadcast_to(np.arange(1, scores.shape[1] + 1, dtype=np.int64), best.shape)
+    above = top > score_thresh
+    index, top, labels = best[above], top[above], labels[above]
+    keep = nms(boxes[index], top, nms_thresh, labels=labels, max_kept=int(detections_per_img))
+    return boxes[index[keep]], top[keep], labels[keep]

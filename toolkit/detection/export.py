@@ -6,6 +6,13 @@ Faster R-CNN also its RPN and RoIAlign) inside the traced graph: torchvision reg
 ONNX file holds `NonMaxSuppression`/`RoiAlign` nodes and a user needs nothing but ONNX Runtime. It takes a
 batch of one image (torchvision's detectors loop over images in Python, which tracing unrolls).
 
+`SSDWholeDetector` is SSD's form of it: torchvision's `SSD.postprocess_detections` loops over the classes in
+Python (tracing unrolls it into 80 blocks of Gather/NonZero/TopK) and hands NMS every candidate (80 x
+topk_candidates at a score threshold of 1e-8), and ONNX Runtime's NMS compares each candidate with every box
+kept so far; that post-processing took more time than the network. Here the same rule runs as one TopK over
+all classes, one score filter and one class-offset NMS that stops at `detections_per_img` kept boxes
+(`NonMaxSuppression`'s `max_output_boxes_per_class`): the same detections, a few operators.
+
 `SSDDenseOutputs` is the SSD network plus anchor decoding without NMS, for runtimes that have no NMS kernel
 (ExecuTorch's XNNPACK delegate): every anchor's box in input pixels and its class probabilities;
 `toolkit.deploy.postprocess.ssd_detections` finishes with the same rules as torchvision.
@@ -19,6 +26,7 @@ shapes nor `NonZero`). The anchors and the decoding rule travel in the metadata 
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
@@ -46,6 +54,27 @@ class WholeDetector(nn.Module):
         return out["boxes"], out["scores"], out["labels"], count
 
 
+class TopNMS(torch.autograd.Function):
+    """`torchvision.ops.nms(boxes, scores, iou)[:max_output]`, exported as one ONNX `NonMaxSuppression` with
+    `max_output_boxes_per_class = max_output` (torchvision's symbolic sets no limit), so the runtime stops after
+    `max_output` kept boxes: greedy NMS keeps boxes best first, so the first `max_output` are the same."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int) -> Tensor:
+        return torchvision.ops.nms(boxes, scores, iou_threshold)[:max_output]
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_threshold: float, max_output: int):
+        from torch.onnx import symbolic_opset11 as opset11
+
+        nms_out = g.op("NonMaxSuppression", opset11.unsqueeze(g, boxes, 0),
+                       opset11.unsqueeze(g, opset11.unsqueeze(g, scores, 0), 0),
+                       g.op("Constant", value_t=torch.tensor([max_output], dtype=torch.long)),
+                       g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float)))
+        column = g.op("Constant", value_t=torch.tensor([2], dtype=torch.long))
+        return opset11.squeeze(g, opset11.select(g, nms_out, 1, column), 1)
+
+
 class SSDDenseOutputs(nn.Module):
     """`(B, 3, H, W)` images -> boxes (B, A, 4) decoded and clipped to the input, probabilities (B, A, K+1)."""
 
@@ -63,6 +92,32 @@ class SSDDenseOutputs(nn.Module):
         boxes = self.ssd.box_coder.decode_single(regression.reshape(-1, 4), anchors.repeat(batch, 1))
         boxes = box_ops.clip_boxes_to_image(boxes, size).reshape(batch, count, 4)
         return boxes, head["cls_logits"].softmax(-1)
+
+
+class SSDWholeDetector(SSDDenseOutputs):
+    """`(1, 3, H, W)` image -> boxes (N, 4), scores (N,), labels (N,) in 1..K, count (1,): torchvision's
+    `SSD.postprocess_detections` rule (per class: scores > score_thresh, the topk_candidates best; NMS within
+    each class; the detections_per_img best) without its per-class loop. The top `topk_candidates` of a class
+    among those above the threshold are its top `topk_candidates` that are above it, so one TopK over every
+    class then one filter selects the same candidates; NMS runs once on boxes shifted apart by class
+    (torchvision's `batched_nms` offset, by the input size: decoded boxes are clipped to it) and stops at
+    `detections_per_img`. Settings are the SSD's own (`score_thresh`, `nms_thresh`, ...)."""
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+        ssd = self.ssd
+        boxes, probs = super().forward(image)
+        boxes, scores = boxes[0], probs[0, :, 1:]  # (A, 4), (A, K): background column dropped
+        anchors, classes = scores.shape
+        top, index = scores.t().topk(min(int(ssd.topk_candidates), int(anchors)), dim=1)  # (K, k), best first
+        labels = torch.arange(1, classes + 1, device=image.device)[:, None].expand_as(index)
+        top, index, labels = top.reshape(-1), index.reshape(-1), labels.reshape(-1)
+        above = torch.where(top > ssd.score_thresh)[0]
+        top, index, labels = top[above], index[above], labels[above]
+        candidates = boxes[index]
+        offset = labels.to(candidates.dtype)[:, None] * float(max(image.shape[-2:]) + 1)
+        keep = TopNMS.apply(candidates + offset, top, float(ssd.nms_thresh), int(ssd.detections_per_img))
+        count = torch.ones(1, dtype=torch.int64) * keep.shape[0]
+        return candidates[keep], top[keep], labels[keep], count
 
 
 class SSDRawHead(nn.Module):

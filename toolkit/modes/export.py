@@ -153,6 +153,7 @@ def export(cfg: DictConfig) -> dict:
     task, datamodule, reason = load_model(cfg)
     contract = task.inference()
     contract.check()
+    contract.configure(settings)  # e.g. detectors' export.score_thresh
     calibration, source = calibration_inputs(cfg, datamodule, one_image=contract.one_image)
     threads = settings.threads
     if threads:
