@@ -204,6 +204,7 @@ def write_file(config: DictConfig, resolutions: list[int]) -> Path:
     task, datamodule, _ = load_model(config)
     contract = task.inference()
     contract.check()
+    contract.configure(config.export)  # what the exported files compute (detectors: export.score_thresh), as mode=export
     nms_in_graph = getattr(fmt, "graph_nms", True)
     if (why := contract.no_form(runtime, nms_in_graph=nms_in_graph)) is not None:
         raise ConfigError("select.runtime", runtime, f"this task has no {runtime} form ({why})")
