@@ -16,7 +16,7 @@ from conftest import run_cli
 
 from toolkit.errors import ConfigError, DataError
 from toolkit.modes.select_cost import Candidate
-from toolkit.modes.select_search import job_overrides, ranked, rung_schedule
+from toolkit.modes.select_search import job_overrides, ranked, rung_schedule, survivors
 from toolkit.run import run, validate_config
 
 #: a 2 x 2 grid on tiny generated data; one runtime thread for stable timings on a shared machine
@@ -48,6 +48,11 @@ def test_rung_schedule_and_ranking_ties_to_the_cheaper():
     best = Candidate(alpha=1.0, resolution=64, latency_ms=9.0, rungs={"0": {"metric": 0.6}})
     assert [c.name for c in ranked([dear, best, cheap], "0", "max")] == ["a1_r64", "a0.25_r32", "a0.5_r64"]
     assert [c.name for c in ranked([dear, best, cheap], "0", "min")] == ["a0.25_r32", "a0.5_r64", "a1_r64"]
+
+
+def test_halving_prunes_only_while_more_than_eta_are_left():
+    assert [survivors(n, 2) for n in (1, 2, 3, 4, 5, 16)] == [1, 2, 2, 2, 3, 8]
+    assert [survivors(n, 3) for n in (3, 4, 9)] == [3, 2, 3]
 
 
 def test_training_jobs_repeat_the_users_overrides_but_not_the_selections():
