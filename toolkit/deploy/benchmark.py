@@ -32,25 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.deploy.runtime import RUNTIMES, open_model
 from toolkit.errors import ToolkitError
-
-#: each runtime's file suffix -> the export format family it was written as (`export.formats` names, without
-#: `_int8`); the suffixes are those toolkit.deploy.runtime.RUNTIMES runs
-FAMILIES = {".onnx": "onnx", ".pte": "executorch", ".tflite": "litert", ".xml": "openvino"}
-#: the module each runtime loads a file with: imported before the resident memory a file's peak is measured from
-RUNTIME_MODULES = {".onnx": ("onnxruntime",), ".pte": ("torch", "executorch.runtime"),
-                   ".tflite": ("ai_edge_litert.interpreter",), ".xml": ("openvino",)}
-
-
-def suffixes() -> tuple[str, ...]:
-    from toolkit.deploy.runtime import RUNTIMES
-
-    return tuple(RUNTIMES)
 
 
 def model_files(inputs: list[str]) -> list[Path]:
     """The exported files among `inputs` (files, and folders searched recursively), sorted."""
-    known = suffixes()
+    known = tuple(RUNTIMES)
     names = ", ".join(known)
     found: list[Path] = []
     for name in inputs:
@@ -70,7 +58,7 @@ def model_files(inputs: list[str]) -> list[Path]:
 def format_name(path: Path, metadata: dict[str, Any]) -> str:
     """The export format a file was written as (`export.formats` names): the runtime's family, `_int8` when the
     writer recorded a quantisation in the metadata (every int8 format writer does)."""
-    base = FAMILIES.get(path.suffix, path.suffix.lstrip("."))
+    base = RUNTIMES[path.suffix].format_family
     return base + ("_int8" if metadata.get("quantization") else "")
 
 
@@ -119,9 +107,8 @@ def time_file(path: Path, *, threads: int | None, warmup: int, repeats: int) -> 
     `peak_memory_mb`: this process's peak resident memory minus its resident memory before the file was loaded
     (meaningful in a fresh process: `time_in_child`)."""
     from toolkit.deploy.decoders import decoder_for
-    from toolkit.deploy.runtime import open_model
 
-    for module in RUNTIME_MODULES.get(path.suffix, ()):  # the runtime's library belongs to the baseline
+    for module in RUNTIMES[path.suffix].libraries:  # the runtime's library belongs to the baseline
         with contextlib.suppress(ImportError):  # missing: open_model says which package to install
             importlib.import_module(module)
     before = rss_mb()
@@ -177,7 +164,9 @@ def _child(argv: list[str]) -> None:
         result: dict[str, Any] = {"rows": time_file(path, threads=threads or None, warmup=warmup, repeats=repeats)}
     except (ToolkitError, OSError) as e:
         result = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
-    out.write_text(json.dumps(result))
+    partial = out.with_name(out.name + ".partial")  # the parent reads the file only once it is whole
+    partial.write_text(json.dumps(result))
+    os.replace(partial, out)
 
 
 def this_machine() -> dict[str, Any]:
@@ -235,7 +224,6 @@ def main(argv: list[str], *, one_line) -> int:
               + ("" if row.get("peak_memory_mb") is None else f", peak memory {row['peak_memory_mb']:.1f} MB"))
     print(f"wrote {args.out}")
     return 0
-
 
 
 if __name__ == "__main__":  # time_in_child's process

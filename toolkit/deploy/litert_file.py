@@ -40,6 +40,9 @@ def from_tensor(values: np.ndarray, details: dict) -> np.ndarray:
 class LiteRTModel:
     """A .tflite file under `ai_edge_litert.interpreter.Interpreter` (`threads`: its XNNPACK thread count)."""
 
+    format_family = "litert"
+    libraries = ("ai_edge_litert.interpreter",)
+
     def __init__(self, path: str | Path, output_names: list[str], threads: int | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter

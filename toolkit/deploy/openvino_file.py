@@ -22,6 +22,9 @@ REEXPORT = ("copy the .xml and its .bin again (together, in one folder), or expo
 class OpenVinoModel:
     """An IR compiled for OpenVINO's CPU plugin (`threads`: INFERENCE_NUM_THREADS)."""
 
+    format_family = "openvino"
+    libraries = ("openvino",)
+
     def __init__(self, path: str | Path, threads: int | None = None):
         try:
             import openvino as ov

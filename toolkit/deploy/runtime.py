@@ -2,7 +2,9 @@
 (`toolkit.deploy.litert_file`) and OpenVINO (`toolkit.deploy.openvino_file`).
 
 A runtime is one adapter class: `open(path, threads)` -> (runner, the file's checked metadata), and the runner's
-`run(batch: np.ndarray) -> dict[str, np.ndarray]` (NCHW float32 in, outputs by name out). `RUNTIMES` maps a file
+`run(batch: np.ndarray) -> dict[str, np.ndarray]` (NCHW float32 in, outputs by name out); its `format_family` is
+the `export.formats` name its files are written as (without `_int8`), its `libraries` the modules it loads them
+with. `RUNTIMES` maps a file
 suffix to its adapter; another runtime adds itself with one line (`RUNTIMES[".tflite"] = LiteRTModel`).
 """
 
@@ -26,6 +28,9 @@ __all__ = ["RUNTIMES", "ExecuTorchModel", "LiteRTModel", "MissingRuntimeError", 
 
 class OnnxModel:
     """An .onnx file under ONNX Runtime (CPU); `run(batch)` -> {output name: array}."""
+
+    format_family = "onnx"
+    libraries = ("onnxruntime",)
 
     def __init__(self, path: str | Path, threads: int | None = None):
         self.path = Path(path)
@@ -65,6 +70,9 @@ class OnnxModel:
 class ExecuTorchModel:
     """A .pte file under ExecuTorch's Python runtime (the XNNPACK kernels a phone runs). Its bindings exchange
     torch tensors, so this class (only) imports torch; the phone's C++/Java/Swift runtime does not need it."""
+
+    format_family = "executorch"
+    libraries = ("torch", "executorch.runtime")
 
     def __init__(self, path: str | Path, output_names: list[str], threads: int | None = None):
         try:

@@ -43,6 +43,17 @@ def write_sidecar(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def square_size_dims(size_range: tuple[int, int] | None) -> dict[int, Any]:
+    """torch.export's dynamic dimensions for `ExportRequest.size_range`: height and width (2, 3) from its first to its
+    second value ({} for None: the example's size)."""
+    if size_range is None:
+        return {}
+    import torch
+
+    low, high = size_range
+    return {2: torch.export.Dim("height", min=low, max=high), 3: torch.export.Dim("width", min=low, max=high)}
+
+
 @contextlib.contextmanager
 def quiet_converter(*logger_names: str):
     """Around a third-party converter that prints progress bars and logs per pass (litert-torch, NNCF, coremltools):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from toolkit.formats import ExportRequest, register_format
-from toolkit.formats.common import quiet_exporter, write_sidecar
+from toolkit.formats.common import quiet_exporter, square_size_dims, write_sidecar
 
 #: the largest batch a .pte takes in one call (its input is memory-planned for it; toolkit.deploy splits larger ones)
 MAX_PTE_BATCH = 32
@@ -27,9 +27,7 @@ def export_executorch(module: nn.Module, example: torch.Tensor, path: Path, cali
     from executorch.exir import to_edge_transform_and_lower
 
     dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=MAX_PTE_BATCH)} if dynamic_batch else {}
-    if size_range is not None:
-        dims[2] = torch.export.Dim("height", min=size_range[0], max=size_range[1])
-        dims[3] = torch.export.Dim("width", min=size_range[0], max=size_range[1])
+    dims.update(square_size_dims(size_range))
     shapes = (dims,) if dims else None
     if dynamic_batch and len(example) < 2:
         example = example.repeat(2, 1, 1, 1)  # torch.export specialises a dimension of size 1

@@ -17,7 +17,7 @@ from toolkit.deploy.metadata import encode
 from toolkit.detection.export import PREDICTION_LAYERS
 from toolkit.errors import ExportError
 from toolkit.formats import ExportRequest, register_format
-from toolkit.formats.common import quiet_exporter
+from toolkit.formats.common import quiet_exporter, square_size_dims
 from toolkit.formats.int8_target import int8_activations
 
 
@@ -51,10 +51,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
                 torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=min(opset, 17),
                                   input_names=["image"], output_names=outputs, dynamic_axes=axes)
             else:
-                dims = {0: torch.export.Dim("batch")}
-                if size_range is not None:
-                    dims[2] = torch.export.Dim("height", min=size_range[0], max=size_range[1])
-                    dims[3] = torch.export.Dim("width", min=size_range[0], max=size_range[1])
+                dims = {0: torch.export.Dim("batch"), **square_size_dims(size_range)}
                 torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
                                   dynamic_shapes=(dims,), opset_version=opset,
                                   external_data=False, verbose=False)

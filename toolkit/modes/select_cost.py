@@ -77,8 +77,8 @@ class Candidate:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "resolution": self.resolution, "madds": self.madds,
                 "params": self.params, "size_mb": self.size_mb, "latency_ms": self.latency_ms,
-                "local_latency_ms": self.local_latency_ms, "peak_memory_mb": self.peak_memory_mb, "file": self.file, "cached": self.cached,
-                "over_budget": self.over_budget, "rungs": self.rungs, "state": self.state}
+                "local_latency_ms": self.local_latency_ms, "peak_memory_mb": self.peak_memory_mb, "file": self.file,
+                "cached": self.cached, "over_budget": self.over_budget, "rungs": self.rungs, "state": self.state}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Candidate:
@@ -290,8 +290,9 @@ def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Pa
     cache = CostCache(Path(cfg.paths.cache_dir) / CACHE_FILE)
     num_classes = (datamodule.task_kwargs() if datamodule is not None else {}).get("num_classes")
     todo: dict[float, list[Candidate]] = {}
+    keys = {}  # candidate name -> (cache key, what it hashes)
     for candidate in candidates:
-        key, fields = cache_key(cfg, candidate, num_classes)
+        key, fields = keys[candidate.name] = cache_key(cfg, candidate, num_classes)
         cached = cache.get(key) if use_cache else None
         if cached is not None:
             candidate.madds, candidate.params = cached["madds"], cached["params"]
@@ -314,7 +315,7 @@ def measure(cfg: DictConfig, datamodule, candidates: list[Candidate], folder: Pa
             candidate.size_mb, candidate.local_latency_ms = float(row["size_mb"]), float(row["latency_ms"])
             candidate.peak_memory_mb = row.get("peak_memory_mb")
             candidate.file = str(path)
-            key, fields = cache_key(cfg, candidate, num_classes)
+            key, fields = keys[candidate.name]
             cache.put(key, fields, {"madds": candidate.madds, "params": candidate.params,
                                     "size_mb": candidate.size_mb, "latency_ms": candidate.local_latency_ms,
                                     "peak_memory_mb": candidate.peak_memory_mb})
